@@ -1,0 +1,8 @@
+"""fusedlr: fused optimizer steps (clip + schedule + weight decay + AdamW/LION) for PyTorch."""
+
+from . import schedules
+from ._backends import available_backends
+from .optim import AdamW, Lion
+
+__all__ = ["AdamW", "Lion", "schedules", "available_backends"]
+__version__ = "0.1.0"

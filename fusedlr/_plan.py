@@ -1,0 +1,161 @@
+"""The multi-tensor plan: device tables that let a fixed number of launches cover any number
+of tensors, built once and reused while the tensors stay where they are.
+
+Tables (all on the params' device, built on the host once per plan):
+
+* ``tensor_table``  int64 ``[len(TENSOR_COLUMNS), T]``: per tensor, the addresses of the param,
+  its grad and its state tensors, its numel, its group index and its range of chunks;
+* ``chunk_table``   int64 ``[2, C]``: per chunk, the tensor it belongs to and its first element.
+  Chunks are ordered by dtype bucket, then tensor, so each bucket is one contiguous range and
+  each tensor's chunks are contiguous (what makes the per-tensor reduction a fixed order);
+* ``hyper``         float64: the per-group table ``[len(GROUP_COLUMNS), G]`` followed by the
+  schedule and clipping scalars (``SCHEDULE_SLOTS``). Uploaded only when its host value changes;
+* workspaces for the norm partials, per-tensor sums of squares and per-tensor coefficients that
+  the finalize launch writes for the update launch (``COEF_COLUMNS``).
+
+Offsets are int64 everywhere: one tensor may hold more than 2**31 elements.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from . import schedules as _schedules
+
+TENSOR_COLUMNS = (
+    "param", "grad", "exp_avg", "exp_avg_sq", "max_exp_avg_sq", "step",
+    "numel", "group", "chunk_begin", "num_chunks",
+)  # fmt: skip
+GROUP_COLUMNS = ("lr", "weight_decay", "beta1", "beta2", "eps", "agc_clip_factor", "agc_eps", "grad_sign")
+SCHEDULE_SLOTS = ("kind", "arg0", "arg1", "arg2", "arg3", "host_multiplier", "max_grad_norm")
+COEF_COLUMNS = ("grad_scale", "decay", "step_size", "bc2_sqrt", "beta1", "one_minus_beta1", "beta2", "one_minus_beta2", "eps")
+
+# Elements per chunk: one program of the norm and update kernels walks one chunk.
+CHUNK_SIZE = 65536
+
+
+def column(name: str, columns=TENSOR_COLUMNS) -> int:
+    return columns.index(name)
+
+
+@dataclass
+class Bucket:
+    """Tensors of one dtype: one norm-pass launch and one update launch."""
+
+    dtype: torch.dtype
+    chunk_begin: int
+    chunk_end: int
+
+    @property
+    def num_chunks(self) -> int:
+        return self.chunk_end - self.chunk_begin
+
+
+@dataclass
+class Plan:
+    key: tuple
+    device: torch.device
+    num_tensors: int
+    num_groups: int
+    tensor_table: torch.Tensor
+    chunk_table: torch.Tensor
+    buckets: list[Bucket]
+    hyper: torch.Tensor
+    partial_grad: torch.Tensor
+    partial_param: torch.Tensor
+    tensor_grad_sumsq: torch.Tensor
+    tensor_param_sumsq: torch.Tensor
+    coef: torch.Tensor
+    hyper_key: tuple | None = field(default=None)
+
+
+def plan_key(items, group_index) -> tuple:
+    """Everything whose change invalidates the tables: which tensors, where they live."""
+    key = []
+    for param, group, state in items:
+        grad = param.grad
+        key.append((
+            param.data_ptr(), grad.data_ptr(), param.numel(), param.dtype, group_index[id(group)],
+            *(state[name].data_ptr() if name in state else 0
+              for name in ("exp_avg", "exp_avg_sq", "max_exp_avg_sq", "step")),
+        ))  # fmt: skip
+    return tuple(key)
+
+
+def build_plan(items, groups, key) -> Plan:
+    """Build the tables for ``items`` (``(param, group, state)``), ordered by dtype bucket."""
+    device = items[0][0].device
+    group_index = {id(g): i for i, g in enumerate(groups)}
+    order = sorted(range(len(items)), key=lambda i: str(items[i][0].dtype))  # stable: keeps user order
+    rows, chunk_tensor, chunk_start, buckets = [], [], [], []
+    for t, i in enumerate(order):
+        param, group, state = items[i]
+        numel = param.numel()
+        num_chunks = -(-numel // CHUNK_SIZE)
+        if not buckets or buckets[-1].dtype != param.dtype:
+            buckets.append(Bucket(param.dtype, len(chunk_tensor), len(chunk_tensor)))
+        rows.append([
+            param.data_ptr(), param.grad.data_ptr(),
+            *(state[name].data_ptr() if name in state else 0
+              for name in ("exp_avg", "exp_avg_sq", "max_exp_avg_sq", "step")),
+            numel, group_index[id(group)], len(chunk_tensor), num_chunks,
+        ])  # fmt: skip
+        for c in range(num_chunks):
+            chunk_tensor.append(t)
+            chunk_start.append(c * CHUNK_SIZE)
+        buckets[-1].chunk_end = len(chunk_tensor)
+
+    def upload(host_rows, dtype):
+        return torch.tensor(host_rows, dtype=dtype).to(device, non_blocking=True)
+
+    num_tensors, num_chunks = len(rows), len(chunk_tensor)
+    tensor_table = upload([list(col) for col in zip(*rows)], torch.int64)
+    chunk_table = upload([chunk_tensor, chunk_start], torch.int64)
+    f32 = dict(dtype=torch.float32, device=device)
+    f64 = dict(dtype=torch.float64, device=device)
+    return Plan(
+        key=key,
+        device=device,
+        num_tensors=num_tensors,
+        num_groups=len(groups),
+        tensor_table=tensor_table,
+        chunk_table=chunk_table,
+        buckets=buckets,
+        hyper=torch.zeros(len(GROUP_COLUMNS) * len(groups) + len(SCHEDULE_SLOTS), **f64),
+        partial_grad=torch.zeros(max(num_chunks, 1), **f64),
+        partial_param=torch.zeros(max(num_chunks, 1), **f64),
+        tensor_grad_sumsq=torch.zeros(num_tensors, **f64),
+        tensor_param_sumsq=torch.zeros(num_tensors, **f64),
+        coef=torch.zeros(len(COEF_COLUMNS), num_tensors, **f32),
+    )
+
+
+def hyper_values(groups, schedule, host_multiplier, max_grad_norm) -> tuple:
+    """The float64 host value of the ``hyper`` table, in its device layout."""
+    per_group = {
+        "lr": [g["lr"] for g in groups],
+        "weight_decay": [g["weight_decay"] for g in groups],
+        "beta1": [g["betas"][0] for g in groups],
+        "beta2": [g["betas"][1] for g in groups],
+        "eps": [g.get("eps", 0.0) for g in groups],
+        "agc_clip_factor": [g["agc_clip_factor"] or 0.0 for g in groups],
+        "agc_eps": [g["agc_eps"] for g in groups],
+        "grad_sign": [-1.0 if g["maximize"] else 1.0 for g in groups],
+    }
+    values = [float(v) for name in GROUP_COLUMNS for v in per_group[name]]
+    if isinstance(schedule, _schedules.Schedule):
+        kind, args = schedule.device_encoding()
+    else:  # None, or a host callable already folded into host_multiplier
+        kind, args = _schedules.KIND_CONSTANT, (0.0,) * _schedules.NUM_SCHEDULE_ARGS
+    values += [float(kind), *map(float, args)]
+    values += [1.0 if host_multiplier is None else float(host_multiplier)]
+    values += [0.0 if max_grad_norm is None else float(max_grad_norm)]
+    return tuple(values)
+
+
+def upload_hyper(plan: Plan, values: tuple) -> None:
+    if values != plan.hyper_key:
+        plan.hyper.copy_(torch.tensor(values, dtype=torch.float64), non_blocking=True)
+        plan.hyper_key = values

@@ -1,0 +1,334 @@
+"""Triton kernels of one fused optimizer step (see fusedlr/_plan.py for the tables they read).
+
+Per step, on one device:
+  1. ``_grad_sumsq_kernel``   one launch per dtype bucket, one program per chunk: partial sums
+     of squares of grads (and params, for AGC). Only when clipping or AGC is on.
+  2. ``_tensor_sumsq_kernel`` one launch, one program per tensor: adds that tensor's partials in
+     chunk order. Together with 1 this is the norm pass: no atomics, so bitwise reproducible.
+  3. ``_finalize_kernel``     one launch, one program: AGC scales, global norm, clip coefficient,
+     the schedule multiplier from the device counter, per-tensor step counts and bias
+     corrections, written as per-tensor coefficients; advances the counter.
+  4. ``_adamw_update_kernel`` / ``_lion_update_kernel`` one launch per dtype bucket.
+
+Hyperparameters only ever arrive through device tables, never as ``tl.constexpr`` or float
+arguments: a new lr neither recompiles nor loses float64 precision. Scalar maths of the
+finalize runs in float64, like torch's host-side Python floats; element maths runs in float32
+(float64 for float64 params) with IEEE division and square root, like torch's kernels.
+"""
+
+import triton
+import triton.language as tl
+
+from .. import _plan, schedules
+
+
+# Column and slot indices of the tables in fusedlr/_plan.py, as compile-time constants.
+T_PARAM = tl.constexpr(_plan.TENSOR_COLUMNS.index("param"))
+T_GRAD = tl.constexpr(_plan.TENSOR_COLUMNS.index("grad"))
+T_EXP_AVG = tl.constexpr(_plan.TENSOR_COLUMNS.index("exp_avg"))
+T_EXP_AVG_SQ = tl.constexpr(_plan.TENSOR_COLUMNS.index("exp_avg_sq"))
+T_MAX_EXP_AVG_SQ = tl.constexpr(_plan.TENSOR_COLUMNS.index("max_exp_avg_sq"))
+T_STEP = tl.constexpr(_plan.TENSOR_COLUMNS.index("step"))
+T_NUMEL = tl.constexpr(_plan.TENSOR_COLUMNS.index("numel"))
+T_GROUP = tl.constexpr(_plan.TENSOR_COLUMNS.index("group"))
+T_CHUNK_BEGIN = tl.constexpr(_plan.TENSOR_COLUMNS.index("chunk_begin"))
+T_NUM_CHUNKS = tl.constexpr(_plan.TENSOR_COLUMNS.index("num_chunks"))
+G_LR = tl.constexpr(_plan.GROUP_COLUMNS.index("lr"))
+G_WEIGHT_DECAY = tl.constexpr(_plan.GROUP_COLUMNS.index("weight_decay"))
+G_BETA1 = tl.constexpr(_plan.GROUP_COLUMNS.index("beta1"))
+G_BETA2 = tl.constexpr(_plan.GROUP_COLUMNS.index("beta2"))
+G_EPS = tl.constexpr(_plan.GROUP_COLUMNS.index("eps"))
+G_AGC_CLIP_FACTOR = tl.constexpr(_plan.GROUP_COLUMNS.index("agc_clip_factor"))
+G_AGC_EPS = tl.constexpr(_plan.GROUP_COLUMNS.index("agc_eps"))
+G_GRAD_SIGN = tl.constexpr(_plan.GROUP_COLUMNS.index("grad_sign"))
+S_KIND = tl.constexpr(_plan.SCHEDULE_SLOTS.index("kind"))
+S_ARG0 = tl.constexpr(_plan.SCHEDULE_SLOTS.index("arg0"))
+S_ARG1 = tl.constexpr(_plan.SCHEDULE_SLOTS.index("arg1"))
+S_ARG2 = tl.constexpr(_plan.SCHEDULE_SLOTS.index("arg2"))
+S_ARG3 = tl.constexpr(_plan.SCHEDULE_SLOTS.index("arg3"))
+S_HOST_MULTIPLIER = tl.constexpr(_plan.SCHEDULE_SLOTS.index("host_multiplier"))
+S_MAX_GRAD_NORM = tl.constexpr(_plan.SCHEDULE_SLOTS.index("max_grad_norm"))
+C_GRAD_SCALE = tl.constexpr(_plan.COEF_COLUMNS.index("grad_scale"))
+C_DECAY = tl.constexpr(_plan.COEF_COLUMNS.index("decay"))
+C_STEP_SIZE = tl.constexpr(_plan.COEF_COLUMNS.index("step_size"))
+C_BC2_SQRT = tl.constexpr(_plan.COEF_COLUMNS.index("bc2_sqrt"))
+C_BETA1 = tl.constexpr(_plan.COEF_COLUMNS.index("beta1"))
+C_ONE_MINUS_BETA1 = tl.constexpr(_plan.COEF_COLUMNS.index("one_minus_beta1"))
+C_BETA2 = tl.constexpr(_plan.COEF_COLUMNS.index("beta2"))
+C_ONE_MINUS_BETA2 = tl.constexpr(_plan.COEF_COLUMNS.index("one_minus_beta2"))
+C_EPS = tl.constexpr(_plan.COEF_COLUMNS.index("eps"))
+G_NUM_COLUMNS = tl.constexpr(len(_plan.GROUP_COLUMNS))
+
+K_CONSTANT = tl.constexpr(schedules.KIND_CONSTANT)
+K_WARMUP_CONSTANT = tl.constexpr(schedules.KIND_WARMUP_CONSTANT)
+K_WARMUP_LINEAR = tl.constexpr(schedules.KIND_WARMUP_LINEAR)
+K_WARMUP_COSINE = tl.constexpr(schedules.KIND_WARMUP_COSINE)
+K_INVERSE_SQRT = tl.constexpr(schedules.KIND_INVERSE_SQRT)
+
+
+@triton.jit
+def _address(tensor_table, col, num_tensors, t, ELEM: tl.constexpr):
+    """Pointer to the tensor whose address sits in column ``col`` of the tensor table."""
+    return tl.load(tensor_table + col * num_tensors + t).to(tl.pointer_type(ELEM))
+
+
+@triton.jit
+def _div(a, b, IS_FP64: tl.constexpr):
+    if IS_FP64:
+        return a / b
+    else:
+        return tl.div_rn(a, b)
+
+
+@triton.jit
+def _sqrt(x, IS_FP64: tl.constexpr):
+    if IS_FP64:
+        return tl.sqrt(x)
+    else:
+        return tl.sqrt_rn(x)
+
+
+@triton.jit
+def _chunk_extent(tensor_table, num_tensors, chunk_table, num_chunks, c, CHUNK: tl.constexpr):
+    """(tensor index, first element, elements in this chunk) of chunk ``c``."""
+    t = tl.load(chunk_table + c)
+    start = tl.load(chunk_table + num_chunks + c)
+    numel = tl.load(tensor_table + T_NUMEL * num_tensors + t)
+    return t, start, tl.minimum(numel - start, CHUNK)
+
+
+@triton.jit
+def _grad_sumsq_kernel(
+    tensor_table, num_tensors, chunk_table, num_chunks, chunk_base, partial_grad, partial_param,
+    ELEM: tl.constexpr, COMPUTE: tl.constexpr, WITH_PARAM: tl.constexpr, CHUNK: tl.constexpr, BLOCK: tl.constexpr,
+):
+    c = chunk_base + tl.program_id(0)
+    t, start, length = _chunk_extent(tensor_table, num_tensors, chunk_table, num_chunks, c, CHUNK)
+    grad = _address(tensor_table, T_GRAD, num_tensors, t, ELEM) + start
+    param = _address(tensor_table, T_PARAM, num_tensors, t, ELEM) + start
+    acc_grad = tl.zeros([BLOCK], COMPUTE)
+    acc_param = tl.zeros([BLOCK], COMPUTE)
+    for i in range(0, length, BLOCK):
+        offs = i + tl.arange(0, BLOCK).to(tl.int64)
+        mask = offs < length
+        g = tl.load(grad + offs, mask=mask, other=0.0).to(COMPUTE)
+        acc_grad += g * g
+        if WITH_PARAM:
+            p = tl.load(param + offs, mask=mask, other=0.0).to(COMPUTE)
+            acc_param += p * p
+    tl.store(partial_grad + c, tl.sum(acc_grad).to(tl.float64))
+    if WITH_PARAM:
+        tl.store(partial_param + c, tl.sum(acc_param).to(tl.float64))
+
+
+@triton.jit
+def _tensor_sumsq_kernel(
+    tensor_table, num_tensors, partial_grad, partial_param, grad_sumsq, param_sumsq,
+    WITH_PARAM: tl.constexpr, BLOCK: tl.constexpr,
+):
+    t = tl.program_id(0)
+    begin = tl.load(tensor_table + T_CHUNK_BEGIN * num_tensors + t)
+    count = tl.load(tensor_table + T_NUM_CHUNKS * num_tensors + t)
+    acc_grad = tl.zeros([BLOCK], tl.float64)
+    acc_param = tl.zeros([BLOCK], tl.float64)
+    for i in range(0, count, BLOCK):
+        offs = i + tl.arange(0, BLOCK).to(tl.int64)
+        mask = offs < count
+        acc_grad += tl.load(partial_grad + begin + offs, mask=mask, other=0.0)
+        if WITH_PARAM:
+            acc_param += tl.load(partial_param + begin + offs, mask=mask, other=0.0)
+    tl.store(grad_sumsq + t, tl.sum(acc_grad))
+    if WITH_PARAM:
+        tl.store(param_sumsq + t, tl.sum(acc_param))
+
+
+@triton.jit
+def _schedule_multiplier(sched, k):
+    """Device twin of fusedlr.schedules: the same float64 arithmetic in the same order."""
+    kind = tl.load(sched + S_KIND).to(tl.int32)
+    warmup = tl.load(sched + S_ARG0)
+    a1 = tl.load(sched + S_ARG1)
+    a2 = tl.load(sched + S_ARG2)
+    a3 = tl.load(sched + S_ARG3)
+    pi = tl.full([], 3.141592653589793, tl.float64)
+    warm = k / tl.maximum(warmup, 1.0)
+    # WarmupLinear: a1 = total_steps
+    linear = tl.maximum((a1 - k) / tl.maximum(a1 - warmup, 1.0), 0.0)
+    # WarmupCosine: a1 = total_steps, a2 = num_cycles, a3 = min_lr_ratio
+    progress = (k - warmup) / tl.maximum(a1 - warmup, 1.0)
+    cosine = 0.5 * (1.0 + tl.cos(pi * a2 * 2.0 * progress))
+    cosine = tl.maximum(cosine * (1.0 - a3) + a3, 0.0)
+    # InverseSqrt: a1 = timescale
+    inv_sqrt = 1.0 / tl.sqrt((k + (a1 - warmup)) / a1)
+    after = tl.where(kind == K_WARMUP_LINEAR, linear, 1.0)
+    after = tl.where(kind == K_WARMUP_COSINE, cosine, after)
+    after = tl.where(kind == K_INVERSE_SQRT, inv_sqrt, after)
+    value = tl.where(k < warmup, warm, after)
+    return tl.where(kind == K_CONSTANT, 1.0, value) * tl.load(sched + S_HOST_MULTIPLIER)
+
+
+@triton.jit
+def _agc_scale(tensor_table, num_tensors, hyper, num_groups, grad_sumsq, param_sumsq, t, mask):
+    """Per-tensor AGC scale (1 where AGC is off): max(||p||, eps) * factor / (||g|| + 1e-6)."""
+    group = tl.load(tensor_table + T_GROUP * num_tensors + t, mask=mask, other=0)
+    factor = tl.load(hyper + G_AGC_CLIP_FACTOR * num_groups + group, mask=mask, other=0.0)
+    agc_eps = tl.load(hyper + G_AGC_EPS * num_groups + group, mask=mask, other=1.0)
+    g_norm = tl.sqrt(tl.load(grad_sumsq + t, mask=mask, other=0.0))
+    p_norm = tl.sqrt(tl.load(param_sumsq + t, mask=mask, other=0.0))
+    max_norm = tl.maximum(p_norm, agc_eps) * factor
+    norm_eps = tl.full([], 1e-6, tl.float64)
+    return tl.where((factor > 0.0) & (g_norm > max_norm), max_norm / (g_norm + norm_eps), 1.0)
+
+
+@triton.jit
+def _pow_int(base, n):
+    """base ** n for integer-valued float64 n >= 0, by squaring (only multiplications)."""
+    e = n.to(tl.int64)
+    result = base * 0.0 + 1.0
+    b = base
+    for _ in tl.static_range(32):
+        result = tl.where((e & 1) == 1, result * b, result)
+        b = b * b
+        e = e >> 1
+    return result
+
+
+@triton.jit
+def _finalize_kernel(
+    tensor_table, num_tensors, hyper, num_groups, grad_sumsq, param_sumsq, coef, counter, norm_out,
+    HAS_NORMS: tl.constexpr, HAS_CLIP: tl.constexpr, HAS_AGC: tl.constexpr, IS_ADAMW: tl.constexpr,
+    BLOCK: tl.constexpr,
+):
+    sched = hyper + G_NUM_COLUMNS * num_groups
+    clip = tl.full([], 1.0, tl.float64)
+    if HAS_NORMS:
+        # Global norm after AGC: sqrt(sum_t (s_agc_t * ||g_t||)^2), in a fixed order.
+        acc = tl.zeros([BLOCK], tl.float64)
+        for first in range(0, num_tensors, BLOCK):
+            t = first + tl.arange(0, BLOCK)
+            mask = t < num_tensors
+            sumsq = tl.load(grad_sumsq + t, mask=mask, other=0.0)
+            if HAS_AGC:
+                s_agc = _agc_scale(tensor_table, num_tensors, hyper, num_groups, grad_sumsq, param_sumsq, t, mask)
+                sumsq = sumsq * s_agc * s_agc
+            acc += sumsq
+        total = tl.sqrt(tl.sum(acc))
+        tl.store(norm_out, total.to(tl.float32))
+        if HAS_CLIP:
+            norm_eps = tl.full([], 1e-6, tl.float64)
+            ratio = tl.load(sched + S_MAX_GRAD_NORM) / (total + norm_eps)
+            clip = tl.minimum(ratio, 1.0, propagate_nan=tl.PropagateNan.ALL)
+
+    step_count = tl.load(counter)
+    multiplier = _schedule_multiplier(sched, step_count.to(tl.float64))
+    for first in range(0, num_tensors, BLOCK):
+        t = first + tl.arange(0, BLOCK)
+        mask = t < num_tensors
+        group = tl.load(tensor_table + T_GROUP * num_tensors + t, mask=mask, other=0)
+        lr = tl.load(hyper + G_LR * num_groups + group, mask=mask, other=0.0) * multiplier
+        weight_decay = tl.load(hyper + G_WEIGHT_DECAY * num_groups + group, mask=mask, other=0.0)
+        beta1 = tl.load(hyper + G_BETA1 * num_groups + group, mask=mask, other=0.0)
+        beta2 = tl.load(hyper + G_BETA2 * num_groups + group, mask=mask, other=0.0)
+        scale = tl.load(hyper + G_GRAD_SIGN * num_groups + group, mask=mask, other=1.0) * clip
+        if HAS_AGC:
+            scale = scale * _agc_scale(tensor_table, num_tensors, hyper, num_groups, grad_sumsq, param_sumsq, t, mask)
+        if IS_ADAMW:
+            step_ptr = _address(tensor_table, T_STEP, num_tensors, t, tl.float32)
+            step = tl.load(step_ptr, mask=mask, other=0.0) + 1.0
+            tl.store(step_ptr, step, mask=mask)
+            step64 = step.to(tl.float64)
+            step_size = lr / (1.0 - _pow_int(beta1, step64))
+            bc2_sqrt = tl.sqrt(1.0 - _pow_int(beta2, step64))
+        else:
+            step_size = lr
+            bc2_sqrt = lr * 0.0 + 1.0
+        out = coef + t
+        tl.store(out + C_GRAD_SCALE * num_tensors, scale.to(tl.float32), mask=mask)
+        tl.store(out + C_DECAY * num_tensors, (1.0 - lr * weight_decay).to(tl.float32), mask=mask)
+        tl.store(out + C_STEP_SIZE * num_tensors, step_size.to(tl.float32), mask=mask)
+        tl.store(out + C_BC2_SQRT * num_tensors, bc2_sqrt.to(tl.float32), mask=mask)
+        tl.store(out + C_BETA1 * num_tensors, beta1.to(tl.float32), mask=mask)
+        tl.store(out + C_ONE_MINUS_BETA1 * num_tensors, (1.0 - beta1).to(tl.float32), mask=mask)
+        tl.store(out + C_BETA2 * num_tensors, beta2.to(tl.float32), mask=mask)
+        tl.store(out + C_ONE_MINUS_BETA2 * num_tensors, (1.0 - beta2).to(tl.float32), mask=mask)
+        eps = tl.load(hyper + G_EPS * num_groups + group, mask=mask, other=0.0)
+        tl.store(out + C_EPS * num_tensors, eps.to(tl.float32), mask=mask)
+    tl.store(counter, step_count + 1)
+
+
+@triton.jit
+def _coef(coef, col, num_tensors, t, COMPUTE: tl.constexpr):
+    return tl.load(coef + col * num_tensors + t).to(COMPUTE)
+
+
+@triton.jit
+def _adamw_update_kernel(
+    tensor_table, num_tensors, chunk_table, num_chunks, chunk_base, coef,
+    ELEM: tl.constexpr, COMPUTE: tl.constexpr, IS_FP64: tl.constexpr, CHUNK: tl.constexpr, BLOCK: tl.constexpr,
+):
+    c = chunk_base + tl.program_id(0)
+    t, start, length = _chunk_extent(tensor_table, num_tensors, chunk_table, num_chunks, c, CHUNK)
+    param = _address(tensor_table, T_PARAM, num_tensors, t, ELEM) + start
+    grad = _address(tensor_table, T_GRAD, num_tensors, t, ELEM) + start
+    exp_avg = _address(tensor_table, T_EXP_AVG, num_tensors, t, ELEM) + start
+    exp_avg_sq = _address(tensor_table, T_EXP_AVG_SQ, num_tensors, t, ELEM) + start
+    max_sq_address = tl.load(tensor_table + T_MAX_EXP_AVG_SQ * num_tensors + t)
+    grad_scale = _coef(coef, C_GRAD_SCALE, num_tensors, t, COMPUTE)
+    decay = _coef(coef, C_DECAY, num_tensors, t, COMPUTE)
+    step_size = _coef(coef, C_STEP_SIZE, num_tensors, t, COMPUTE)
+    bc2_sqrt = _coef(coef, C_BC2_SQRT, num_tensors, t, COMPUTE)
+    w1 = _coef(coef, C_ONE_MINUS_BETA1, num_tensors, t, COMPUTE)
+    beta2 = _coef(coef, C_BETA2, num_tensors, t, COMPUTE)
+    w2 = _coef(coef, C_ONE_MINUS_BETA2, num_tensors, t, COMPUTE)
+    eps = _coef(coef, C_EPS, num_tensors, t, COMPUTE)
+    for i in range(0, length, BLOCK):
+        offs = i + tl.arange(0, BLOCK).to(tl.int64)
+        mask = offs < length
+        g = tl.load(grad + offs, mask=mask, other=0.0).to(COMPUTE) * grad_scale
+        p = tl.load(param + offs, mask=mask, other=0.0).to(COMPUTE) * decay
+        m = tl.load(exp_avg + offs, mask=mask, other=0.0).to(COMPUTE)
+        v = tl.load(exp_avg_sq + offs, mask=mask, other=0.0).to(COMPUTE)
+        # torch's lerp(m, g, w): two forms, picked by |w| < 0.5, for accuracy at both ends.
+        m = tl.where(w1 < 0.5, m + w1 * (g - m), g - (g - m) * (1.0 - w1))
+        v = v * beta2 + w2 * g * g
+        v_hat = v
+        if max_sq_address != 0:
+            max_sq = max_sq_address.to(tl.pointer_type(ELEM)) + start
+            v_hat = tl.maximum(tl.load(max_sq + offs, mask=mask, other=0.0).to(COMPUTE), v)
+            tl.store(max_sq + offs, v_hat.to(ELEM), mask=mask)
+        denom = _div(_sqrt(v_hat, IS_FP64), bc2_sqrt, IS_FP64) + eps
+        p = p - step_size * _div(m, denom, IS_FP64)
+        tl.store(param + offs, p.to(ELEM), mask=mask)
+        tl.store(exp_avg + offs, m.to(ELEM), mask=mask)
+        tl.store(exp_avg_sq + offs, v.to(ELEM), mask=mask)
+
+
+@triton.jit
+def _lion_update_kernel(
+    tensor_table, num_tensors, chunk_table, num_chunks, chunk_base, coef,
+    ELEM: tl.constexpr, COMPUTE: tl.constexpr, IS_FP64: tl.constexpr, CHUNK: tl.constexpr, BLOCK: tl.constexpr,
+):
+    c = chunk_base + tl.program_id(0)
+    t, start, length = _chunk_extent(tensor_table, num_tensors, chunk_table, num_chunks, c, CHUNK)
+    param = _address(tensor_table, T_PARAM, num_tensors, t, ELEM) + start
+    grad = _address(tensor_table, T_GRAD, num_tensors, t, ELEM) + start
+    exp_avg = _address(tensor_table, T_EXP_AVG, num_tensors, t, ELEM) + start
+    grad_scale = _coef(coef, C_GRAD_SCALE, num_tensors, t, COMPUTE)
+    decay = _coef(coef, C_DECAY, num_tensors, t, COMPUTE)
+    lr = _coef(coef, C_STEP_SIZE, num_tensors, t, COMPUTE)
+    beta1 = _coef(coef, C_BETA1, num_tensors, t, COMPUTE)
+    w1 = _coef(coef, C_ONE_MINUS_BETA1, num_tensors, t, COMPUTE)
+    beta2 = _coef(coef, C_BETA2, num_tensors, t, COMPUTE)
+    w2 = _coef(coef, C_ONE_MINUS_BETA2, num_tensors, t, COMPUTE)
+    for i in range(0, length, BLOCK):
+        offs = i + tl.arange(0, BLOCK).to(tl.int64)
+        mask = offs < length
+        g = tl.load(grad + offs, mask=mask, other=0.0).to(COMPUTE) * grad_scale
+        p = tl.load(param + offs, mask=mask, other=0.0).to(COMPUTE) * decay
+        m = tl.load(exp_avg + offs, mask=mask, other=0.0).to(COMPUTE)
+        update = m * beta1 + w1 * g
+        direction = tl.where(update > 0.0, 1.0, tl.where(update < 0.0, -1.0, 0.0)).to(COMPUTE)
+        p = p - lr * direction
+        m = m * beta2 + w2 * g
+        tl.store(param + offs, p.to(ELEM), mask=mask)
+        tl.store(exp_avg + offs, m.to(ELEM), mask=mask)

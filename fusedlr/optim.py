@@ -1,0 +1,248 @@
+"""The user-facing optimizers: validation, param groups, state and state_dict. No math here.
+
+The math lives in ``reference.py`` (backend ``torch``) and ``_triton/`` (backend ``triton``);
+this file decides which runs, checks every input before either touches anything, and keeps
+the state in the layout ``torch.optim.AdamW`` uses so that state dicts travel both ways.
+"""
+
+from __future__ import annotations
+
+import math
+from numbers import Real
+
+import torch
+
+from . import _backends, reference
+from .schedules import Schedule, check_schedule
+
+
+def _check_real(name: str, value, *, low: float, low_inclusive: bool = True, high: float | None = None):
+    ok = isinstance(value, Real) and not isinstance(value, bool) and not math.isnan(value)
+    if ok:
+        ok = value >= low if low_inclusive else value > low
+    if ok and high is not None:
+        ok = value < high
+    if not ok:
+        raise ValueError(f"Invalid {name}: {value}")
+
+
+def _check_group_hypers(group: dict) -> None:
+    _check_real("learning rate", group["lr"], low=0.0)
+    if "eps" in group:
+        _check_real("epsilon value", group["eps"], low=0.0)
+    betas = group["betas"]
+    if not (isinstance(betas, (tuple, list)) and len(betas) == 2):
+        raise ValueError(f"Invalid betas: {betas!r} (expected a pair of floats)")
+    for i, beta in enumerate(betas):
+        if not (isinstance(beta, Real) and 0.0 <= beta < 1.0):
+            raise ValueError(f"Invalid beta parameter at index {i}: {beta}")
+    _check_real("weight_decay value", group["weight_decay"], low=0.0)
+    factor = group["agc_clip_factor"]
+    if factor is not None:
+        _check_real("agc_clip_factor", factor, low=0.0, low_inclusive=False)
+    _check_real("agc_eps", group["agc_eps"], low=0.0, low_inclusive=False)
+
+
+class _FusedOptimizer(torch.optim.Optimizer):
+    """Shared machinery of AdamW and Lion: everything but the per-kind state and checks."""
+
+    _kind: str  # "adamw" or "lion": selects the update rule in every backend
+
+    def __init__(self, params, defaults: dict, *, schedule, max_grad_norm, backend: str):
+        check_schedule(schedule)
+        if max_grad_norm is not None:
+            _check_real("max_grad_norm", max_grad_norm, low=0.0, low_inclusive=False)
+        _backends.check_backend_name(backend)
+        self.schedule = schedule
+        self.max_grad_norm = None if max_grad_norm is None else float(max_grad_norm)
+        self.backend = backend
+        self.last_grad_norm: torch.Tensor | None = None
+        self._plan_cache = None  # owned by the triton backend; dropped on load_state_dict
+        super().__init__(params, defaults)
+        device = self.param_groups[0]["params"][0].device
+        # The schedule counter: updates applied so far. It lives on the device so that the
+        # kernels read and advance it without the host; `_host_step` mirrors it for schedules
+        # that are plain Python callables (evaluated on the host).
+        self._schedule_step = torch.zeros((), dtype=torch.int64, device=device)
+        self._host_step = 0
+
+    # ----- param groups -------------------------------------------------------------------
+    def add_param_group(self, param_group: dict) -> None:
+        super().add_param_group(param_group)
+        _check_group_hypers(self.param_groups[-1])
+        self._plan_cache = None
+
+    def __setstate__(self, state: dict) -> None:
+        super().__setstate__(state)
+        # Groups loaded from a torch.optim state dict lack our keys: fill them from defaults.
+        for group in self.param_groups:
+            for key, value in self.defaults.items():
+                group.setdefault(key, value)
+
+    # ----- the step -----------------------------------------------------------------------
+    def _check_param(self, param: torch.Tensor) -> None:
+        name = type(self).__name__
+        if param.grad.is_sparse:
+            raise RuntimeError(f"{name} does not support sparse gradients")
+        if torch.is_complex(param) or not param.is_floating_point():
+            raise RuntimeError(f"{name} supports real floating-point parameters only; got dtype {param.dtype}")
+        if param.grad.shape != param.shape:
+            raise RuntimeError(f"{name}: grad of shape {tuple(param.grad.shape)} for a parameter of shape {tuple(param.shape)}")
+
+    def _init_state(self, param: torch.Tensor, group: dict) -> dict:
+        raise NotImplementedError
+
+    def _lr_multiplier_on_host(self) -> float:
+        if self.schedule is None:
+            return 1.0
+        return float(self.schedule(self._host_step))
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        """One optimizer step. Returns ``closure()``'s loss when a closure is given."""
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+
+        # Everything is checked before anything is modified: a failed step changes nothing.
+        active = [(p, g) for g in self.param_groups for p in g["params"] if p.grad is not None]
+        if not active:
+            return loss
+        for param, _ in active:
+            self._check_param(param)
+        devices = {param.device for param, _ in active}
+        backend = _backends.choose(self.backend, next(iter(devices)))
+        if backend == "triton":
+            from . import _triton
+
+            _triton.check_inputs(active, devices, self.state)
+
+        items = [(p, group, self._init_state(p, group)) for p, group in active]
+        if backend == "triton":
+            from . import _triton
+
+            device_schedule = isinstance(self.schedule, Schedule) or self.schedule is None
+            host_multiplier = None if device_schedule else self._lr_multiplier_on_host()
+            self.last_grad_norm = _triton.step_(self, items, host_multiplier)
+        else:
+            self.last_grad_norm = reference.step_(self._kind, items, self._lr_multiplier_on_host(), self.max_grad_norm)
+            self._schedule_step += 1
+        self._host_step += 1
+        return loss
+
+    # ----- state dict ---------------------------------------------------------------------
+    def state_dict(self) -> dict:
+        state_dict = super().state_dict()
+        state_dict["schedule_step"] = self._schedule_step.clone()
+        return state_dict
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        state_dict = dict(state_dict)
+        counter = state_dict.pop("schedule_step", None)
+        super().load_state_dict(state_dict)
+        for param, state in self.state.items():
+            if "step" in state:
+                # torch keeps a non-capturable step on the CPU; the kernels read it on the
+                # param's device. Copy, so we never step a tensor the caller still holds.
+                state["step"] = torch.as_tensor(state["step"]).to(device=param.device, dtype=torch.float32, copy=True)
+        device = self._schedule_step.device
+        if counter is not None:
+            self._schedule_step = torch.as_tensor(counter).to(device=device, dtype=torch.int64, copy=True)
+        else:
+            # A torch.optim state dict has no counter: the most-updated parameter tells.
+            steps = [s["step"].to(device) for s in self.state.values() if "step" in s]
+            self._schedule_step = (
+                torch.stack(steps).max().to(torch.int64) if steps else torch.zeros((), dtype=torch.int64, device=device)
+            )
+        self._host_step = int(self._schedule_step.item())
+        self._plan_cache = None
+
+
+class AdamW(_FusedOptimizer):
+    """AdamW with decoupled weight decay, fused global-norm/AGC clipping and device schedules.
+
+    Same update as ``torch.optim.AdamW`` preceded by ``clip_grad_norm_`` (after AGC, when both
+    are on), with the lr of update ``k`` multiplied by ``schedule(k)``.
+    """
+
+    _kind = "adamw"
+
+    def __init__(
+        self,
+        params,
+        lr: float = 1e-3,
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-8,
+        weight_decay: float = 1e-2,
+        amsgrad: bool = False,
+        *,
+        maximize: bool = False,
+        schedule=None,
+        max_grad_norm: float | None = None,
+        agc_clip_factor: float | None = None,
+        agc_eps: float = 1e-3,
+        backend: str = "auto",
+    ):
+        defaults = dict(
+            lr=lr,
+            betas=tuple(betas) if isinstance(betas, list) else betas,
+            eps=eps,
+            weight_decay=weight_decay,
+            amsgrad=bool(amsgrad),
+            maximize=bool(maximize),
+            agc_clip_factor=agc_clip_factor,
+            agc_eps=agc_eps,
+        )
+        _check_group_hypers(defaults)
+        super().__init__(params, defaults, schedule=schedule, max_grad_norm=max_grad_norm, backend=backend)
+
+    def _init_state(self, param, group):
+        state = self.state[param]
+        if not state:
+            state["step"] = torch.zeros((), dtype=torch.float32, device=param.device)
+            state["exp_avg"] = torch.zeros_like(param, memory_format=torch.preserve_format)
+            state["exp_avg_sq"] = torch.zeros_like(param, memory_format=torch.preserve_format)
+        if group["amsgrad"] and "max_exp_avg_sq" not in state:
+            state["max_exp_avg_sq"] = torch.zeros_like(param, memory_format=torch.preserve_format)
+        return state
+
+
+class Lion(_FusedOptimizer):
+    """LION (Chen et al. 2023) as in lion-pytorch, with fused clipping and device schedules.
+
+    ``p *= 1 - lr * wd; p -= lr * sign(b1 * m + (1 - b1) * g); m = b2 * m + (1 - b2) * g``.
+    """
+
+    _kind = "lion"
+
+    def __init__(
+        self,
+        params,
+        lr: float = 1e-4,
+        betas: tuple[float, float] = (0.9, 0.99),
+        weight_decay: float = 0.0,
+        *,
+        maximize: bool = False,
+        schedule=None,
+        max_grad_norm: float | None = None,
+        agc_clip_factor: float | None = None,
+        agc_eps: float = 1e-3,
+        backend: str = "auto",
+    ):
+        defaults = dict(
+            lr=lr,
+            betas=tuple(betas) if isinstance(betas, list) else betas,
+            weight_decay=weight_decay,
+            maximize=bool(maximize),
+            agc_clip_factor=agc_clip_factor,
+            agc_eps=agc_eps,
+        )
+        _check_group_hypers(defaults)
+        super().__init__(params, defaults, schedule=schedule, max_grad_norm=max_grad_norm, backend=backend)
+
+    def _init_state(self, param, group):
+        state = self.state[param]
+        if not state:
+            state["exp_avg"] = torch.zeros_like(param, memory_format=torch.preserve_format)
+        return state

@@ -1,0 +1,105 @@
+"""The ``torch`` backend: one optimizer step in plain PyTorch, written to be read.
+
+This is the executable form of the semantics in the README ("Exact semantics"): the default
+for CPU tensors and the oracle the Triton kernels are tested against. It follows
+``torch.optim.AdamW``'s single-tensor code path op for op (``lerp_``, ``addcmul_``,
+``addcdiv_``, float64 host scalars), so that it agrees with torch to the last bits, and it
+never rewrites ``.grad``: clipping scales a temporary copy.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+# The same constant torch.nn.utils.clip_grad_norm_ and the AGC rule add to a norm.
+NORM_EPS = 1e-6
+
+
+def grad_scales(grads, groups, max_grad_norm):
+    """AGC then global-norm clipping, as per-tensor 0-dim scale tensors.
+
+    Returns ``(scales, total_norm)``: ``scales[i]`` multiplies ``grads[i]`` (``None`` when no
+    clipping of any kind is on); ``total_norm`` is the global norm ``clip_grad_norm_`` would
+    report, that is after AGC and before clipping (``None`` when neither is on).
+    """
+    any_agc = any(group["agc_clip_factor"] is not None for group, _ in groups)
+    if max_grad_norm is None and not any_agc:
+        return [None] * len(grads), None
+
+    scales, post_agc_norms = [], []
+    for grad, (group, param) in zip(grads, groups):
+        g_norm = torch.linalg.vector_norm(grad)
+        scale = torch.ones_like(g_norm)
+        factor = group["agc_clip_factor"]
+        if factor is not None:
+            # Seed guide, "Adaptive Gradient Clipping": max_norm = max(||p||, eps) * clip_factor.
+            max_norm = torch.clamp(torch.linalg.vector_norm(param), min=group["agc_eps"]) * factor
+            scale = torch.where(g_norm > max_norm, max_norm / (g_norm + NORM_EPS), scale)
+        scales.append(scale)
+        post_agc_norms.append(g_norm * scale)
+
+    if not post_agc_norms:
+        return scales, None
+    total_norm = torch.linalg.vector_norm(torch.stack(post_agc_norms))
+    if max_grad_norm is not None:
+        clip = torch.clamp(max_grad_norm / (total_norm + NORM_EPS), max=1.0)
+        scales = [scale * clip for scale in scales]
+    return scales, total_norm
+
+
+def _effective_grad(grad, group, scale):
+    g = -grad if group["maximize"] else grad
+    if scale is not None:
+        g = g * scale
+    return g
+
+
+def adamw_update_(param, grad, state, group, lr: float) -> None:
+    """One AdamW update of one tensor: torch.optim.AdamW(foreach=False), decoupled decay."""
+    beta1, beta2 = group["betas"]
+    exp_avg, exp_avg_sq = state["exp_avg"], state["exp_avg_sq"]
+    state["step"] += 1
+    step = float(state["step"].item())
+
+    param.mul_(1 - lr * group["weight_decay"])
+    exp_avg.lerp_(grad, 1 - beta1)
+    exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
+
+    step_size = lr / (1 - beta1**step)
+    bias_correction2_sqrt = math.sqrt(1 - beta2**step)
+    if group["amsgrad"]:
+        torch.maximum(state["max_exp_avg_sq"], exp_avg_sq, out=state["max_exp_avg_sq"])
+        denom = (state["max_exp_avg_sq"].sqrt() / bias_correction2_sqrt).add_(group["eps"])
+    else:
+        denom = (exp_avg_sq.sqrt() / bias_correction2_sqrt).add_(group["eps"])
+    param.addcdiv_(exp_avg, denom, value=-step_size)
+
+
+def lion_update_(param, grad, state, group, lr: float) -> None:
+    """One LION update of one tensor: lion-pytorch's ``update_fn`` (decay is ``1 - lr * wd``)."""
+    beta1, beta2 = group["betas"]
+    exp_avg = state["exp_avg"]
+    param.mul_(1 - lr * group["weight_decay"])
+    update = exp_avg.clone().mul_(beta1).add_(grad, alpha=1 - beta1).sign_()
+    param.add_(update, alpha=-lr)
+    exp_avg.mul_(beta2).add_(grad, alpha=1 - beta2)
+
+
+_UPDATES = {"adamw": adamw_update_, "lion": lion_update_}
+
+
+@torch.no_grad()
+def step_(kind: str, items, lr_multiplier: float, max_grad_norm):
+    """Apply one step to ``items``: a list of ``(param, group, state)`` for params with grads.
+
+    Returns the global grad norm after AGC and before clipping, or ``None`` when neither
+    clipping nor AGC is on.
+    """
+    update = _UPDATES[kind]
+    grads = [param.grad for param, _, _ in items]
+    scales, total_norm = grad_scales(grads, [(group, param) for param, group, _ in items], max_grad_norm)
+    for (param, group, state), grad, scale in zip(items, grads, scales):
+        update(param, _effective_grad(grad, group, scale), state, group, group["lr"] * lr_multiplier)
+    return total_norm
