@@ -30,7 +30,17 @@ TENSOR_COLUMNS = (
 )  # fmt: skip
 GROUP_COLUMNS = ("lr", "weight_decay", "beta1", "beta2", "eps", "agc_clip_factor", "agc_eps", "grad_sign")
 SCHEDULE_SLOTS = ("kind", "arg0", "arg1", "arg2", "arg3", "host_multiplier", "max_grad_norm")
-COEF_COLUMNS = ("grad_scale", "decay", "step_size", "bc2_sqrt", "beta1", "one_minus_beta1", "beta2", "one_minus_beta2", "eps")
+COEF_COLUMNS = (
+    "grad_scale",
+    "decay",
+    "step_size",
+    "bc2_sqrt",
+    "beta1",
+    "one_minus_beta1",
+    "beta2",
+    "one_minus_beta2",
+    "eps",
+)
 
 # Elements per chunk: one program of the norm and update kernels walks one chunk.
 CHUNK_SIZE = 65536
@@ -113,7 +123,6 @@ def build_plan(items, groups, key) -> Plan:
     num_tensors, num_chunks = len(rows), len(chunk_tensor)
     tensor_table = upload([list(col) for col in zip(*rows)], torch.int64)
     chunk_table = upload([chunk_tensor, chunk_start], torch.int64)
-    f32 = dict(dtype=torch.float32, device=device)
     f64 = dict(dtype=torch.float64, device=device)
     return Plan(
         key=key,
@@ -128,7 +137,7 @@ def build_plan(items, groups, key) -> Plan:
         partial_param=torch.zeros(max(num_chunks, 1), **f64),
         tensor_grad_sumsq=torch.zeros(num_tensors, **f64),
         tensor_param_sumsq=torch.zeros(num_tensors, **f64),
-        coef=torch.zeros(len(COEF_COLUMNS), num_tensors, **f32),
+        coef=torch.zeros(len(COEF_COLUMNS), num_tensors, **f64),
     )
 
 

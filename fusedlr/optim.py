@@ -87,7 +87,9 @@ class _FusedOptimizer(torch.optim.Optimizer):
         if torch.is_complex(param) or not param.is_floating_point():
             raise RuntimeError(f"{name} supports real floating-point parameters only; got dtype {param.dtype}")
         if param.grad.shape != param.shape:
-            raise RuntimeError(f"{name}: grad of shape {tuple(param.grad.shape)} for a parameter of shape {tuple(param.shape)}")
+            raise RuntimeError(
+                f"{name}: grad of shape {tuple(param.grad.shape)} for a parameter of shape {tuple(param.shape)}"
+            )
 
     def _init_state(self, param: torch.Tensor, group: dict) -> dict:
         raise NotImplementedError

@@ -110,9 +110,7 @@ class WarmupLinear(Schedule):
         _check_steps("warmup_steps", self.warmup_steps)
         _check_steps("total_steps", self.total_steps)
         if self.total_steps < self.warmup_steps:
-            raise ValueError(
-                f"Invalid total_steps: {self.total_steps} (must be >= warmup_steps={self.warmup_steps})"
-            )
+            raise ValueError(f"Invalid total_steps: {self.total_steps} (must be >= warmup_steps={self.warmup_steps})")
 
     def __call__(self, k: int) -> float:
         if k < self.warmup_steps:
@@ -141,9 +139,7 @@ class WarmupCosine(Schedule):
         _check_steps("warmup_steps", self.warmup_steps)
         _check_steps("total_steps", self.total_steps)
         if self.total_steps < self.warmup_steps:
-            raise ValueError(
-                f"Invalid total_steps: {self.total_steps} (must be >= warmup_steps={self.warmup_steps})"
-            )
+            raise ValueError(f"Invalid total_steps: {self.total_steps} (must be >= warmup_steps={self.warmup_steps})")
         if not (isinstance(self.num_cycles, (int, float)) and self.num_cycles >= 0 and math.isfinite(self.num_cycles)):
             raise ValueError(f"Invalid num_cycles: {self.num_cycles}")
         if not (isinstance(self.min_lr_ratio, (int, float)) and 0.0 <= self.min_lr_ratio <= 1.0):

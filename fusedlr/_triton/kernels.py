@@ -21,7 +21,6 @@ import triton.language as tl
 
 from .. import _plan, schedules
 
-
 # Column and slot indices of the tables in fusedlr/_plan.py, as compile-time constants.
 T_PARAM = tl.constexpr(_plan.TENSOR_COLUMNS.index("param"))
 T_GRAD = tl.constexpr(_plan.TENSOR_COLUMNS.index("grad"))
@@ -73,22 +72,6 @@ def _address(tensor_table, col, num_tensors, t, ELEM: tl.constexpr):
 
 
 @triton.jit
-def _div(a, b, IS_FP64: tl.constexpr):
-    if IS_FP64:
-        return a / b
-    else:
-        return tl.div_rn(a, b)
-
-
-@triton.jit
-def _sqrt(x, IS_FP64: tl.constexpr):
-    if IS_FP64:
-        return tl.sqrt(x)
-    else:
-        return tl.sqrt_rn(x)
-
-
-@triton.jit
 def _chunk_extent(tensor_table, num_tensors, chunk_table, num_chunks, c, CHUNK: tl.constexpr):
     """(tensor index, first element, elements in this chunk) of chunk ``c``."""
     t = tl.load(chunk_table + c)
@@ -99,8 +82,18 @@ def _chunk_extent(tensor_table, num_tensors, chunk_table, num_chunks, c, CHUNK: 
 
 @triton.jit
 def _grad_sumsq_kernel(
-    tensor_table, num_tensors, chunk_table, num_chunks, chunk_base, partial_grad, partial_param,
-    ELEM: tl.constexpr, COMPUTE: tl.constexpr, WITH_PARAM: tl.constexpr, CHUNK: tl.constexpr, BLOCK: tl.constexpr,
+    tensor_table,
+    num_tensors,
+    chunk_table,
+    num_chunks,
+    chunk_base,
+    partial_grad,
+    partial_param,
+    ELEM: tl.constexpr,
+    COMPUTE: tl.constexpr,
+    WITH_PARAM: tl.constexpr,
+    CHUNK: tl.constexpr,
+    BLOCK: tl.constexpr,
 ):
     c = chunk_base + tl.program_id(0)
     t, start, length = _chunk_extent(tensor_table, num_tensors, chunk_table, num_chunks, c, CHUNK)
@@ -123,8 +116,14 @@ def _grad_sumsq_kernel(
 
 @triton.jit
 def _tensor_sumsq_kernel(
-    tensor_table, num_tensors, partial_grad, partial_param, grad_sumsq, param_sumsq,
-    WITH_PARAM: tl.constexpr, BLOCK: tl.constexpr,
+    tensor_table,
+    num_tensors,
+    partial_grad,
+    partial_param,
+    grad_sumsq,
+    param_sumsq,
+    WITH_PARAM: tl.constexpr,
+    BLOCK: tl.constexpr,
 ):
     t = tl.program_id(0)
     begin = tl.load(tensor_table + T_CHUNK_BEGIN * num_tensors + t)
@@ -158,8 +157,9 @@ def _schedule_multiplier(sched, k):
     progress = (k - warmup) / tl.maximum(a1 - warmup, 1.0)
     cosine = 0.5 * (1.0 + tl.cos(pi * a2 * 2.0 * progress))
     cosine = tl.maximum(cosine * (1.0 - a3) + a3, 0.0)
-    # InverseSqrt: a1 = timescale
-    inv_sqrt = 1.0 / tl.sqrt((k + (a1 - warmup)) / a1)
+    # InverseSqrt: a1 = timescale (>= 1; guarded so other kinds never divide by zero)
+    timescale = tl.where(kind == K_INVERSE_SQRT, a1, 1.0)
+    inv_sqrt = 1.0 / tl.sqrt(tl.maximum(k + (timescale - warmup), 0.0) / timescale)
     after = tl.where(kind == K_WARMUP_LINEAR, linear, 1.0)
     after = tl.where(kind == K_WARMUP_COSINE, cosine, after)
     after = tl.where(kind == K_INVERSE_SQRT, inv_sqrt, after)
@@ -182,11 +182,14 @@ def _agc_scale(tensor_table, num_tensors, hyper, num_groups, grad_sumsq, param_s
 
 @triton.jit
 def _pow_int(base, n):
-    """base ** n for integer-valued float64 n >= 0, by squaring (only multiplications)."""
+    """base ** n for integer-valued float64 0 <= n <= 2**24, by squaring (only multiplications).
+
+    2**24 bounds torch's float32 step counter: past it, ``step + 1 == step``.
+    """
     e = n.to(tl.int64)
     result = base * 0.0 + 1.0
     b = base
-    for _ in tl.static_range(32):
+    for _ in tl.static_range(25):
         result = tl.where((e & 1) == 1, result * b, result)
         b = b * b
         e = e >> 1
@@ -195,8 +198,19 @@ def _pow_int(base, n):
 
 @triton.jit
 def _finalize_kernel(
-    tensor_table, num_tensors, hyper, num_groups, grad_sumsq, param_sumsq, coef, counter, norm_out,
-    HAS_NORMS: tl.constexpr, HAS_CLIP: tl.constexpr, HAS_AGC: tl.constexpr, IS_ADAMW: tl.constexpr,
+    tensor_table,
+    num_tensors,
+    hyper,
+    num_groups,
+    grad_sumsq,
+    param_sumsq,
+    coef,
+    counter,
+    norm_out,
+    HAS_NORMS: tl.constexpr,
+    HAS_CLIP: tl.constexpr,
+    HAS_AGC: tl.constexpr,
+    IS_ADAMW: tl.constexpr,
     BLOCK: tl.constexpr,
 ):
     sched = hyper + G_NUM_COLUMNS * num_groups
@@ -243,16 +257,16 @@ def _finalize_kernel(
             step_size = lr
             bc2_sqrt = lr * 0.0 + 1.0
         out = coef + t
-        tl.store(out + C_GRAD_SCALE * num_tensors, scale.to(tl.float32), mask=mask)
-        tl.store(out + C_DECAY * num_tensors, (1.0 - lr * weight_decay).to(tl.float32), mask=mask)
-        tl.store(out + C_STEP_SIZE * num_tensors, step_size.to(tl.float32), mask=mask)
-        tl.store(out + C_BC2_SQRT * num_tensors, bc2_sqrt.to(tl.float32), mask=mask)
-        tl.store(out + C_BETA1 * num_tensors, beta1.to(tl.float32), mask=mask)
-        tl.store(out + C_ONE_MINUS_BETA1 * num_tensors, (1.0 - beta1).to(tl.float32), mask=mask)
-        tl.store(out + C_BETA2 * num_tensors, beta2.to(tl.float32), mask=mask)
-        tl.store(out + C_ONE_MINUS_BETA2 * num_tensors, (1.0 - beta2).to(tl.float32), mask=mask)
+        tl.store(out + C_GRAD_SCALE * num_tensors, scale, mask=mask)
+        tl.store(out + C_DECAY * num_tensors, (1.0 - lr * weight_decay), mask=mask)
+        tl.store(out + C_STEP_SIZE * num_tensors, step_size, mask=mask)
+        tl.store(out + C_BC2_SQRT * num_tensors, bc2_sqrt, mask=mask)
+        tl.store(out + C_BETA1 * num_tensors, beta1, mask=mask)
+        tl.store(out + C_ONE_MINUS_BETA1 * num_tensors, (1.0 - beta1), mask=mask)
+        tl.store(out + C_BETA2 * num_tensors, beta2, mask=mask)
+        tl.store(out + C_ONE_MINUS_BETA2 * num_tensors, (1.0 - beta2), mask=mask)
         eps = tl.load(hyper + G_EPS * num_groups + group, mask=mask, other=0.0)
-        tl.store(out + C_EPS * num_tensors, eps.to(tl.float32), mask=mask)
+        tl.store(out + C_EPS * num_tensors, eps, mask=mask)
     tl.store(counter, step_count + 1)
 
 
@@ -263,8 +277,17 @@ def _coef(coef, col, num_tensors, t, COMPUTE: tl.constexpr):
 
 @triton.jit
 def _adamw_update_kernel(
-    tensor_table, num_tensors, chunk_table, num_chunks, chunk_base, coef,
-    ELEM: tl.constexpr, COMPUTE: tl.constexpr, IS_FP64: tl.constexpr, CHUNK: tl.constexpr, BLOCK: tl.constexpr,
+    tensor_table,
+    num_tensors,
+    chunk_table,
+    num_chunks,
+    chunk_base,
+    coef,
+    ELEM: tl.constexpr,
+    COMPUTE: tl.constexpr,
+    IS_FP64: tl.constexpr,
+    CHUNK: tl.constexpr,
+    BLOCK: tl.constexpr,
 ):
     c = chunk_base + tl.program_id(0)
     t, start, length = _chunk_extent(tensor_table, num_tensors, chunk_table, num_chunks, c, CHUNK)
@@ -296,8 +319,11 @@ def _adamw_update_kernel(
             max_sq = max_sq_address.to(tl.pointer_type(ELEM)) + start
             v_hat = tl.maximum(tl.load(max_sq + offs, mask=mask, other=0.0).to(COMPUTE), v)
             tl.store(max_sq + offs, v_hat.to(ELEM), mask=mask)
-        denom = _div(_sqrt(v_hat, IS_FP64), bc2_sqrt, IS_FP64) + eps
-        p = p - step_size * _div(m, denom, IS_FP64)
+        # IEEE square root and division, as torch's kernels (Triton's defaults are approximate).
+        if IS_FP64:
+            p = p - step_size * (m / (tl.sqrt(v_hat) / bc2_sqrt + eps))
+        else:
+            p = p - step_size * tl.div_rn(m, tl.div_rn(tl.sqrt_rn(v_hat), bc2_sqrt) + eps)
         tl.store(param + offs, p.to(ELEM), mask=mask)
         tl.store(exp_avg + offs, m.to(ELEM), mask=mask)
         tl.store(exp_avg_sq + offs, v.to(ELEM), mask=mask)
@@ -305,8 +331,17 @@ def _adamw_update_kernel(
 
 @triton.jit
 def _lion_update_kernel(
-    tensor_table, num_tensors, chunk_table, num_chunks, chunk_base, coef,
-    ELEM: tl.constexpr, COMPUTE: tl.constexpr, IS_FP64: tl.constexpr, CHUNK: tl.constexpr, BLOCK: tl.constexpr,
+    tensor_table,
+    num_tensors,
+    chunk_table,
+    num_chunks,
+    chunk_base,
+    coef,
+    ELEM: tl.constexpr,
+    COMPUTE: tl.constexpr,
+    IS_FP64: tl.constexpr,
+    CHUNK: tl.constexpr,
+    BLOCK: tl.constexpr,
 ):
     c = chunk_base + tl.program_id(0)
     t, start, length = _chunk_extent(tensor_table, num_tensors, chunk_table, num_chunks, c, CHUNK)

@@ -1,0 +1,27 @@
+# The two commands of the README: `make bench` (the main job) and `make test`.
+PY = $$(cat .python-path)
+
+.PHONY: setup bench test test-cpu test-gpu lint clean
+
+setup:
+	@bash tools/setup_env.sh
+
+# Throughput of one whole step (clip + schedule + update) against torch.optim, on the device there is.
+bench: setup
+	$(PY) -m fusedlr.bench $(BENCH_ARGS)
+
+# GPU tests first (they skip without a GPU), then the CPU suite, whose summary closes the run.
+test: setup lint test-gpu test-cpu
+
+test-gpu:
+	$(PY) -m pytest tests/gpu -q -rs
+
+test-cpu:
+	TRITON_INTERPRET=1 $(PY) -m pytest tests -q --ignore=tests/gpu
+
+lint:
+	$(PY) -m ruff check fusedlr tests benchmarks examples
+	$(PY) -m ruff format --check fusedlr tests benchmarks examples
+
+clean:
+	rm -rf .venv .python-path build dist *.egg-info .pytest_cache .ruff_cache
