@@ -157,9 +157,10 @@ def _schedule_multiplier(sched, k):
     progress = (k - warmup) / tl.maximum(a1 - warmup, 1.0)
     cosine = 0.5 * (1.0 + tl.cos(pi * a2 * 2.0 * progress))
     cosine = tl.maximum(cosine * (1.0 - a3) + a3, 0.0)
-    # InverseSqrt: a1 = timescale (>= 1; guarded so other kinds never divide by zero)
-    timescale = tl.where(kind == K_INVERSE_SQRT, a1, 1.0)
-    inv_sqrt = 1.0 / tl.sqrt(tl.maximum(k + (timescale - warmup), 0.0) / timescale)
+    # InverseSqrt: a1 = timescale. Evaluated only where it is used, so no lane divides by zero.
+    used = (kind == K_INVERSE_SQRT) & (k >= warmup)
+    timescale = tl.where(used, a1, 1.0)
+    inv_sqrt = 1.0 / tl.sqrt(tl.where(used, (k + (timescale - warmup)) / timescale, 1.0))
     after = tl.where(kind == K_WARMUP_LINEAR, linear, 1.0)
     after = tl.where(kind == K_WARMUP_COSINE, cosine, after)
     after = tl.where(kind == K_INVERSE_SQRT, inv_sqrt, after)

@@ -1,0 +1,65 @@
+"""Parameters, gradients and comparisons shared by the tests."""
+
+from __future__ import annotations
+
+import torch
+
+# Shapes the kernels find awkward: a scalar-like tensor, a length one past a power of two
+# (and, with the suite's 1,024-element chunks, five chunks), 3-D, empty, a transposed
+# (dense but non-contiguous) matrix, and a run of tiny tensors.
+AWKWARD_SHAPES = [(1,), (4097,), (3, 5, 7), (0,), "transposed", (2, 3), (5,), (1, 1), (3,), (6, 2)]
+
+FP32_TOL = dict(rtol=2e-5, atol=2e-6)
+
+
+def make_params(shapes=AWKWARD_SHAPES, seed=0, dtype=torch.float32, device="cpu"):
+    gen = torch.Generator().manual_seed(seed)
+    params = []
+    for shape in shapes:
+        if shape == "transposed":
+            t = torch.randn(5, 7, generator=gen, dtype=dtype).t()
+        else:
+            t = torch.randn(shape, generator=gen, dtype=dtype)
+        params.append(t.to(device).requires_grad_())
+    return params
+
+
+def clone_params(params):
+    return [p.detach().clone(memory_format=torch.preserve_format).requires_grad_() for p in params]
+
+
+def make_grads(params, steps, seed=1, scale=1.0, skip=None):
+    """``steps`` lists of grads laid out like their params; ``skip(step, index)`` -> None grad."""
+    gen = torch.Generator().manual_seed(seed)
+    out = []
+    for step in range(steps):
+        grads = []
+        for i, p in enumerate(params):
+            g = torch.randn(p.shape, generator=gen, dtype=p.dtype) * scale * (1 + step % 3)
+            g = torch.empty_like(p).copy_(g.to(p.device))
+            grads.append(None if skip is not None and skip(step, i) else g)
+        out.append(grads)
+    return out
+
+
+def run_fusedlr(opt, params, grads_per_step):
+    norms = []
+    for grads in grads_per_step:
+        for p, g in zip(params, grads):
+            p.grad = None if g is None else g.clone()
+        opt.step()
+        norms.append(opt.last_grad_norm)
+    return norms
+
+
+def assert_states_close(opt_a, params_a, opt_b, params_b, **tol):
+    tol = tol or FP32_TOL
+    for i, (pa, pb) in enumerate(zip(params_a, params_b)):
+        torch.testing.assert_close(pa, pb, **tol, msg=lambda m: f"param {i}: {m}")
+        sa, sb = opt_a.state.get(pa, {}), opt_b.state.get(pb, {})
+        assert set(sa) == set(sb), f"param {i}: state keys {sorted(sa)} vs {sorted(sb)}"
+        for key in sa:
+            if key == "step":
+                assert float(sa[key]) == float(sb[key]), f"param {i}: step {sa[key]} vs {sb[key]}"
+            else:
+                torch.testing.assert_close(sa[key], sb[key], **tol, msg=lambda m: f"param {i} {key}: {m}")
