@@ -42,24 +42,25 @@ def make_grads(params, steps, seed=1, scale=1.0, skip=None):
     return out
 
 
-def run_fusedlr(opt, params, grads_per_step):
+def run_steps(opt, params, grads_per_step):
+    """Set each step's grads and step ``opt`` (fusedlr's or torch's); returns the reported norms."""
     norms = []
     for grads in grads_per_step:
         for p, g in zip(params, grads):
             p.grad = None if g is None else g.clone()
         opt.step()
-        norms.append(opt.last_grad_norm)
+        norms.append(getattr(opt, "last_grad_norm", None))  # torch optimizers have none
     return norms
 
 
 def assert_states_close(opt_a, params_a, opt_b, params_b, **tol):
     tol = tol or FP32_TOL
     for i, (pa, pb) in enumerate(zip(params_a, params_b)):
-        torch.testing.assert_close(pa, pb, **tol, msg=lambda m: f"param {i}: {m}")
+        torch.testing.assert_close(pa, pb, **tol, msg=lambda m, i=i: f"param {i}: {m}")
         sa, sb = opt_a.state.get(pa, {}), opt_b.state.get(pb, {})
         assert set(sa) == set(sb), f"param {i}: state keys {sorted(sa)} vs {sorted(sb)}"
         for key in sa:
             if key == "step":
                 assert float(sa[key]) == float(sb[key]), f"param {i}: step {sa[key]} vs {sb[key]}"
             else:
-                torch.testing.assert_close(sa[key], sb[key], **tol, msg=lambda m: f"param {i} {key}: {m}")
+                torch.testing.assert_close(sa[key], sb[key], **tol, msg=lambda m, i=i, key=key: f"param {i} {key}: {m}")

@@ -2,7 +2,7 @@
 
 import pytest
 import torch
-from helpers import assert_states_close, clone_params, make_grads, make_params, run_fusedlr
+from helpers import assert_states_close, clone_params, make_grads, make_params, run_steps
 from oracles import hf_constant_with_warmup, hf_cosine_with_min_lr, hf_inverse_sqrt, hf_linear, run_by_hand
 
 import fusedlr
@@ -62,7 +62,7 @@ def test_adamw_matches_torch(backend, case):
 
     ours = clone_params(base)
     opt = fusedlr.AdamW(ours, lr=3e-2, schedule=schedule, max_grad_norm=max_norm, backend=backend, **options)
-    norms = run_fusedlr(opt, ours, grads)
+    norms = run_steps(opt, ours, grads)
 
     theirs = clone_params(base)
     groups = [dict(params=list(range(len(theirs))), lr=3e-2)]
@@ -92,7 +92,7 @@ def test_adamw_param_groups_match_torch(backend):
         max_grad_norm=1.0,
         backend=backend,
     )
-    run_fusedlr(opt, ours, grads)
+    run_steps(opt, ours, grads)
     theirs = clone_params(base)
     from oracles import hf_cosine
 
@@ -112,7 +112,7 @@ def test_adamw_agc_then_clip_matches_seed_guide(backend):
     opt = fusedlr.AdamW(
         [dict(g, params=[ours[i] for i in g["params"]]) for g in spec], max_grad_norm=3.0, backend=backend
     )
-    norms = run_fusedlr(opt, ours, grads)
+    norms = run_steps(opt, ours, grads)
     theirs = clone_params(base)
     ref, ref_norms = run_by_hand(_torch_adamw(), theirs, spec, grads, max_grad_norm=3.0)
     assert_states_close(opt, ours, ref, theirs)
@@ -124,7 +124,7 @@ def test_agc_without_global_clip(backend):
     grads = make_grads(base, 8, scale=2.0)
     ours = clone_params(base)
     opt = fusedlr.AdamW(ours, lr=1e-2, agc_clip_factor=0.05, backend=backend)
-    norms = run_fusedlr(opt, ours, grads)
+    norms = run_steps(opt, ours, grads)
     theirs = clone_params(base)
     spec = [dict(params=list(range(len(base))), lr=1e-2, agc_clip_factor=0.05)]
     ref, _ = run_by_hand(_torch_adamw(), theirs, spec, grads)
@@ -152,7 +152,7 @@ def test_multi_chunk_tensor_with_default_chunk_size(backend, monkeypatch):
     grads = make_grads(base, 4)
     ours = clone_params(base)
     opt = fusedlr.AdamW(ours, lr=1e-2, max_grad_norm=1.0, backend=backend)
-    run_fusedlr(opt, ours, grads)
+    run_steps(opt, ours, grads)
     theirs = clone_params(base)
     ref, _ = run_by_hand(_torch_adamw(), theirs, [dict(params=[0, 1], lr=1e-2)], grads, max_grad_norm=1.0)
     assert_states_close(opt, ours, ref, theirs)
@@ -163,7 +163,7 @@ def test_float64_params(backend):
     grads = make_grads(base, 10)
     ours = clone_params(base)
     opt = fusedlr.AdamW(ours, lr=1e-2, max_grad_norm=1.0, schedule=schedules.WarmupLinear(2, 10), backend=backend)
-    run_fusedlr(opt, ours, grads)
+    run_steps(opt, ours, grads)
     theirs = clone_params(base)
     spec = [dict(params=list(range(len(base))), lr=1e-2)]
     ref, _ = run_by_hand(_torch_adamw(), theirs, spec, grads, lr_lambda=hf_linear(2, 10), max_grad_norm=1.0)

@@ -1,0 +1,128 @@
+"""The Triton backend's shape: a fixed number of launches, a cached plan, runtime hyperparameters."""
+
+import pytest
+import torch
+from helpers import make_params
+
+import fusedlr
+from fusedlr import schedules
+
+
+class _CountingKernel:
+    def __init__(self, kernel, log):
+        self.kernel, self.log = kernel, log
+
+    def __getitem__(self, grid):
+        launch = self.kernel[grid]
+
+        def run(*args, **kwargs):
+            self.log.append(self.kernel.fn.__name__ if hasattr(self.kernel, "fn") else str(self.kernel))
+            return launch(*args, **kwargs)
+
+        return run
+
+
+@pytest.fixture
+def launch_log(monkeypatch, triton_backend):
+    from fusedlr._triton import kernels
+
+    log = []
+    for name in ("_grad_sumsq_kernel", "_tensor_sumsq_kernel", "_finalize_kernel", "_adamw_update_kernel",
+                 "_lion_update_kernel"):  # fmt: skip
+        monkeypatch.setattr(kernels, name, _CountingKernel(getattr(kernels, name), log))
+    return log
+
+
+def _launches(log, backend, num_tensors, **options):
+    params = [torch.randn(3, requires_grad=True) for _ in range(num_tensors)]
+    opt = fusedlr.AdamW(params, backend=backend, **options)
+    for p in params:
+        p.grad = torch.randn_like(p)
+    opt.step()
+    log.clear()
+    opt.step()
+    return len(log)
+
+
+@pytest.mark.parametrize("options", [{}, dict(max_grad_norm=1.0), dict(agc_clip_factor=0.1, max_grad_norm=1.0)])
+def test_launch_count_does_not_grow_with_tensors(launch_log, triton_backend, options):
+    one = _launches(launch_log, triton_backend, 1, **options)
+    many = _launches(launch_log, triton_backend, 500, **options)
+    assert one == many
+    assert one == (4 if options else 2)  # norm pass (2) only with clipping or AGC; finalize; update
+
+
+def test_one_update_launch_per_dtype_bucket(launch_log, triton_backend):
+    params = [torch.randn(4, requires_grad=True), torch.randn(4, dtype=torch.float64, requires_grad=True)]
+    opt = fusedlr.AdamW(params, max_grad_norm=1.0, backend=triton_backend)
+    for p in params:
+        p.grad = torch.randn_like(p)
+    opt.step()
+    assert sorted(launch_log) == sorted(
+        ["_grad_sumsq_kernel"] * 2 + ["_tensor_sumsq_kernel", "_finalize_kernel"] + ["_adamw_update_kernel"] * 2
+    )
+
+
+def test_plan_is_cached_and_rebuilt_only_when_tensors_move(triton_backend):
+    params = make_params([(5,), (6,)])
+    opt = fusedlr.AdamW(params, backend=triton_backend)
+    for p in params:
+        p.grad = torch.ones_like(p)
+    opt.step()
+    plan = opt._plan_cache
+    for p in params:
+        p.grad.mul_(2)  # same storage
+    opt.step()
+    assert opt._plan_cache is plan
+    params[1].grad = torch.ones_like(params[1])  # a new grad tensor: new address
+    opt.step()
+    assert opt._plan_cache is not plan and opt._plan_cache.num_tensors == 2
+    plan = opt._plan_cache
+    params[0].grad = None  # the set of tensors changes
+    opt.step()
+    assert opt._plan_cache is not plan and opt._plan_cache.num_tensors == 1
+
+
+def test_new_lr_is_uploaded_without_rebuilding_the_plan(triton_backend):
+    p = torch.zeros(1, dtype=torch.float64, requires_grad=True)
+    opt = fusedlr.Lion([p], lr=1.0, backend=triton_backend)
+    p.grad = torch.ones_like(p)
+    opt.step()
+    plan = opt._plan_cache
+    opt.param_groups[0]["lr"] = 0.25
+    opt.step()
+    assert opt._plan_cache is plan
+    assert float(p.detach()) == pytest.approx(-1.25)
+
+
+def test_zero_size_tensors_are_skipped_but_their_step_advances(triton_backend):
+    params = make_params([(0,), (3,), (0, 4)])
+    opt = fusedlr.AdamW(params, max_grad_norm=1.0, backend=triton_backend)
+    for _ in range(3):
+        for p in params:
+            p.grad = torch.ones_like(p)
+        opt.step()
+    assert [float(opt.state[p]["step"]) for p in params] == [3.0, 3.0, 3.0]
+    assert float(opt.last_grad_norm) == pytest.approx(3**0.5)
+
+
+def test_only_zero_size_tensors(triton_backend):
+    p = torch.zeros(0, requires_grad=True)
+    p.grad = torch.zeros(0)
+    opt = fusedlr.AdamW([p], max_grad_norm=1.0, schedule=schedules.WarmupLinear(1, 3), backend=triton_backend)
+    opt.step()
+    assert float(opt.last_grad_norm) == 0.0 and float(opt.state[p]["step"]) == 1.0
+
+
+def test_norm_pass_is_deterministic(triton_backend):
+    params = make_params([(4097,), (3, 5, 7), (1000,)])
+    grads = [torch.randn_like(p) * 1e3 for p in params]
+    norms = []
+    for _ in range(2):
+        copies = [p.detach().clone().requires_grad_() for p in params]
+        opt = fusedlr.AdamW(copies, max_grad_norm=1.0, backend=triton_backend)
+        for c, g in zip(copies, grads):
+            c.grad = g.clone()
+        opt.step()
+        norms.append(opt.last_grad_norm.clone())
+    assert torch.equal(norms[0], norms[1])
