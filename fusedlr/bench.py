@@ -1,0 +1,309 @@
+"""Throughput of one whole optimizer step, as users run it: clip + schedule + update.
+
+    python -m fusedlr.bench [--optimizer adamw|lion] [--case gpt2] [--steps 50] [--quick]
+
+Every contender starts from the same parameters and gradients and runs the same clip
+(max norm 1.0) and warmup-cosine schedule; after its timed steps its parameters are compared
+with the first contender's, so no figure comes from a wrong step. Rows are appended to
+``benchmarks/results/results.csv`` with the device name, versions and commit.
+
+On a CPU-only machine the cases are shrunk and the figures are labelled CPU: they check the
+harness and the torch backend, and say nothing about GPU speed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import datetime
+import os
+import platform
+import statistics
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+import fusedlr
+from fusedlr import schedules
+
+MAX_GRAD_NORM = 1.0
+SCHEDULE = schedules.WarmupCosine(warmup_steps=10, total_steps=1_000, min_lr_ratio=0.1)
+# Bytes per fp32 parameter a fused step must move (README, "Byte model"): the same figure is
+# used for every contender, so GB/s compares time against the fused roofline.
+BYTES_PER_PARAM = {"adamw": 32, "lion": 24}
+RESULTS_CSV = Path(__file__).resolve().parent.parent / "benchmarks" / "results" / "results.csv"
+CSV_COLUMNS = [
+    "date", "commit", "device", "torch", "triton", "cuda", "case", "optimizer", "contender", "dtype",
+    "numel", "tensors", "ms_p20", "ms_p50", "ms_p80", "gbps", "copy_gbps", "fraction_of_copy", "peak_mem_mb",
+]  # fmt: skip
+
+
+# ----- parameter layouts shaped like real models -----------------------------------------------
+
+
+def gpt2_layout(vocab=50257, positions=1024, width=768, layers=12):
+    """GPT-2's parameter shapes (124M for the defaults; the LM head is tied to wte)."""
+    shapes = [(vocab, width), (positions, width)]
+    for _ in range(layers):
+        shapes += [(width,), (width,), (width, 3 * width), (3 * width,), (width, width), (width,)]
+        shapes += [(width,), (width,), (width, 4 * width), (4 * width,), (4 * width, width), (width,)]
+    return shapes + [(width,), (width,)]
+
+
+def many_small_layout(count=2_000, numel=65_536):
+    return [(numel,)] * count
+
+
+CASES = {
+    "gpt2": lambda: gpt2_layout(),
+    "many_small": lambda: many_small_layout(),
+    # CPU-sized stand-ins: the same structure, small enough for a laptop-class CPU.
+    "gpt2_cpu": lambda: gpt2_layout(vocab=4096, positions=256, width=128, layers=2),
+    "many_small_cpu": lambda: many_small_layout(count=200, numel=1_024),
+}
+
+
+# ----- contenders ---------------------------------------------------------------------------------
+
+
+@dataclass
+class Contender:
+    name: str
+    make: callable  # params -> step function
+
+
+def _fusedlr(optimizer, backend):
+    cls = {"adamw": fusedlr.AdamW, "lion": fusedlr.Lion}[optimizer]
+
+    def make(params):
+        opt = cls(params, lr=1e-3, weight_decay=0.1, schedule=SCHEDULE, max_grad_norm=MAX_GRAD_NORM, backend=backend)
+        return opt.step
+
+    return Contender(f"fusedlr-{backend}", make)
+
+
+def _torch_adamw(flavour):
+    def make(params):
+        opt = torch.optim.AdamW(params, lr=1e-3, weight_decay=0.1, **{flavour: True})
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, SCHEDULE)
+
+        def step():
+            torch.nn.utils.clip_grad_norm_(params, MAX_GRAD_NORM, foreach=True)
+            opt.step()
+            sched.step()
+
+        return step
+
+    return Contender(f"torch-adamw-{flavour}+clip", make)
+
+
+def _lion_pytorch():
+    def make(params):
+        from lion_pytorch import Lion
+
+        opt = Lion(params, lr=1e-3, weight_decay=0.1)
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, SCHEDULE)
+
+        def step():
+            torch.nn.utils.clip_grad_norm_(params, MAX_GRAD_NORM, foreach=True)
+            opt.step()
+            sched.step()
+
+        return step
+
+    return Contender("lion-pytorch+clip", make)
+
+
+def contenders(optimizer: str, device: torch.device) -> list[Contender]:
+    fused = [_fusedlr(optimizer, b) for b in fusedlr.available_backends() if b != "triton" or device.type == "cuda"]
+    if optimizer == "adamw":
+        return fused + [_torch_adamw("foreach"), _torch_adamw("fused")]
+    return fused + [_lion_pytorch()]
+
+
+# ----- measurement --------------------------------------------------------------------------------
+
+
+def _timer(device):
+    if device.type == "cuda":
+
+        def time_ms(fn):
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            fn()
+            end.record()
+            end.synchronize()
+            return start.elapsed_time(end)
+
+    else:
+
+        def time_ms(fn):
+            t0 = time.perf_counter()
+            fn()
+            return (time.perf_counter() - t0) * 1e3
+
+    return time_ms
+
+
+def copy_bandwidth_gbps(device, numel=1 << 27, repeats=20) -> float:
+    """Device-to-device copy, read + write counted: the bandwidth a step can hope for."""
+    if device.type == "cpu":
+        numel = 1 << 24
+    src = torch.empty(numel, dtype=torch.float32, device=device).uniform_()
+    dst = torch.empty_like(src)
+    time_ms = _timer(device)
+    for _ in range(3):
+        dst.copy_(src)
+    ms = statistics.median(time_ms(lambda: dst.copy_(src)) for _ in range(repeats))
+    return 2 * src.numel() * src.element_size() / (ms * 1e6)
+
+
+def _params_and_grads(shapes, device, seed=0):
+    gen = torch.Generator(device="cpu").manual_seed(seed)
+    numel = sum(torch.Size(s).numel() for s in shapes)
+    params, grads = [], []
+    for shape in shapes:
+        params.append(torch.randn(shape, generator=gen).to(device))
+        # Global grad norm 0.5: below the clip threshold, so torch's in-place clip leaves the
+        # grads as they are and every contender sees the same grads at every step. The work
+        # done does not depend on it: torch always multiplies, fusedlr always runs its norm pass.
+        grads.append((torch.randn(shape, generator=gen) * (0.5 / numel**0.5)).to(device))
+    return params, grads
+
+
+def measure(contender, shapes, device, warmup, steps):
+    base, grads = _params_and_grads(shapes, device)
+    params = [p.clone().requires_grad_() for p in base]
+    for p, g in zip(params, grads):
+        p.grad = g
+    del base
+    step = contender.make(params)
+    time_ms = _timer(device)
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats(device)
+    for _ in range(warmup):
+        step()
+    times = sorted(time_ms(step) for _ in range(steps))
+    peak = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else float("nan")
+    return times, peak, [p.detach() for p in params]
+
+
+def _quantile(sorted_values, q):
+    return sorted_values[min(len(sorted_values) - 1, int(q * len(sorted_values)))]
+
+
+# ----- records --------------------------------------------------------------------------------------
+
+
+def _environment(device):
+    def commit():
+        try:
+            out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                                 cwd=Path(__file__).parent, check=True)  # fmt: skip
+            return out.stdout.strip()
+        except Exception:
+            return "unknown"
+
+    try:
+        import triton
+
+        triton_version = triton.__version__
+    except Exception:
+        triton_version = "none"
+    if device.type == "cuda":
+        name = torch.cuda.get_device_name(device)
+    else:
+        name = f"CPU ({platform.processor() or platform.machine()}, {os.cpu_count()} cores)"
+    return dict(
+        date=datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M"),
+        commit=commit(),
+        device=name,
+        torch=torch.__version__,
+        triton=triton_version,
+        cuda=torch.version.cuda or "none",
+    )
+
+
+def run(args) -> list[dict]:
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    cases = args.case or (["gpt2", "many_small"] if device.type == "cuda" else ["gpt2_cpu", "many_small_cpu"])
+    steps, warmup = (10, 3) if args.quick else (args.steps, args.warmup)
+    env = _environment(device)
+    copy_gbps = copy_bandwidth_gbps(device)
+    label = "" if device.type == "cuda" else "  [CPU figures: they check the harness, not GPU speed]"
+    print(f"device: {env['device']}  torch {env['torch']}  triton {env['triton']}  cuda {env['cuda']}{label}")
+    print(f"device copy bandwidth: {copy_gbps:.1f} GB/s (read + write)\n")
+    rows = []
+    for case in cases:
+        shapes = CASES[case]()
+        numel = sum(torch.Size(s).numel() for s in shapes)
+        print(f"{case}: {len(shapes)} tensors, {numel / 1e6:.1f}M params, {args.optimizer}, clip {MAX_GRAD_NORM}")
+        print(f"  {'contender':<28}{'ms p50':>9}{'p20':>9}{'p80':>9}{'GB/s':>9}{'of copy':>9}{'peak MB':>10}")
+        reference = None
+        case_rows = []
+        for contender in contenders(args.optimizer, device):
+            times, peak, final = measure(contender, shapes, device, warmup, steps)
+            if reference is None:
+                reference = final
+            else:
+                for a, b in zip(final, reference):
+                    torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6,
+                                               msg=lambda m, n=contender.name: f"{n} diverged: {m}")  # fmt: skip
+            p50 = _quantile(times, 0.5)
+            gbps = BYTES_PER_PARAM[args.optimizer] * numel / (p50 * 1e6)
+            row = dict(env, case=case, optimizer=args.optimizer, contender=contender.name, dtype="float32",
+                       numel=numel, tensors=len(shapes), ms_p20=_quantile(times, 0.2), ms_p50=p50,
+                       ms_p80=_quantile(times, 0.8), gbps=gbps, copy_gbps=copy_gbps,
+                       fraction_of_copy=gbps / copy_gbps, peak_mem_mb=peak)  # fmt: skip
+            case_rows.append(row)
+            peak_text = "-" if peak != peak else f"{peak:.0f}"  # NaN: no peak-memory counter on CPU
+            print(f"  {contender.name:<28}{p50:9.3f}{row['ms_p20']:9.3f}{row['ms_p80']:9.3f}"
+                  f"{gbps:9.1f}{row['fraction_of_copy']:9.2f}{peak_text:>10}")  # fmt: skip
+            del final
+        ours = min((r for r in case_rows if r["contender"].startswith("fusedlr")), key=lambda r: r["ms_p50"])
+        for r in case_rows:
+            if not r["contender"].startswith("fusedlr"):
+                speedup = r["ms_p50"] / ours["ms_p50"]
+                print(f"  {ours['contender']} is {speedup:.2f}x {r['contender']}")
+        print()
+        rows += case_rows
+    if not args.no_record:
+        _append_rows(rows, Path(args.csv))
+        print(f"appended {len(rows)} rows to {args.csv}")
+    return rows
+
+
+def _append_rows(rows, path: Path):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    new = not path.exists()
+    with path.open("a", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=CSV_COLUMNS)
+        if new:
+            writer.writeheader()
+        for row in rows:
+            writer.writerow({k: (f"{v:.4f}" if isinstance(v, float) else v) for k, v in row.items()})
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(prog="python -m fusedlr.bench", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--optimizer", choices=["adamw", "lion"], default="adamw")
+    parser.add_argument("--case", action="append", choices=sorted(CASES), help="repeatable; default by device")
+    parser.add_argument("--steps", type=int, default=50, help="timed steps per contender (median reported)")
+    parser.add_argument("--warmup", type=int, default=10)
+    parser.add_argument("--quick", action="store_true", help="10 timed steps after 3 warm-up steps")
+    parser.add_argument("--device", help="cuda or cpu (default: cuda when available)")
+    parser.add_argument("--csv", default=str(RESULTS_CSV))
+    parser.add_argument("--no-record", action="store_true", help="print only; append no rows")
+    return parser.parse_args(argv)
+
+
+def main(argv=None):
+    run(parse_args(argv))
+
+
+if __name__ == "__main__":
+    main()
