@@ -114,12 +114,15 @@ class _FusedOptimizer(torch.optim.Optimizer):
         for param, _ in active:
             self._check_param(param)
         devices = {param.device for param, _ in active}
-        backend = _backends.choose(self.backend, next(iter(devices)))
+        device = active[0][0].device
+        backend = _backends.choose(self.backend, device)
         if backend == "triton":
             from . import _triton
 
             _triton.check_inputs(active, devices, self.state)
 
+        if self._schedule_step.device != device:  # the model moved after the optimizer was made
+            self._schedule_step = self._schedule_step.to(device)
         items = [(p, group, self._init_state(p, group)) for p, group in active]
         if backend == "triton":
             from . import _triton

@@ -42,10 +42,12 @@ def grad_scales(grads, groups, max_grad_norm):
 
     if not post_agc_norms:
         return scales, None
-    total_norm = torch.linalg.vector_norm(torch.stack(post_agc_norms))
+    # As clip_grad_norm_: per-tensor norms gathered on the first device, the scale sent back.
+    first = post_agc_norms[0].device
+    total_norm = torch.linalg.vector_norm(torch.stack([n.to(first) for n in post_agc_norms]))
     if max_grad_norm is not None:
         clip = torch.clamp(max_grad_norm / (total_norm + NORM_EPS), max=1.0)
-        scales = [scale * clip for scale in scales]
+        scales = [scale * clip.to(scale.device) for scale in scales]
     return scales, total_norm
 
 

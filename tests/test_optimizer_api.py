@@ -39,7 +39,7 @@ def test_closure_is_called_with_grad_enabled_and_its_loss_returned(backend):
 
     loss = opt.step(closure)
     assert float(loss.detach()) == 5.0
-    assert float(w[0]) < 1.0 and float(w[1]) > -2.0
+    assert float(w[0].detach()) < 1.0 and float(w[1].detach()) > -2.0
 
 
 def test_zero_grad_and_none_grads(backend):

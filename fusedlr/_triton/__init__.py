@@ -55,6 +55,12 @@ def check_inputs(active, devices, state) -> None:
                 f"fusedlr: grad ({param.grad.dtype}, {param.grad.device}) does not match its parameter "
                 f"({param.dtype}, {param.device})"
             )
+        for name, value in state.get(param, {}).items():
+            if isinstance(value, torch.Tensor) and value.device != param.device:
+                raise RuntimeError(
+                    f"fusedlr: state {name!r} is on {value.device}, its parameter on {param.device}; "
+                    "load the state dict after moving the model, or move the state with the parameters."
+                )
         if param.numel() == 0:
             continue
         strides = _dense_strides(param)
@@ -88,8 +94,6 @@ def step_(opt, items, host_multiplier):
     has_norms = has_agc or has_clip
     is_adamw = opt._kind == "adamw"
     counter = opt._schedule_step
-    if counter.device != plan.device:
-        raise RuntimeError(f"fusedlr: schedule counter on {counter.device}, parameters on {plan.device}")
     norm = torch.empty((), dtype=torch.float32, device=plan.device) if has_norms else None
     T, C = plan.num_tensors, plan.chunk_table.shape[1]
 
