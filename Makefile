@@ -1,7 +1,7 @@
 # The two commands of the README: `make bench` (the main job) and `make test`.
 PY = $$(cat .python-path)
 
-.PHONY: setup bench test test-cpu test-gpu lint clean
+.PHONY: setup bench test test-cpu test-native lint clean
 
 setup:
 	@bash tools/setup_env.sh
@@ -10,14 +10,15 @@ setup:
 bench: setup
 	$(PY) -m fusedlr.bench $(BENCH_ARGS)
 
-# GPU tests first (they skip without a GPU), then the CPU suite, whose summary closes the run.
-test: setup lint test-gpu test-cpu
+# Native Triton first (kernels compiled for sm_80/sm_90, which needs no GPU; tests/gpu, which
+# skip without one), then the CPU suite under the interpreter, whose summary closes the run.
+test: setup lint test-native test-cpu
 
-test-gpu:
-	$(PY) -m pytest tests/gpu -q -rs
+test-native:
+	$(PY) -m pytest tests/compiled tests/gpu -q -rs
 
 test-cpu:
-	TRITON_INTERPRET=1 $(PY) -m pytest tests -q --ignore=tests/gpu
+	TRITON_INTERPRET=1 $(PY) -m pytest tests -q --ignore=tests/gpu --ignore=tests/compiled
 
 lint:
 	$(PY) -m ruff check fusedlr tests benchmarks examples

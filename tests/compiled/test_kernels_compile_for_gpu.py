@@ -1,0 +1,82 @@
+"""Every Triton kernel variant the launcher uses compiles to a cubin for Hopper and Ampere,
+here, without a GPU (Triton ships ptxas); and the PTX shows what the design promises:
+no atomics (reproducible reductions) and IEEE division and square root in float32 updates."""
+
+import itertools
+import re
+
+import pytest
+import triton
+import triton.language as tl
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+
+from fusedlr import _plan
+from fusedlr._triton import kernels
+
+ELEMS = {"fp32": tl.float32, "fp64": tl.float64, "fp16": tl.float16, "bf16": tl.bfloat16}
+CHUNKED = {
+    "tensor_table": "*i64",
+    "num_tensors": "i32",
+    "chunk_table": "*i64",
+    "num_chunks": "i32",
+    "chunk_base": "i32",
+}
+
+
+def _compile(kernel, signature, constexprs, arch=90):
+    signature = dict(signature, **{name: "constexpr" for name in constexprs})
+    return triton.compile(ASTSource(kernel, signature, constexprs=constexprs), target=GPUTarget("cuda", arch, 32))
+
+
+def _chunk_constexprs(elem):
+    return dict(ELEM=ELEMS[elem], COMPUTE=tl.float64 if elem == "fp64" else tl.float32, CHUNK=_plan.CHUNK_SIZE,
+                BLOCK=1024)  # fmt: skip
+
+
+def _variants():
+    for elem, with_param in itertools.product(ELEMS, (False, True)):
+        sig = dict(CHUNKED, partial_grad="*fp64", partial_param="*fp64")
+        yield (
+            f"grad_sumsq-{elem}-agc{with_param}",
+            kernels._grad_sumsq_kernel,
+            sig,
+            dict(_chunk_constexprs(elem), WITH_PARAM=with_param),
+        )
+    for with_param in (False, True):
+        sig = dict(tensor_table="*i64", num_tensors="i32", partial_grad="*fp64", partial_param="*fp64",
+                   grad_sumsq="*fp64", param_sumsq="*fp64")  # fmt: skip
+        yield f"tensor_sumsq-agc{with_param}", kernels._tensor_sumsq_kernel, sig, dict(WITH_PARAM=with_param, BLOCK=256)
+    for (norms, clip, agc), adamw in itertools.product(
+        [(False, False, False), (True, True, False), (True, False, True), (True, True, True)], (True, False)
+    ):
+        sig = dict(tensor_table="*i64", num_tensors="i32", hyper="*fp64", num_groups="i32", grad_sumsq="*fp64",
+                   param_sumsq="*fp64", coef="*fp64", counter="*i64", norm_out="*fp32")  # fmt: skip
+        flags = dict(HAS_NORMS=norms, HAS_CLIP=clip, HAS_AGC=agc, IS_ADAMW=adamw, BLOCK=1024)
+        yield f"finalize-n{norms}c{clip}a{agc}-adamw{adamw}", kernels._finalize_kernel, sig, flags
+    for elem, (name, kernel) in itertools.product(
+        ELEMS, [("adamw", kernels._adamw_update_kernel), ("lion", kernels._lion_update_kernel)]
+    ):
+        yield f"{name}-{elem}", kernel, dict(CHUNKED, coef="*fp64"), dict(_chunk_constexprs(elem),
+                                                                           IS_FP64=elem == "fp64")  # fmt: skip
+
+
+VARIANTS = list(_variants())
+
+
+@pytest.mark.parametrize("name, kernel, signature, constexprs", VARIANTS, ids=[v[0] for v in VARIANTS])
+def test_compiles_for_hopper_without_atomics(name, kernel, signature, constexprs):
+    compiled = _compile(kernel, signature, constexprs)
+    ptx = compiled.asm["ptx"]
+    assert len(compiled.asm["cubin"]) > 0
+    assert not re.search(r"\b(atom|red)\.", ptx), f"{name}: atomics make the reduction order vary"
+    if name.startswith(("adamw-fp32", "lion-fp32", "adamw-bf16", "adamw-fp16")):
+        assert not re.search(r"\b(div\.full|div\.approx|sqrt\.approx|rsqrt\.approx)", ptx), name
+    if name.startswith("adamw-"):
+        assert "sqrt.rn" in ptx and "div.rn" in ptx, name
+
+
+@pytest.mark.parametrize("name", ["adamw-fp32", "lion-bf16", "finalize-nTruecTrueaTrue-adamwTrue"])
+def test_compiles_for_ampere(name):
+    _, kernel, signature, constexprs = next(v for v in VARIANTS if v[0] == name)
+    assert len(_compile(kernel, signature, constexprs, arch=80).asm["cubin"]) > 0
