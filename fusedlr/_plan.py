@@ -8,8 +8,9 @@ Tables (all on the params' device, built on the host once per plan):
 * ``chunk_table``   int64 ``[2, C]``: per chunk, the tensor it belongs to and its first element.
   Chunks are ordered by dtype bucket, then tensor, so each bucket is one contiguous range and
   each tensor's chunks are contiguous (what makes the per-tensor reduction a fixed order);
-* ``hyper``         float64: the per-group table ``[len(GROUP_COLUMNS), G]`` followed by the
-  schedule and clipping scalars (``SCHEDULE_SLOTS``). Uploaded only when its host value changes;
+* ``hyper``         float64: the per-group table ``[len(GROUP_COLUMNS), G]``, the clipping and
+  schedule scalars (``SCHEDULE_SLOTS``), then the schedule's program. Uploaded only when its
+  host value changes;
 * workspaces for the norm partials, per-tensor sums of squares and per-tensor coefficients that
   the finalize launch writes for the update launch (``COEF_COLUMNS``).
 
@@ -24,12 +25,15 @@ import torch
 
 from . import schedules as _schedules
 
+_CONSTANT_PROGRAM = _schedules.Constant().program
+
 TENSOR_COLUMNS = (
     "param", "grad", "exp_avg", "exp_avg_sq", "max_exp_avg_sq", "step",
     "numel", "group", "chunk_begin", "num_chunks",
 )  # fmt: skip
 GROUP_COLUMNS = ("lr", "weight_decay", "beta1", "beta2", "eps", "agc_clip_factor", "agc_eps", "grad_sign")
-SCHEDULE_SLOTS = ("kind", "arg0", "arg1", "arg2", "arg3", "host_multiplier", "max_grad_norm")
+# Then the schedule program (fusedlr/schedules/program.py), INSTRUCTION_WIDTH floats per instruction.
+SCHEDULE_SLOTS = ("host_multiplier", "max_grad_norm", "num_instructions", "scale_register", "offset_register")
 COEF_COLUMNS = (
     "grad_scale",
     "decay",
@@ -132,7 +136,7 @@ def build_plan(items, groups, key) -> Plan:
         tensor_table=tensor_table,
         chunk_table=chunk_table,
         buckets=buckets,
-        hyper=torch.zeros(len(GROUP_COLUMNS) * len(groups) + len(SCHEDULE_SLOTS), **f64),
+        hyper=torch.zeros(0, **f64),  # sized by upload_hyper: the schedule program's length varies
         partial_grad=torch.zeros(max(num_chunks, 1), **f64),
         partial_param=torch.zeros(max(num_chunks, 1), **f64),
         tensor_grad_sumsq=torch.zeros(num_tensors, **f64),
@@ -154,17 +158,23 @@ def hyper_values(groups, schedule, host_multiplier, max_grad_norm) -> tuple:
         "grad_sign": [-1.0 if g["maximize"] else 1.0 for g in groups],
     }
     values = [float(v) for name in GROUP_COLUMNS for v in per_group[name]]
-    if isinstance(schedule, _schedules.Schedule):
-        kind, args = schedule.device_encoding()
-    else:  # None, or a host callable already folded into host_multiplier
-        kind, args = _schedules.KIND_CONSTANT, (0.0,) * _schedules.NUM_SCHEDULE_ARGS
-    values += [float(kind), *map(float, args)]
+    program = schedule.program if isinstance(schedule, _schedules.Schedule) else _CONSTANT_PROGRAM
     values += [1.0 if host_multiplier is None else float(host_multiplier)]
     values += [0.0 if max_grad_norm is None else float(max_grad_norm)]
+    values += [float(len(program.instructions)), float(program.scale_register), float(program.offset_register)]
+    values += program.flat()
     return tuple(values)
 
 
 def upload_hyper(plan: Plan, values: tuple) -> None:
     if values != plan.hyper_key:
+        if plan.hyper.numel() != len(values):
+            plan.hyper = torch.empty(len(values), dtype=torch.float64, device=plan.device)
         plan.hyper.copy_(torch.tensor(values, dtype=torch.float64), non_blocking=True)
         plan.hyper_key = values
+
+
+def schedule_registers(schedule) -> int:
+    """Register-file size for the device interpreter: a power of two above the program length."""
+    program = schedule.program if isinstance(schedule, _schedules.Schedule) else _CONSTANT_PROGRAM
+    return max(16, 1 << len(program.instructions).bit_length())

@@ -94,10 +94,13 @@ class _FusedOptimizer(torch.optim.Optimizer):
     def _init_state(self, param: torch.Tensor, group: dict) -> dict:
         raise NotImplementedError
 
-    def _lr_multiplier_on_host(self) -> float:
+    def _schedule_on_host(self) -> tuple[float, float]:
+        """(scale, offset) of this update's lr, evaluated on the host (torch backend, callables)."""
         if self.schedule is None:
-            return 1.0
-        return float(self.schedule(self._host_step))
+            return 1.0, 0.0
+        if isinstance(self.schedule, Schedule):
+            return self.schedule.scale_offset(self._host_step)
+        return float(self.schedule(self._host_step)), 0.0
 
     @torch.no_grad()
     def step(self, closure=None):
@@ -128,10 +131,11 @@ class _FusedOptimizer(torch.optim.Optimizer):
             from . import _triton
 
             device_schedule = isinstance(self.schedule, Schedule) or self.schedule is None
-            host_multiplier = None if device_schedule else self._lr_multiplier_on_host()
+            host_multiplier = None if device_schedule else self._schedule_on_host()[0]
             self.last_grad_norm = _triton.step_(self, items, host_multiplier)
         else:
-            self.last_grad_norm = reference.step_(self._kind, items, self._lr_multiplier_on_host(), self.max_grad_norm)
+            scale, offset = self._schedule_on_host()
+            self.last_grad_norm = reference.step_(self._kind, items, scale, offset, self.max_grad_norm)
             self._schedule_step += 1
         self._host_step += 1
         return loss

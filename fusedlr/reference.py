@@ -93,8 +93,10 @@ _UPDATES = {"adamw": adamw_update_, "lion": lion_update_}
 
 
 @torch.no_grad()
-def step_(kind: str, items, lr_multiplier: float, max_grad_norm):
+def step_(kind: str, items, lr_scale: float, lr_offset: float, max_grad_norm):
     """Apply one step to ``items``: a list of ``(param, group, state)`` for params with grads.
+
+    The schedule gives each group the lr ``group["lr"] * lr_scale + lr_offset``.
 
     Returns the global grad norm after AGC and before clipping, or ``None`` when neither
     clipping nor AGC is on.
@@ -103,5 +105,6 @@ def step_(kind: str, items, lr_multiplier: float, max_grad_norm):
     grads = [param.grad for param, _, _ in items]
     scales, total_norm = grad_scales(grads, [(group, param) for param, group, _ in items], max_grad_norm)
     for (param, group, state), grad, scale in zip(items, grads, scales):
-        update(param, _effective_grad(grad, group, scale), state, group, group["lr"] * lr_multiplier)
+        lr = group["lr"] * lr_scale + lr_offset
+        update(param, _effective_grad(grad, group, scale), state, group, lr)
     return total_norm

@@ -115,6 +115,7 @@ def step_(opt, items, host_multiplier):
         plan.tensor_table, T, plan.hyper, plan.num_groups, plan.tensor_grad_sumsq, plan.tensor_param_sumsq,
         plan.coef, counter, norm if has_norms else plan.coef,
         HAS_NORMS=has_norms, HAS_CLIP=has_clip, HAS_AGC=has_agc, IS_ADAMW=is_adamw, BLOCK=FINALIZE_BLOCK,
+        REGISTERS=_plan.schedule_registers(opt.schedule), num_warps=1,
     )  # fmt: skip
     update = kernels._adamw_update_kernel if is_adamw else kernels._lion_update_kernel
     for bucket in plan.buckets:

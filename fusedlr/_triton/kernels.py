@@ -6,7 +6,7 @@ Per step, on one device:
   2. ``_tensor_sumsq_kernel`` one launch, one program per tensor: adds that tensor's partials in
      chunk order. Together with 1 this is the norm pass: no atomics, so bitwise reproducible.
   3. ``_finalize_kernel``     one launch, one program: AGC scales, global norm, clip coefficient,
-     the schedule multiplier from the device counter, per-tensor step counts and bias
+     the schedule (its program, run from the device counter), per-tensor step counts and bias
      corrections, written as per-tensor coefficients; advances the counter.
   4. ``_adamw_update_kernel`` / ``_lion_update_kernel`` one launch per dtype bucket.
 
@@ -19,7 +19,8 @@ finalize runs in float64, like torch's host-side Python floats; element maths ru
 import triton
 import triton.language as tl
 
-from .. import _plan, schedules
+from .. import _plan
+from ..schedules import program
 
 # Column and slot indices of the tables in fusedlr/_plan.py, as compile-time constants.
 T_PARAM = tl.constexpr(_plan.TENSOR_COLUMNS.index("param"))
@@ -40,13 +41,11 @@ G_EPS = tl.constexpr(_plan.GROUP_COLUMNS.index("eps"))
 G_AGC_CLIP_FACTOR = tl.constexpr(_plan.GROUP_COLUMNS.index("agc_clip_factor"))
 G_AGC_EPS = tl.constexpr(_plan.GROUP_COLUMNS.index("agc_eps"))
 G_GRAD_SIGN = tl.constexpr(_plan.GROUP_COLUMNS.index("grad_sign"))
-S_KIND = tl.constexpr(_plan.SCHEDULE_SLOTS.index("kind"))
-S_ARG0 = tl.constexpr(_plan.SCHEDULE_SLOTS.index("arg0"))
-S_ARG1 = tl.constexpr(_plan.SCHEDULE_SLOTS.index("arg1"))
-S_ARG2 = tl.constexpr(_plan.SCHEDULE_SLOTS.index("arg2"))
-S_ARG3 = tl.constexpr(_plan.SCHEDULE_SLOTS.index("arg3"))
 S_HOST_MULTIPLIER = tl.constexpr(_plan.SCHEDULE_SLOTS.index("host_multiplier"))
 S_MAX_GRAD_NORM = tl.constexpr(_plan.SCHEDULE_SLOTS.index("max_grad_norm"))
+S_NUM_INSTRUCTIONS = tl.constexpr(_plan.SCHEDULE_SLOTS.index("num_instructions"))
+S_SCALE_REGISTER = tl.constexpr(_plan.SCHEDULE_SLOTS.index("scale_register"))
+S_OFFSET_REGISTER = tl.constexpr(_plan.SCHEDULE_SLOTS.index("offset_register"))
 C_GRAD_SCALE = tl.constexpr(_plan.COEF_COLUMNS.index("grad_scale"))
 C_DECAY = tl.constexpr(_plan.COEF_COLUMNS.index("decay"))
 C_STEP_SIZE = tl.constexpr(_plan.COEF_COLUMNS.index("step_size"))
@@ -58,11 +57,25 @@ C_ONE_MINUS_BETA2 = tl.constexpr(_plan.COEF_COLUMNS.index("one_minus_beta2"))
 C_EPS = tl.constexpr(_plan.COEF_COLUMNS.index("eps"))
 G_NUM_COLUMNS = tl.constexpr(len(_plan.GROUP_COLUMNS))
 
-K_CONSTANT = tl.constexpr(schedules.KIND_CONSTANT)
-K_WARMUP_CONSTANT = tl.constexpr(schedules.KIND_WARMUP_CONSTANT)
-K_WARMUP_LINEAR = tl.constexpr(schedules.KIND_WARMUP_LINEAR)
-K_WARMUP_COSINE = tl.constexpr(schedules.KIND_WARMUP_COSINE)
-K_INVERSE_SQRT = tl.constexpr(schedules.KIND_INVERSE_SQRT)
+NUM_SCHEDULE_SLOTS = tl.constexpr(len(_plan.SCHEDULE_SLOTS))
+INSTRUCTION_WIDTH = tl.constexpr(program.INSTRUCTION_WIDTH)
+OP_CONST = tl.constexpr(program.OPCODES["const"])
+OP_ADD = tl.constexpr(program.OPCODES["add"])
+OP_SUB = tl.constexpr(program.OPCODES["sub"])
+OP_MUL = tl.constexpr(program.OPCODES["mul"])
+OP_DIV = tl.constexpr(program.OPCODES["div"])
+OP_MIN = tl.constexpr(program.OPCODES["min"])
+OP_MAX = tl.constexpr(program.OPCODES["max"])
+OP_LT = tl.constexpr(program.OPCODES["lt"])
+OP_LE = tl.constexpr(program.OPCODES["le"])
+OP_WHERE = tl.constexpr(program.OPCODES["where"])
+OP_COS = tl.constexpr(program.OPCODES["cos"])
+OP_SQRT = tl.constexpr(program.OPCODES["sqrt"])
+OP_EXP = tl.constexpr(program.OPCODES["exp"])
+OP_LOG = tl.constexpr(program.OPCODES["log"])
+OP_FLOOR = tl.constexpr(program.OPCODES["floor"])
+OP_POW = tl.constexpr(program.OPCODES["pow"])
+OP_ABS = tl.constexpr(program.OPCODES["abs"])
 
 
 @triton.jit
@@ -142,46 +155,6 @@ def _tensor_sumsq_kernel(
 
 
 @triton.jit
-def _schedule_multiplier(sched, k):
-    """Device twin of fusedlr.schedules: the same float64 arithmetic in the same order."""
-    kind = tl.load(sched + S_KIND).to(tl.int32)
-    warmup = tl.load(sched + S_ARG0)
-    a1 = tl.load(sched + S_ARG1)
-    a2 = tl.load(sched + S_ARG2)
-    a3 = tl.load(sched + S_ARG3)
-    pi = tl.full([], 3.141592653589793, tl.float64)
-    warm = k / tl.maximum(warmup, 1.0)
-    # WarmupLinear: a1 = total_steps
-    linear = tl.maximum((a1 - k) / tl.maximum(a1 - warmup, 1.0), 0.0)
-    # WarmupCosine: a1 = total_steps, a2 = num_cycles, a3 = min_lr_ratio
-    progress = (k - warmup) / tl.maximum(a1 - warmup, 1.0)
-    cosine = 0.5 * (1.0 + tl.cos(pi * a2 * 2.0 * progress))
-    cosine = tl.maximum(cosine * (1.0 - a3) + a3, 0.0)
-    # InverseSqrt: a1 = timescale. Evaluated only where it is used, so no lane divides by zero.
-    used = (kind == K_INVERSE_SQRT) & (k >= warmup)
-    timescale = tl.where(used, a1, 1.0)
-    inv_sqrt = 1.0 / tl.sqrt(tl.where(used, (k + (timescale - warmup)) / timescale, 1.0))
-    after = tl.where(kind == K_WARMUP_LINEAR, linear, 1.0)
-    after = tl.where(kind == K_WARMUP_COSINE, cosine, after)
-    after = tl.where(kind == K_INVERSE_SQRT, inv_sqrt, after)
-    value = tl.where(k < warmup, warm, after)
-    return tl.where(kind == K_CONSTANT, 1.0, value) * tl.load(sched + S_HOST_MULTIPLIER)
-
-
-@triton.jit
-def _agc_scale(tensor_table, num_tensors, hyper, num_groups, grad_sumsq, param_sumsq, t, mask):
-    """Per-tensor AGC scale (1 where AGC is off): max(||p||, eps) * factor / (||g|| + 1e-6)."""
-    group = tl.load(tensor_table + T_GROUP * num_tensors + t, mask=mask, other=0)
-    factor = tl.load(hyper + G_AGC_CLIP_FACTOR * num_groups + group, mask=mask, other=0.0)
-    agc_eps = tl.load(hyper + G_AGC_EPS * num_groups + group, mask=mask, other=1.0)
-    g_norm = tl.sqrt(tl.load(grad_sumsq + t, mask=mask, other=0.0))
-    p_norm = tl.sqrt(tl.load(param_sumsq + t, mask=mask, other=0.0))
-    max_norm = tl.maximum(p_norm, agc_eps) * factor
-    norm_eps = tl.full([], 1e-6, tl.float64)
-    return tl.where((factor > 0.0) & (g_norm > max_norm), max_norm / (g_norm + norm_eps), 1.0)
-
-
-@triton.jit
 def _pow_int(base, n):
     """base ** n for integer-valued float64 0 <= n <= 2**24, by squaring (only multiplications).
 
@@ -195,6 +168,89 @@ def _pow_int(base, n):
         b = b * b
         e = e >> 1
     return result
+
+
+@triton.jit
+def _register(registers, index, REGISTERS: tl.constexpr):
+    """Read register ``index`` of the vector register file (a masked sum: exact)."""
+    return tl.sum(tl.where(tl.arange(0, REGISTERS) == index, registers, 0.0))
+
+
+@triton.jit
+def _pow(a, b):
+    """a ** b: exact by squaring for integral |b| < 2**25 (as the host's pow is for integral
+    results), exp(b * log(a)) otherwise; NaN for a negative base with a fractional exponent."""
+    n = tl.abs(b)
+    by_squaring = _pow_int(a, n)
+    by_squaring = tl.where(b < 0.0, 1.0 / by_squaring, by_squaring)
+    integral = (b == tl.floor(b)) & (n < 33554432.0)
+    return tl.where(integral, by_squaring, tl.exp(b * tl.log(a)))
+
+
+@triton.jit
+def _run_schedule_program(sched, k, REGISTERS: tl.constexpr):
+    """Device twin of fusedlr.schedules.program.run_on_host: (scale, offset) at update k."""
+    count = tl.load(sched + S_NUM_INSTRUCTIONS).to(tl.int32)
+    code = sched + NUM_SCHEDULE_SLOTS
+    index = tl.arange(0, REGISTERS)
+    registers = tl.where(index == 0, k, tl.zeros([REGISTERS], tl.float64))
+    for i in range(0, count):
+        at = code + i * INSTRUCTION_WIDTH
+        op = tl.load(at).to(tl.int32)
+        a = _register(registers, tl.load(at + 1).to(tl.int32), REGISTERS)
+        b = _register(registers, tl.load(at + 2).to(tl.int32), REGISTERS)
+        c = _register(registers, tl.load(at + 3).to(tl.int32), REGISTERS)
+        if op == OP_CONST:
+            r = tl.load(at + 4)
+        elif op == OP_ADD:
+            r = a + b
+        elif op == OP_SUB:
+            r = a - b
+        elif op == OP_MUL:
+            r = a * b
+        elif op == OP_DIV:
+            r = a / b
+        elif op == OP_MIN:
+            r = tl.minimum(a, b)
+        elif op == OP_MAX:
+            r = tl.maximum(a, b)
+        elif op == OP_LT:
+            r = (a < b).to(tl.float64)
+        elif op == OP_LE:
+            r = (a <= b).to(tl.float64)
+        elif op == OP_WHERE:
+            r = tl.where(a != 0.0, b, c)
+        elif op == OP_COS:
+            r = tl.cos(a)
+        elif op == OP_SQRT:
+            r = tl.sqrt(a)
+        elif op == OP_EXP:
+            r = tl.exp(a)
+        elif op == OP_LOG:
+            r = tl.log(a)
+        elif op == OP_FLOOR:
+            r = tl.floor(a)
+        elif op == OP_POW:
+            r = _pow(a, b)
+        else:
+            r = tl.abs(a)
+        registers = tl.where(index == i + 1, r, registers)
+    scale = _register(registers, tl.load(sched + S_SCALE_REGISTER).to(tl.int32), REGISTERS)
+    offset = _register(registers, tl.load(sched + S_OFFSET_REGISTER).to(tl.int32), REGISTERS)
+    return scale * tl.load(sched + S_HOST_MULTIPLIER), offset
+
+
+@triton.jit
+def _agc_scale(tensor_table, num_tensors, hyper, num_groups, grad_sumsq, param_sumsq, t, mask):
+    """Per-tensor AGC scale (1 where AGC is off): max(||p||, eps) * factor / (||g|| + 1e-6)."""
+    group = tl.load(tensor_table + T_GROUP * num_tensors + t, mask=mask, other=0)
+    factor = tl.load(hyper + G_AGC_CLIP_FACTOR * num_groups + group, mask=mask, other=0.0)
+    agc_eps = tl.load(hyper + G_AGC_EPS * num_groups + group, mask=mask, other=1.0)
+    g_norm = tl.sqrt(tl.load(grad_sumsq + t, mask=mask, other=0.0))
+    p_norm = tl.sqrt(tl.load(param_sumsq + t, mask=mask, other=0.0))
+    max_norm = tl.maximum(p_norm, agc_eps) * factor
+    norm_eps = tl.full([], 1e-6, tl.float64)
+    return tl.where((factor > 0.0) & (g_norm > max_norm), max_norm / (g_norm + norm_eps), 1.0)
 
 
 @triton.jit
@@ -213,6 +269,7 @@ def _finalize_kernel(
     HAS_AGC: tl.constexpr,
     IS_ADAMW: tl.constexpr,
     BLOCK: tl.constexpr,
+    REGISTERS: tl.constexpr,
 ):
     sched = hyper + G_NUM_COLUMNS * num_groups
     clip = tl.full([], 1.0, tl.float64)
@@ -235,12 +292,12 @@ def _finalize_kernel(
             clip = tl.minimum(ratio, 1.0, propagate_nan=tl.PropagateNan.ALL)
 
     step_count = tl.load(counter)
-    multiplier = _schedule_multiplier(sched, step_count.to(tl.float64))
+    lr_scale, lr_offset = _run_schedule_program(sched, step_count.to(tl.float64), REGISTERS)
     for first in range(0, num_tensors, BLOCK):
         t = first + tl.arange(0, BLOCK)
         mask = t < num_tensors
         group = tl.load(tensor_table + T_GROUP * num_tensors + t, mask=mask, other=0)
-        lr = tl.load(hyper + G_LR * num_groups + group, mask=mask, other=0.0) * multiplier
+        lr = tl.load(hyper + G_LR * num_groups + group, mask=mask, other=0.0) * lr_scale + lr_offset
         weight_decay = tl.load(hyper + G_WEIGHT_DECAY * num_groups + group, mask=mask, other=0.0)
         beta1 = tl.load(hyper + G_BETA1 * num_groups + group, mask=mask, other=0.0)
         beta2 = tl.load(hyper + G_BETA2 * num_groups + group, mask=mask, other=0.0)

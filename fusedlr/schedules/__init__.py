@@ -1,0 +1,74 @@
+"""Learning-rate schedules evaluated on the device, inside the optimizer step.
+
+Update ``k`` (0 for the first update the optimizer applies) of a group whose lr is ``base_lr``
+uses ``schedule.lr(k, base_lr)``; for relative schedules that is ``base_lr * schedule(k)``,
+exactly as ``LambdaLR(optimizer, schedule)`` stepped after each ``optimizer.step()``. Each
+schedule is one expression (``program.py``) run by the host, the Triton kernels and the CUDA
+backend alike. A plain Python callable ``k -> float`` is accepted by the optimizers too,
+evaluated on the host (not graph-capturable).
+"""
+
+from .base import Schedule
+from .composite import Chained, Sequential
+from .library import (
+    Constant,
+    ConstantFactor,
+    CosineAnnealing,
+    CosineRestarts,
+    Cyclic,
+    Exponential,
+    InverseSqrt,
+    Linear,
+    MultiStep,
+    OneCycle,
+    Polynomial,
+    Step,
+    WarmupConstant,
+    WarmupCosine,
+    WarmupCosineHardRestarts,
+    WarmupLinear,
+    WarmupMultiStep,
+    WarmupPolynomial,
+    WarmupStableDecay,
+    WarmupStableExpDecay,
+)
+from .scaling import linear_scaled_lr, max_lr_rule_of_thumb, sqrt_scaled_lr
+
+__all__ = [
+    "Schedule",
+    "Constant",
+    "WarmupConstant",
+    "WarmupLinear",
+    "WarmupCosine",
+    "WarmupCosineHardRestarts",
+    "WarmupPolynomial",
+    "InverseSqrt",
+    "WarmupStableDecay",
+    "Step",
+    "MultiStep",
+    "Exponential",
+    "Linear",
+    "ConstantFactor",
+    "Polynomial",
+    "CosineAnnealing",
+    "CosineRestarts",
+    "Cyclic",
+    "OneCycle",
+    "WarmupStableExpDecay",
+    "WarmupMultiStep",
+    "Sequential",
+    "Chained",
+    "linear_scaled_lr",
+    "sqrt_scaled_lr",
+    "max_lr_rule_of_thumb",
+    "check_schedule",
+]
+
+
+def check_schedule(schedule) -> None:
+    """Constructor-time validation of an optimizer's ``schedule`` argument."""
+    if schedule is None or isinstance(schedule, Schedule) or callable(schedule):
+        return
+    raise ValueError(
+        f"Invalid schedule: {schedule!r} (expected a fusedlr.schedules.Schedule, a callable k -> float, or None)"
+    )
