@@ -112,3 +112,98 @@ def run_by_hand(make_optimizer, params, groups, grads_per_step, *, lr_lambda=Non
         if sched is not None:
             sched.step()
     return opt, norms
+
+
+def hf_cosine_hard_restarts(warmup, total, num_cycles=1):
+    def f(step):
+        if step < warmup:
+            return float(step) / float(max(1, warmup))
+        progress = float(step - warmup) / float(max(1, total - warmup))
+        if progress >= 1.0:
+            return 0.0
+        return max(0.0, 0.5 * (1.0 + math.cos(math.pi * ((float(num_cycles) * progress) % 1.0))))
+
+    return f
+
+
+def hf_polynomial(warmup, total, lr_init, lr_end=1e-7, power=1.0):
+    def f(step):
+        if step < warmup:
+            return float(step) / float(max(1, warmup))
+        elif step > total:
+            return lr_end / lr_init
+        lr_range = lr_init - lr_end
+        decay_steps = total - warmup
+        pct_remaining = 1 - (step - warmup) / decay_steps
+        decay = lr_range * pct_remaining**power + lr_end
+        return decay / lr_init
+
+    return f
+
+
+def hf_wsd(warmup, stable, decay_steps, warmup_type="linear", decay_type="cosine", min_lr_ratio=0.0, num_cycles=0.5):
+    def f(step):
+        if step < warmup:
+            progress = float(step) / float(max(1, warmup))
+            factor = {
+                "linear": progress,
+                "cosine": 0.5 * (1.0 - math.cos(math.pi * progress)),
+                "1-sqrt": 1.0 - math.sqrt(1.0 - progress),
+            }[warmup_type]
+            return max(0.0, factor * (1.0 - min_lr_ratio) + min_lr_ratio)
+        if step < warmup + stable:
+            return 1.0
+        if step < warmup + stable + decay_steps:
+            progress = float(step - warmup - stable) / float(max(1, decay_steps))
+            if decay_type == "linear":
+                factor = 1.0 - progress
+            elif decay_type == "cosine":
+                factor = 0.5 * (1.0 + math.cos(math.pi * float(num_cycles) * 2.0 * progress))
+            else:
+                factor = 1.0 - math.sqrt(progress)
+            return max(0.0, factor * (1.0 - min_lr_ratio) + min_lr_ratio)
+        return min_lr_ratio
+
+    return f
+
+
+def minicpm_exp_wsd(warmup, stable, half_life, min_ratio=0.0):
+    """MiniCPM's WSD with exponential decay: 0.5 ** ((s - T) / T_half) after the stable phase."""
+
+    def f(step):
+        if step < warmup:
+            return step / max(1, warmup)
+        if step < warmup + stable:
+            return 1.0
+        return max(min_ratio, 0.5 ** ((step - warmup - stable) / half_life))
+
+    return f
+
+
+def deepseek_multistep(warmup, total):
+    """DeepSeek LLM: peak after warmup, 31.6% after 80% of training, 10% after 90%."""
+
+    def f(step):
+        if step < warmup:
+            return step / max(1, warmup)
+        if step >= round(0.9 * total):
+            return 0.1
+        if step >= round(0.8 * total):
+            return 0.316
+        return 1.0
+
+    return f
+
+
+def torch_scheduler_lrs(make_scheduler, steps, base_lr=0.1):
+    """The lr torch's real scheduler gives update k, k = 0..steps-1, in the standard loop."""
+    param = torch.zeros(1, requires_grad=True)
+    opt = torch.optim.SGD([param], lr=base_lr)
+    sched = make_scheduler(opt)
+    lrs = []
+    for k in range(steps):
+        lrs.append(opt.param_groups[0]["lr"])
+        if k + 1 < steps:  # no step after the last: OneCycleLR refuses to go past its end
+            opt.step()
+            sched.step()
+    return lrs

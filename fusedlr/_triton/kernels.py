@@ -197,9 +197,10 @@ def _run_schedule_program(sched, k, REGISTERS: tl.constexpr):
     for i in range(0, count):
         at = code + i * INSTRUCTION_WIDTH
         op = tl.load(at).to(tl.int32)
-        a = _register(registers, tl.load(at + 1).to(tl.int32), REGISTERS)
-        b = _register(registers, tl.load(at + 2).to(tl.int32), REGISTERS)
-        c = _register(registers, tl.load(at + 3).to(tl.int32), REGISTERS)
+        # Operand reads inlined (not _register): the CPU interpreter pays per helper call.
+        a = tl.sum(tl.where(index == tl.load(at + 1).to(tl.int32), registers, 0.0))
+        b = tl.sum(tl.where(index == tl.load(at + 2).to(tl.int32), registers, 0.0))
+        c = tl.sum(tl.where(index == tl.load(at + 3).to(tl.int32), registers, 0.0))
         if op == OP_CONST:
             r = tl.load(at + 4)
         elif op == OP_ADD:

@@ -351,6 +351,8 @@ class Polynomial(Schedule):
 def _cosine_between(eta_min: float, angle):
     """torch's ``eta_min + (base_lr - eta_min) * (1 + cos(angle)) / 2`` as (scale, offset)."""
     wave = (1 + P.cos(angle)) / 2
+    if eta_min == 0.0:
+        return wave, P.lift(0.0)  # purely relative: it keeps a multiplier, LambdaLR-compatible
     return wave, eta_min - eta_min * wave
 
 
