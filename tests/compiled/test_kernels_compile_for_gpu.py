@@ -26,7 +26,10 @@ CHUNKED = {
 
 def _compile(kernel, signature, constexprs, arch=90):
     signature = dict(signature, **{name: "constexpr" for name in constexprs})
-    return triton.compile(ASTSource(kernel, signature, constexprs=constexprs), target=GPUTarget("cuda", arch, 32))
+    # The launcher runs the single-program finalize with one warp (its reductions stay in-warp).
+    options = {"num_warps": 1} if kernel is kernels._finalize_kernel else {}
+    source = ASTSource(kernel, signature, constexprs=constexprs)
+    return triton.compile(source, target=GPUTarget("cuda", arch, 32), options=options)
 
 
 def _chunk_constexprs(elem):
@@ -52,7 +55,7 @@ def _variants():
     ):
         sig = dict(tensor_table="*i64", num_tensors="i32", hyper="*fp64", num_groups="i32", grad_sumsq="*fp64",
                    param_sumsq="*fp64", coef="*fp64", counter="*i64", norm_out="*fp32")  # fmt: skip
-        flags = dict(HAS_NORMS=norms, HAS_CLIP=clip, HAS_AGC=agc, IS_ADAMW=adamw, BLOCK=1024)
+        flags = dict(HAS_NORMS=norms, HAS_CLIP=clip, HAS_AGC=agc, IS_ADAMW=adamw, BLOCK=1024, REGISTERS=64)
         yield f"finalize-n{norms}c{clip}a{agc}-adamw{adamw}", kernels._finalize_kernel, sig, flags
     for elem, (name, kernel) in itertools.product(
         ELEMS, [("adamw", kernels._adamw_update_kernel), ("lion", kernels._lion_update_kernel)]
