@@ -1,7 +1,7 @@
 # The two commands of the README: `make bench` (the main job) and `make test`.
 PY = $$(cat .python-path)
 
-.PHONY: setup bench test test-cpu test-native lint clean
+.PHONY: setup bench test test-cpu test-native lint wheel wheel-check clean
 
 setup:
 	@bash tools/setup_env.sh
@@ -24,5 +24,13 @@ lint:
 	$(PY) -m ruff check fusedlr tests benchmarks examples
 	$(PY) -m ruff format --check fusedlr tests benchmarks examples
 
+# A wheel with the CUDA extension, for the architectures in FUSEDLR_CUDA_ARCHS (default 80;86;89;90).
+wheel: setup
+	FUSEDLR_BUILD_CUDA=$${FUSEDLR_BUILD_CUDA:-1} $(PY) -m pip wheel . --no-deps -w dist
+
+# The wheel holds the requested architectures and imports next to torch.
+wheel-check: wheel
+	bash tools/check_wheel.sh
+
 clean:
-	rm -rf .venv .python-path build dist *.egg-info .pytest_cache .ruff_cache
+	rm -rf .venv .python-path build dist *.egg-info .pytest_cache .ruff_cache fusedlr/_C*.so

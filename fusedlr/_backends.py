@@ -7,7 +7,7 @@ import os
 
 import torch
 
-BACKEND_NAMES = ("auto", "torch", "triton")
+BACKEND_NAMES = ("auto", "torch", "triton", "cuda")
 ENV_OVERRIDE = "FUSEDLR_BACKEND"
 
 
@@ -31,6 +31,10 @@ def available_backends() -> list[str]:
     names = ["torch"]
     if triton_importable() and (torch.cuda.is_available() or interpreting_triton()):
         names.append("triton")
+    from . import _cuda
+
+    if _cuda.available():
+        names.append("cuda")
     return names
 
 
@@ -65,4 +69,14 @@ def choose(requested: str, device: torch.device) -> str:
             )
         if device.type not in ("cpu", "cuda"):
             raise RuntimeError(f"fusedlr: backend='triton' cannot run on {device.type} tensors")
+    if name == "cuda":
+        from . import _cuda
+
+        if _cuda.load() is None:
+            raise RuntimeError(
+                "fusedlr: backend='cuda' requested but the compiled extension fusedlr._C is not installed "
+                "(build it with FUSEDLR_BUILD_CUDA=1 pip install .; see the README's 'Building wheels')"
+            )
+        if device.type != "cuda":
+            raise RuntimeError(f"fusedlr: backend='cuda' needs CUDA tensors; these parameters are on {device.type}")
     return name

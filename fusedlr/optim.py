@@ -119,20 +119,23 @@ class _FusedOptimizer(torch.optim.Optimizer):
         devices = {param.device for param, _ in active}
         device = active[0][0].device
         backend = _backends.choose(self.backend, device)
-        if backend == "triton":
-            from . import _triton
+        if backend in ("triton", "cuda"):
+            from . import _fused
 
-            _triton.check_inputs(active, devices, self.state)
+            _fused.check_inputs(active, devices, self.state)
 
         if self._schedule_step.device != device:  # the model moved after the optimizer was made
             self._schedule_step = self._schedule_step.to(device)
         items = [(p, group, self._init_state(p, group)) for p, group in active]
-        if backend == "triton":
-            from . import _triton
+        if backend in ("triton", "cuda"):
+            if backend == "triton":
+                from ._triton import step_ as fused_step_
+            else:
+                from ._cuda import step_ as fused_step_
 
             device_schedule = isinstance(self.schedule, Schedule) or self.schedule is None
             host_multiplier = None if device_schedule else self._schedule_on_host()[0]
-            self.last_grad_norm = _triton.step_(self, items, host_multiplier)
+            self.last_grad_norm = fused_step_(self, items, host_multiplier)
         else:
             scale, offset = self._schedule_on_host()
             self.last_grad_norm = reference.step_(self._kind, items, scale, offset, self.max_grad_norm)

@@ -19,7 +19,10 @@ CONSTRUCTOR_ERRORS = [
     (dict(agc_clip_factor=0.0), "Invalid agc_clip_factor: 0.0"),
     (dict(agc_eps=0.0), "Invalid agc_eps: 0.0"),
     (dict(schedule=3), "Invalid schedule"),
-    (dict(backend="cuda-magic"), r"Invalid backend: 'cuda-magic' \(valid backends: 'auto', 'torch', 'triton'\)"),
+    (
+        dict(backend="cuda-magic"),
+        r"Invalid backend: 'cuda-magic' \(valid backends: 'auto', 'torch', 'triton', 'cuda'\)",
+    ),
 ]
 
 

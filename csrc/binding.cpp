@@ -1,0 +1,82 @@
+// fusedlr._C: a flat pybind11 binding of csrc/kernels.h. Plain integers only (addresses, sizes,
+// the stream), no torch headers, so one build works with every torch version. C++ exceptions
+// (CUDA errors among them) arrive in Python as RuntimeError / ValueError.
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#include <map>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include "kernels.h"
+#include "layout.h"
+
+namespace py = pybind11;
+using namespace fusedlr;
+
+namespace {
+
+// Every number the Python side must agree with, for its consistency check at import.
+std::map<std::string, int> layout() {
+  return {
+      {"tensor.param", kParam}, {"tensor.grad", kGrad}, {"tensor.exp_avg", kExpAvg},
+      {"tensor.exp_avg_sq", kExpAvgSq}, {"tensor.max_exp_avg_sq", kMaxExpAvgSq}, {"tensor.step", kStep},
+      {"tensor.numel", kNumel}, {"tensor.group", kGroup}, {"tensor.chunk_begin", kChunkBegin},
+      {"tensor.num_chunks", kNumChunks}, {"tensor.columns", kTensorColumns},
+      {"group.lr", kLr}, {"group.weight_decay", kWeightDecay}, {"group.beta1", kBeta1}, {"group.beta2", kBeta2},
+      {"group.eps", kEps}, {"group.agc_clip_factor", kAgcClipFactor}, {"group.agc_eps", kAgcEps},
+      {"group.grad_sign", kGradSign}, {"group.columns", kGroupColumns},
+      {"schedule.host_multiplier", kHostMultiplier}, {"schedule.max_grad_norm", kMaxGradNorm},
+      {"schedule.num_instructions", kNumInstructions}, {"schedule.scale_register", kScaleRegister},
+      {"schedule.offset_register", kOffsetRegister}, {"schedule.slots", kScheduleSlots},
+      {"coef.grad_scale", kGradScale}, {"coef.decay", kDecay}, {"coef.step_size", kStepSize},
+      {"coef.bc2_sqrt", kBc2Sqrt}, {"coef.beta1", kCoefBeta1}, {"coef.one_minus_beta1", kOneMinusBeta1},
+      {"coef.beta2", kCoefBeta2}, {"coef.one_minus_beta2", kOneMinusBeta2}, {"coef.eps", kCoefEps},
+      {"coef.columns", kCoefColumns},
+      {"op.const", kConst}, {"op.add", kAdd}, {"op.sub", kSub}, {"op.mul", kMul}, {"op.div", kDiv},
+      {"op.min", kMin}, {"op.max", kMax}, {"op.lt", kLt}, {"op.le", kLe}, {"op.where", kWhere}, {"op.cos", kCos},
+      {"op.sqrt", kSqrt}, {"op.exp", kExp}, {"op.log", kLog}, {"op.floor", kFloor}, {"op.pow", kPow},
+      {"op.abs", kAbs}, {"program.instruction_width", kInstructionWidth},
+      {"program.max_registers", kMaxRegisters},
+      {"dtype.float32", kFloat32}, {"dtype.float64", kFloat64}, {"dtype.float16", kFloat16},
+      {"dtype.bfloat16", kBFloat16},
+  };
+}
+
+std::pair<double, double> schedule_on_cpu(const std::vector<double>& program, int num_instructions,
+                                          int scale_register, int offset_register, double k) {
+  if (program.size() < static_cast<size_t>(num_instructions) * kInstructionWidth) {
+    throw std::invalid_argument("fusedlr: schedule program shorter than its instruction count");
+  }
+  double scale = 0.0, offset = 0.0;
+  run_schedule_program(program.data(), num_instructions, scale_register, offset_register, k, &scale, &offset);
+  return {scale, offset};
+}
+
+}  // namespace
+
+PYBIND11_MODULE(_C, m) {
+  m.doc() = "fusedlr's CUDA kernels: addresses, sizes and the stream as integers; see csrc/kernels.h";
+  m.def("layout", &layout, "Column, slot, opcode and dtype numbers, for the Python side's consistency check");
+  m.def("schedule_on_cpu", &schedule_on_cpu, "The CUDA schedule interpreter's logic, run on the CPU (for tests)",
+        py::arg("program"), py::arg("num_instructions"), py::arg("scale_register"), py::arg("offset_register"),
+        py::arg("k"));
+  m.def("grad_sumsq", &grad_sumsq, py::arg("dtype"), py::arg("tensor_table"), py::arg("num_tensors"),
+        py::arg("chunk_table"), py::arg("num_chunks"), py::arg("chunk_begin"), py::arg("chunk_count"),
+        py::arg("chunk_size"), py::arg("partial_grad"), py::arg("partial_param"), py::arg("with_param"),
+        py::arg("found_inf"), py::arg("stream"));
+  m.def("tensor_sumsq", &tensor_sumsq, py::arg("tensor_table"), py::arg("num_tensors"), py::arg("partial_grad"),
+        py::arg("partial_param"), py::arg("grad_sumsq"), py::arg("param_sumsq"), py::arg("with_param"),
+        py::arg("found_inf"), py::arg("stream"));
+  m.def("finalize", &finalize, py::arg("tensor_table"), py::arg("num_tensors"), py::arg("hyper"),
+        py::arg("num_groups"), py::arg("grad_sumsq"), py::arg("param_sumsq"), py::arg("coef"), py::arg("counter"),
+        py::arg("norm_out"), py::arg("has_norms"), py::arg("has_clip"), py::arg("has_agc"), py::arg("is_adamw"),
+        py::arg("found_inf"), py::arg("stream"));
+  m.def("adamw_update", &adamw_update, py::arg("dtype"), py::arg("tensor_table"), py::arg("num_tensors"),
+        py::arg("chunk_table"), py::arg("num_chunks"), py::arg("chunk_begin"), py::arg("chunk_count"),
+        py::arg("chunk_size"), py::arg("coef"), py::arg("found_inf"), py::arg("stream"));
+  m.def("lion_update", &lion_update, py::arg("dtype"), py::arg("tensor_table"), py::arg("num_tensors"),
+        py::arg("chunk_table"), py::arg("num_chunks"), py::arg("chunk_begin"), py::arg("chunk_count"),
+        py::arg("chunk_size"), py::arg("coef"), py::arg("found_inf"), py::arg("stream"));
+}

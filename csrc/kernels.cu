@@ -1,0 +1,500 @@
+// CUDA kernels of one fused optimizer step: the same tables, order of operations and results as
+// fusedlr/_triton/kernels.py (read that file's header for the step's shape). Templated on the
+// storage type of a bucket; maths in float (double for double storage); IEEE division and
+// square root (no fast math); deterministic reductions (fixed trees, no atomics); 16-byte
+// vector loads where every pointer of a chunk is aligned, scalar loads otherwise.
+
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+
+#include <cmath>
+#include <cstdint>
+#include <stdexcept>
+#include <string>
+
+#include "kernels.h"
+#include "layout.h"
+
+namespace fusedlr {
+namespace {
+
+constexpr int kThreads = 256;
+constexpr int kFinalizeThreads = 256;
+constexpr double kNormEps = 1e-6;
+
+void check(cudaError_t status, const char* what) {
+  if (status != cudaSuccess) {
+    throw std::runtime_error(std::string("fusedlr CUDA error in ") + what + ": " + cudaGetErrorString(status));
+  }
+}
+
+int sm_count() {
+  int device = 0, count = 0;
+  check(cudaGetDevice(&device), "cudaGetDevice");
+  check(cudaDeviceGetAttribute(&count, cudaDevAttrMultiProcessorCount, device), "cudaDeviceGetAttribute");
+  return count;
+}
+
+int chunk_grid(int64_t chunk_count) {
+  const int64_t cap = static_cast<int64_t>(sm_count()) * 8;
+  return static_cast<int>(chunk_count < cap ? chunk_count : cap);
+}
+
+// ----- storage types --------------------------------------------------------------------------
+
+template <typename T> struct Storage;
+template <> struct Storage<float> {
+  using Acc = float;
+  __device__ static float load(float x) { return x; }
+  __device__ static float store(float x) { return x; }
+};
+template <> struct Storage<double> {
+  using Acc = double;
+  __device__ static double load(double x) { return x; }
+  __device__ static double store(double x) { return x; }
+};
+template <> struct Storage<__half> {
+  using Acc = float;
+  __device__ static float load(__half x) { return __half2float(x); }
+  __device__ static __half store(float x) { return __float2half_rn(x); }
+};
+template <> struct Storage<__nv_bfloat16> {
+  using Acc = float;
+  __device__ static float load(__nv_bfloat16 x) { return __bfloat162float(x); }
+  __device__ static __nv_bfloat16 store(float x) { return __float2bfloat16_rn(x); }
+};
+
+// 16 bytes of T: one vector load or store.
+template <typename T> struct alignas(16) Pack {
+  static constexpr int N = 16 / sizeof(T);
+  T v[N];
+};
+
+template <typename T> __device__ T* address(const int64_t* table, int column, int64_t num_tensors, int64_t t) {
+  return reinterpret_cast<T*>(static_cast<uintptr_t>(table[column * num_tensors + t]));
+}
+
+__device__ bool skipped(const float* found_inf) { return found_inf != nullptr && *found_inf != 0.0f; }
+
+// Sum over the block in a fixed tree: bitwise the same every run.
+__device__ double block_sum(double value, double* shared) {
+  shared[threadIdx.x] = value;
+  __syncthreads();
+  for (int stride = blockDim.x / 2; stride > 0; stride /= 2) {
+    if (threadIdx.x < stride) shared[threadIdx.x] += shared[threadIdx.x + stride];
+    __syncthreads();
+  }
+  double total = shared[0];
+  __syncthreads();
+  return total;
+}
+
+struct Chunk {
+  int64_t tensor, start, length;
+};
+
+__device__ Chunk chunk_at(const int64_t* tensor_table, int64_t num_tensors, const int64_t* chunk_table,
+                          int64_t num_chunks, int64_t c, int64_t chunk_size) {
+  Chunk chunk;
+  chunk.tensor = chunk_table[c];
+  chunk.start = chunk_table[num_chunks + c];
+  const int64_t remaining = tensor_table[kNumel * num_tensors + chunk.tensor] - chunk.start;
+  chunk.length = remaining < chunk_size ? remaining : chunk_size;
+  return chunk;
+}
+
+__device__ bool aligned16(const void* a, const void* b = nullptr, const void* c = nullptr, const void* d = nullptr,
+                          const void* e = nullptr) {
+  const uintptr_t bits = reinterpret_cast<uintptr_t>(a) | reinterpret_cast<uintptr_t>(b) |
+                         reinterpret_cast<uintptr_t>(c) | reinterpret_cast<uintptr_t>(d) |
+                         reinterpret_cast<uintptr_t>(e);
+  return (bits & 15) == 0;
+}
+
+// ----- 1. norm pass: per-chunk partial sums of squares -------------------------------------------
+
+template <typename T>
+__global__ void grad_sumsq_kernel(const int64_t* tensor_table, int64_t num_tensors, const int64_t* chunk_table,
+                                  int64_t num_chunks, int64_t chunk_begin, int64_t chunk_count, int64_t chunk_size,
+                                  double* partial_grad, double* partial_param, bool with_param,
+                                  const float* found_inf) {
+  if (skipped(found_inf)) return;
+  using S = Storage<T>;
+  using Acc = typename S::Acc;
+  constexpr int N = Pack<T>::N;
+  __shared__ double shared[kThreads];
+  for (int64_t c = chunk_begin + blockIdx.x; c < chunk_begin + chunk_count; c += gridDim.x) {
+    const Chunk chunk = chunk_at(tensor_table, num_tensors, chunk_table, num_chunks, c, chunk_size);
+    const T* grad = address<T>(tensor_table, kGrad, num_tensors, chunk.tensor) + chunk.start;
+    const T* param = address<T>(tensor_table, kParam, num_tensors, chunk.tensor) + chunk.start;
+    Acc acc_grad = 0, acc_param = 0;
+    const int64_t vector_end = aligned16(grad, with_param ? param : nullptr) ? chunk.length / N * N : 0;
+    for (int64_t i = threadIdx.x * N; i < vector_end; i += blockDim.x * N) {
+      const Pack<T> g = *reinterpret_cast<const Pack<T>*>(grad + i);
+#pragma unroll
+      for (int j = 0; j < N; ++j) acc_grad += S::load(g.v[j]) * S::load(g.v[j]);
+      if (with_param) {
+        const Pack<T> p = *reinterpret_cast<const Pack<T>*>(param + i);
+#pragma unroll
+        for (int j = 0; j < N; ++j) acc_param += S::load(p.v[j]) * S::load(p.v[j]);
+      }
+    }
+    for (int64_t i = vector_end + threadIdx.x; i < chunk.length; i += blockDim.x) {
+      const Acc g = S::load(grad[i]);
+      acc_grad += g * g;
+      if (with_param) {
+        const Acc p = S::load(param[i]);
+        acc_param += p * p;
+      }
+    }
+    const double total_grad = block_sum(static_cast<double>(acc_grad), shared);
+    const double total_param = with_param ? block_sum(static_cast<double>(acc_param), shared) : 0.0;
+    if (threadIdx.x == 0) {
+      partial_grad[c] = total_grad;
+      if (with_param) partial_param[c] = total_param;
+    }
+  }
+}
+
+// ----- 2. per-tensor sums, adding each tensor's partials in chunk order ---------------------------
+
+__global__ void tensor_sumsq_kernel(const int64_t* tensor_table, int64_t num_tensors, const double* partial_grad,
+                                    const double* partial_param, double* grad_sumsq, double* param_sumsq,
+                                    bool with_param, const float* found_inf) {
+  if (skipped(found_inf)) return;
+  __shared__ double shared[kThreads];
+  for (int64_t t = blockIdx.x; t < num_tensors; t += gridDim.x) {
+    const int64_t begin = tensor_table[kChunkBegin * num_tensors + t];
+    const int64_t count = tensor_table[kNumChunks * num_tensors + t];
+    double acc_grad = 0, acc_param = 0;
+    for (int64_t i = threadIdx.x; i < count; i += blockDim.x) {
+      acc_grad += partial_grad[begin + i];
+      if (with_param) acc_param += partial_param[begin + i];
+    }
+    const double total_grad = block_sum(acc_grad, shared);
+    const double total_param = with_param ? block_sum(acc_param, shared) : 0.0;
+    if (threadIdx.x == 0) {
+      grad_sumsq[t] = total_grad;
+      if (with_param) param_sumsq[t] = total_param;
+    }
+  }
+}
+
+// ----- the schedule program interpreter (host and device: the CPU copy is for tests) ---------------
+
+__host__ __device__ double pow_by_squaring(double base, double n) {
+  int64_t e = static_cast<int64_t>(n);
+  double result = 1.0;
+  for (int bit = 0; bit < 25; ++bit) {
+    if (e & 1) result *= base;
+    base *= base;
+    e >>= 1;
+  }
+  return result;
+}
+
+// a ** b: exact by squaring for integral |b| < 2**25, exp(b * log(a)) otherwise (Triton's _pow).
+__host__ __device__ double schedule_pow(double a, double b) {
+  const double n = fabs(b);
+  if (b == floor(b) && n < 33554432.0) {
+    const double p = pow_by_squaring(a, n);
+    return b < 0.0 ? 1.0 / p : p;
+  }
+  return exp(b * log(a));
+}
+
+__host__ __device__ void run_program(const double* code, int count, int scale_register, int offset_register,
+                                     double k, double* scale, double* offset) {
+  double regs[kMaxRegisters];
+  regs[0] = k;
+  for (int i = 0; i < count && i + 1 < kMaxRegisters; ++i) {
+    const double* at = code + i * kInstructionWidth;
+    const int op = static_cast<int>(at[0]);
+    const double a = regs[static_cast<int>(at[1])], b = regs[static_cast<int>(at[2])], c = regs[static_cast<int>(at[3])];
+    double r;
+    switch (op) {
+      case kConst: r = at[4]; break;
+      case kAdd: r = a + b; break;
+      case kSub: r = a - b; break;
+      case kMul: r = a * b; break;
+      case kDiv: r = a / b; break;
+      case kMin: r = fmin(a, b); break;
+      case kMax: r = fmax(a, b); break;
+      case kLt: r = a < b ? 1.0 : 0.0; break;
+      case kLe: r = a <= b ? 1.0 : 0.0; break;
+      case kWhere: r = a != 0.0 ? b : c; break;
+      case kCos: r = cos(a); break;
+      case kSqrt: r = sqrt(a); break;
+      case kExp: r = exp(a); break;
+      case kLog: r = log(a); break;
+      case kFloor: r = floor(a); break;
+      case kPow: r = schedule_pow(a, b); break;
+      default: r = fabs(a); break;
+    }
+    regs[i + 1] = r;
+  }
+  *scale = regs[scale_register];
+  *offset = regs[offset_register];
+}
+
+// ----- 3. finalize: norms, clip, schedule, steps, per-tensor coefficients ---------------------------
+
+__device__ double agc_scale(const int64_t* tensor_table, int64_t num_tensors, const double* hyper, int64_t num_groups,
+                            const double* grad_sumsq, const double* param_sumsq, int64_t t) {
+  const int64_t group = tensor_table[kGroup * num_tensors + t];
+  const double factor = hyper[kAgcClipFactor * num_groups + group];
+  const double agc_eps = hyper[kAgcEps * num_groups + group];
+  const double g_norm = sqrt(grad_sumsq[t]);
+  const double max_norm = fmax(sqrt(param_sumsq[t]), agc_eps) * factor;
+  return (factor > 0.0 && g_norm > max_norm) ? max_norm / (g_norm + kNormEps) : 1.0;
+}
+
+__global__ void finalize_kernel(const int64_t* tensor_table, int64_t num_tensors, const double* hyper,
+                                int64_t num_groups, const double* grad_sumsq, const double* param_sumsq, double* coef,
+                                int64_t* counter, float* norm_out, bool has_norms, bool has_clip, bool has_agc,
+                                bool is_adamw, const float* found_inf) {
+  if (skipped(found_inf)) return;
+  __shared__ double shared[kFinalizeThreads];
+  __shared__ double lr_scale, lr_offset;
+  const double* sched = hyper + kGroupColumns * num_groups;
+  double clip = 1.0;
+  if (has_norms) {
+    double acc = 0.0;
+    for (int64_t t = threadIdx.x; t < num_tensors; t += blockDim.x) {
+      double sumsq = grad_sumsq[t];
+      if (has_agc) {
+        const double s = agc_scale(tensor_table, num_tensors, hyper, num_groups, grad_sumsq, param_sumsq, t);
+        sumsq = sumsq * s * s;
+      }
+      acc += sumsq;
+    }
+    const double total = sqrt(block_sum(acc, shared));
+    if (threadIdx.x == 0) *norm_out = static_cast<float>(total);
+    if (has_clip) {
+      const double ratio = sched[kMaxGradNorm] / (total + kNormEps);
+      clip = isnan(ratio) ? ratio : fmin(ratio, 1.0);
+    }
+  }
+  const int64_t step_count = *counter;
+  if (threadIdx.x == 0) {
+    double scale, offset;
+    run_program(sched + kScheduleSlots, static_cast<int>(sched[kNumInstructions]),
+                static_cast<int>(sched[kScaleRegister]), static_cast<int>(sched[kOffsetRegister]),
+                static_cast<double>(step_count), &scale, &offset);
+    lr_scale = scale * sched[kHostMultiplier];
+    lr_offset = offset;
+  }
+  __syncthreads();
+  for (int64_t t = threadIdx.x; t < num_tensors; t += blockDim.x) {
+    const int64_t group = tensor_table[kGroup * num_tensors + t];
+    const double lr = hyper[kLr * num_groups + group] * lr_scale + lr_offset;
+    const double beta1 = hyper[kBeta1 * num_groups + group];
+    const double beta2 = hyper[kBeta2 * num_groups + group];
+    double scale = hyper[kGradSign * num_groups + group] * clip;
+    if (has_agc) scale *= agc_scale(tensor_table, num_tensors, hyper, num_groups, grad_sumsq, param_sumsq, t);
+    double step_size = lr, bc2_sqrt = 1.0;
+    if (is_adamw) {
+      float* step_ptr = reinterpret_cast<float*>(static_cast<uintptr_t>(tensor_table[kStep * num_tensors + t]));
+      const float step = *step_ptr + 1.0f;
+      *step_ptr = step;
+      step_size = lr / (1.0 - pow_by_squaring(beta1, step));
+      bc2_sqrt = sqrt(1.0 - pow_by_squaring(beta2, step));
+    }
+    coef[kGradScale * num_tensors + t] = scale;
+    coef[kDecay * num_tensors + t] = 1.0 - lr * hyper[kWeightDecay * num_groups + group];
+    coef[kStepSize * num_tensors + t] = step_size;
+    coef[kBc2Sqrt * num_tensors + t] = bc2_sqrt;
+    coef[kCoefBeta1 * num_tensors + t] = beta1;
+    coef[kOneMinusBeta1 * num_tensors + t] = 1.0 - beta1;
+    coef[kCoefBeta2 * num_tensors + t] = beta2;
+    coef[kOneMinusBeta2 * num_tensors + t] = 1.0 - beta2;
+    coef[kCoefEps * num_tensors + t] = hyper[kEps * num_groups + group];
+  }
+  __syncthreads();  // every thread has read the counter before it moves
+  if (threadIdx.x == 0) *counter = step_count + 1;
+}
+
+// ----- 4. updates ----------------------------------------------------------------------------------
+
+template <typename Acc> struct Coefs {
+  Acc grad_scale, decay, step_size, bc2_sqrt, beta1, w1, beta2, w2, eps;
+  __device__ Coefs(const double* coef, int64_t num_tensors, int64_t t)
+      : grad_scale(static_cast<Acc>(coef[kGradScale * num_tensors + t])),
+        decay(static_cast<Acc>(coef[kDecay * num_tensors + t])),
+        step_size(static_cast<Acc>(coef[kStepSize * num_tensors + t])),
+        bc2_sqrt(static_cast<Acc>(coef[kBc2Sqrt * num_tensors + t])),
+        beta1(static_cast<Acc>(coef[kCoefBeta1 * num_tensors + t])),
+        w1(static_cast<Acc>(coef[kOneMinusBeta1 * num_tensors + t])),
+        beta2(static_cast<Acc>(coef[kCoefBeta2 * num_tensors + t])),
+        w2(static_cast<Acc>(coef[kOneMinusBeta2 * num_tensors + t])),
+        eps(static_cast<Acc>(coef[kCoefEps * num_tensors + t])) {}
+};
+
+struct AdamW {
+  template <typename Acc>
+  __device__ static void apply(const Coefs<Acc>& k, Acc& p, Acc g, Acc& m, Acc& v, Acc* v_max) {
+    g = g * k.grad_scale;
+    p = p * k.decay;
+    // torch's lerp(m, g, w): two forms, picked by |w| < 0.5.
+    m = k.w1 < Acc(0.5) ? m + k.w1 * (g - m) : g - (g - m) * (Acc(1) - k.w1);
+    v = v * k.beta2 + k.w2 * g * g;
+    Acc v_hat = v;
+    if (v_max != nullptr) {
+      *v_max = *v_max > v ? *v_max : v;
+      v_hat = *v_max;
+    }
+    p = p - k.step_size * (m / (sqrt(v_hat) / k.bc2_sqrt + k.eps));
+  }
+};
+
+struct Lion {
+  template <typename Acc>
+  __device__ static void apply(const Coefs<Acc>& k, Acc& p, Acc g, Acc& m, Acc&, Acc*) {
+    g = g * k.grad_scale;
+    p = p * k.decay;
+    const Acc update = m * k.beta1 + k.w1 * g;
+    const Acc direction = update > Acc(0) ? Acc(1) : (update < Acc(0) ? Acc(-1) : Acc(0));
+    p = p - k.step_size * direction;
+    m = m * k.beta2 + k.w2 * g;
+  }
+};
+
+template <typename T, typename Rule, bool kHasSecondMoment>
+__global__ void update_kernel(const int64_t* tensor_table, int64_t num_tensors, const int64_t* chunk_table,
+                              int64_t num_chunks, int64_t chunk_begin, int64_t chunk_count, int64_t chunk_size,
+                              const double* coef, const float* found_inf) {
+  if (skipped(found_inf)) return;
+  using S = Storage<T>;
+  using Acc = typename S::Acc;
+  constexpr int N = Pack<T>::N;
+  for (int64_t c = chunk_begin + blockIdx.x; c < chunk_begin + chunk_count; c += gridDim.x) {
+    const Chunk chunk = chunk_at(tensor_table, num_tensors, chunk_table, num_chunks, c, chunk_size);
+    const int64_t t = chunk.tensor;
+    T* param = address<T>(tensor_table, kParam, num_tensors, t) + chunk.start;
+    const T* grad = address<T>(tensor_table, kGrad, num_tensors, t) + chunk.start;
+    T* exp_avg = address<T>(tensor_table, kExpAvg, num_tensors, t) + chunk.start;
+    T* exp_avg_sq = kHasSecondMoment ? address<T>(tensor_table, kExpAvgSq, num_tensors, t) + chunk.start : nullptr;
+    T* max_sq = address<T>(tensor_table, kMaxExpAvgSq, num_tensors, t);
+    if (max_sq != nullptr) max_sq += chunk.start;
+    const Coefs<Acc> k(coef, num_tensors, t);
+
+    const int64_t vector_end = aligned16(param, grad, exp_avg, exp_avg_sq, max_sq) ? chunk.length / N * N : 0;
+    for (int64_t i = threadIdx.x * N; i < vector_end; i += blockDim.x * N) {
+      Pack<T> p = *reinterpret_cast<const Pack<T>*>(param + i);
+      const Pack<T> g = *reinterpret_cast<const Pack<T>*>(grad + i);
+      Pack<T> m = *reinterpret_cast<const Pack<T>*>(exp_avg + i);
+      Pack<T> v{}, vm{};
+      if (kHasSecondMoment) v = *reinterpret_cast<const Pack<T>*>(exp_avg_sq + i);
+      if (max_sq != nullptr) vm = *reinterpret_cast<const Pack<T>*>(max_sq + i);
+#pragma unroll
+      for (int j = 0; j < N; ++j) {
+        Acc pa = S::load(p.v[j]), ma = S::load(m.v[j]), va = kHasSecondMoment ? S::load(v.v[j]) : Acc(0);
+        Acc vma = max_sq != nullptr ? S::load(vm.v[j]) : Acc(0);
+        Rule::apply(k, pa, S::load(g.v[j]), ma, va, max_sq != nullptr ? &vma : nullptr);
+        p.v[j] = S::store(pa);
+        m.v[j] = S::store(ma);
+        if (kHasSecondMoment) v.v[j] = S::store(va);
+        if (max_sq != nullptr) vm.v[j] = S::store(vma);
+      }
+      *reinterpret_cast<Pack<T>*>(param + i) = p;
+      *reinterpret_cast<Pack<T>*>(exp_avg + i) = m;
+      if (kHasSecondMoment) *reinterpret_cast<Pack<T>*>(exp_avg_sq + i) = v;
+      if (max_sq != nullptr) *reinterpret_cast<Pack<T>*>(max_sq + i) = vm;
+    }
+    for (int64_t i = vector_end + threadIdx.x; i < chunk.length; i += blockDim.x) {
+      Acc pa = S::load(param[i]), ma = S::load(exp_avg[i]);
+      Acc va = kHasSecondMoment ? S::load(exp_avg_sq[i]) : Acc(0);
+      Acc vma = max_sq != nullptr ? S::load(max_sq[i]) : Acc(0);
+      Rule::apply(k, pa, S::load(grad[i]), ma, va, max_sq != nullptr ? &vma : nullptr);
+      param[i] = S::store(pa);
+      exp_avg[i] = S::store(ma);
+      if (kHasSecondMoment) exp_avg_sq[i] = S::store(va);
+      if (max_sq != nullptr) max_sq[i] = S::store(vma);
+    }
+  }
+}
+
+template <typename T> const T* as_ptr(uint64_t address) { return reinterpret_cast<const T*>(address); }
+template <typename T> T* as_mut(uint64_t address) { return reinterpret_cast<T*>(address); }
+cudaStream_t as_stream(uint64_t stream) { return reinterpret_cast<cudaStream_t>(stream); }
+
+// Calls `launch.template operator()<T>()` with T the storage type of `dtype`.
+template <typename Launch> void dispatch(int dtype, Launch&& launch) {
+  switch (dtype) {
+    case kFloat32: launch(float{}); break;
+    case kFloat64: launch(double{}); break;
+    case kFloat16: launch(__half{}); break;
+    case kBFloat16: launch(__nv_bfloat16{}); break;
+    default: throw std::invalid_argument("fusedlr: unknown dtype code " + std::to_string(dtype));
+  }
+}
+
+}  // namespace
+
+void grad_sumsq(int dtype, uint64_t tensor_table, int64_t num_tensors, uint64_t chunk_table, int64_t num_chunks,
+                int64_t chunk_begin, int64_t chunk_count, int64_t chunk_size, uint64_t partial_grad,
+                uint64_t partial_param, bool with_param, uint64_t found_inf, uint64_t stream) {
+  if (chunk_count == 0) return;
+  dispatch(dtype, [&](auto tag) {
+    using T = decltype(tag);
+    grad_sumsq_kernel<T><<<chunk_grid(chunk_count), kThreads, 0, as_stream(stream)>>>(
+        as_ptr<int64_t>(tensor_table), num_tensors, as_ptr<int64_t>(chunk_table), num_chunks, chunk_begin,
+        chunk_count, chunk_size, as_mut<double>(partial_grad), as_mut<double>(partial_param), with_param,
+        as_ptr<float>(found_inf));
+  });
+  check(cudaGetLastError(), "grad_sumsq_kernel");
+}
+
+void tensor_sumsq(uint64_t tensor_table, int64_t num_tensors, uint64_t partial_grad, uint64_t partial_param,
+                  uint64_t grad_sumsq, uint64_t param_sumsq, bool with_param, uint64_t found_inf, uint64_t stream) {
+  const int64_t cap = static_cast<int64_t>(sm_count()) * 8;
+  const int grid = static_cast<int>(num_tensors < cap ? num_tensors : cap);
+  tensor_sumsq_kernel<<<grid, kThreads, 0, as_stream(stream)>>>(
+      as_ptr<int64_t>(tensor_table), num_tensors, as_ptr<double>(partial_grad), as_ptr<double>(partial_param),
+      as_mut<double>(grad_sumsq), as_mut<double>(param_sumsq), with_param, as_ptr<float>(found_inf));
+  check(cudaGetLastError(), "tensor_sumsq_kernel");
+}
+
+void finalize(uint64_t tensor_table, int64_t num_tensors, uint64_t hyper, int64_t num_groups, uint64_t grad_sumsq,
+              uint64_t param_sumsq, uint64_t coef, uint64_t counter, uint64_t norm_out, bool has_norms,
+              bool has_clip, bool has_agc, bool is_adamw, uint64_t found_inf, uint64_t stream) {
+  finalize_kernel<<<1, kFinalizeThreads, 0, as_stream(stream)>>>(
+      as_ptr<int64_t>(tensor_table), num_tensors, as_ptr<double>(hyper), num_groups, as_ptr<double>(grad_sumsq),
+      as_ptr<double>(param_sumsq), as_mut<double>(coef), as_mut<int64_t>(counter), as_mut<float>(norm_out), has_norms,
+      has_clip, has_agc, is_adamw, as_ptr<float>(found_inf));
+  check(cudaGetLastError(), "finalize_kernel");
+}
+
+void adamw_update(int dtype, uint64_t tensor_table, int64_t num_tensors, uint64_t chunk_table, int64_t num_chunks,
+                  int64_t chunk_begin, int64_t chunk_count, int64_t chunk_size, uint64_t coef, uint64_t found_inf,
+                  uint64_t stream) {
+  if (chunk_count == 0) return;
+  dispatch(dtype, [&](auto tag) {
+    using T = decltype(tag);
+    update_kernel<T, AdamW, true><<<chunk_grid(chunk_count), kThreads, 0, as_stream(stream)>>>(
+        as_ptr<int64_t>(tensor_table), num_tensors, as_ptr<int64_t>(chunk_table), num_chunks, chunk_begin,
+        chunk_count, chunk_size, as_ptr<double>(coef), as_ptr<float>(found_inf));
+  });
+  check(cudaGetLastError(), "adamw update_kernel");
+}
+
+void lion_update(int dtype, uint64_t tensor_table, int64_t num_tensors, uint64_t chunk_table, int64_t num_chunks,
+                 int64_t chunk_begin, int64_t chunk_count, int64_t chunk_size, uint64_t coef, uint64_t found_inf,
+                 uint64_t stream) {
+  if (chunk_count == 0) return;
+  dispatch(dtype, [&](auto tag) {
+    using T = decltype(tag);
+    update_kernel<T, Lion, false><<<chunk_grid(chunk_count), kThreads, 0, as_stream(stream)>>>(
+        as_ptr<int64_t>(tensor_table), num_tensors, as_ptr<int64_t>(chunk_table), num_chunks, chunk_begin,
+        chunk_count, chunk_size, as_ptr<double>(coef), as_ptr<float>(found_inf));
+  });
+  check(cudaGetLastError(), "lion update_kernel");
+}
+
+void run_schedule_program(const double* program, int num_instructions, int scale_register, int offset_register,
+                          double k, double* scale, double* offset) {
+  run_program(program, num_instructions, scale_register, offset_register, k, scale, offset);
+}
+
+}  // namespace fusedlr

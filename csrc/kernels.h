@@ -1,0 +1,36 @@
+// The host API of the CUDA backend: plain integers in, nothing returned. Addresses are device
+// pointers as integers, `stream` is a cudaStream_t as an integer (torch's current stream), and
+// `found_inf` is 0 or the address of a float that, when nonzero, makes every kernel return at
+// once (the step is skipped on the device). No torch types anywhere: one build serves every
+// torch version. Every launch is checked; a CUDA error is thrown as std::runtime_error.
+#pragma once
+
+#include <cstdint>
+
+namespace fusedlr {
+
+void grad_sumsq(int dtype, uint64_t tensor_table, int64_t num_tensors, uint64_t chunk_table, int64_t num_chunks,
+                int64_t chunk_begin, int64_t chunk_count, int64_t chunk_size, uint64_t partial_grad,
+                uint64_t partial_param, bool with_param, uint64_t found_inf, uint64_t stream);
+
+void tensor_sumsq(uint64_t tensor_table, int64_t num_tensors, uint64_t partial_grad, uint64_t partial_param,
+                  uint64_t grad_sumsq, uint64_t param_sumsq, bool with_param, uint64_t found_inf, uint64_t stream);
+
+void finalize(uint64_t tensor_table, int64_t num_tensors, uint64_t hyper, int64_t num_groups, uint64_t grad_sumsq,
+              uint64_t param_sumsq, uint64_t coef, uint64_t counter, uint64_t norm_out, bool has_norms,
+              bool has_clip, bool has_agc, bool is_adamw, uint64_t found_inf, uint64_t stream);
+
+void adamw_update(int dtype, uint64_t tensor_table, int64_t num_tensors, uint64_t chunk_table, int64_t num_chunks,
+                  int64_t chunk_begin, int64_t chunk_count, int64_t chunk_size, uint64_t coef, uint64_t found_inf,
+                  uint64_t stream);
+
+void lion_update(int dtype, uint64_t tensor_table, int64_t num_tensors, uint64_t chunk_table, int64_t num_chunks,
+                 int64_t chunk_begin, int64_t chunk_count, int64_t chunk_size, uint64_t coef, uint64_t found_inf,
+                 uint64_t stream);
+
+// Runs a schedule program on the host side of this library (a CPU twin of the device
+// interpreter, compiled from the same source), for tests without a GPU.
+void run_schedule_program(const double* program, int num_instructions, int scale_register, int offset_register,
+                          double k, double* scale, double* offset);
+
+}  // namespace fusedlr

@@ -1,0 +1,39 @@
+// Table layouts shared with fusedlr/_plan.py and opcodes shared with
+// fusedlr/schedules/program.py. The Python side checks these numbers against its own at import
+// (fusedlr/_cuda.py, via _C.layout()), so a drift fails loudly instead of computing nonsense.
+#pragma once
+
+namespace fusedlr {
+
+// tensor_table: int64 [kTensorColumns, T], column-major by column.
+enum TensorColumn : int {
+  kParam = 0, kGrad, kExpAvg, kExpAvgSq, kMaxExpAvgSq, kStep, kNumel, kGroup, kChunkBegin, kNumChunks,
+  kTensorColumns
+};
+
+// hyper: float64 [kGroupColumns, G], then kScheduleSlots scalars, then the schedule program.
+enum GroupColumn : int {
+  kLr = 0, kWeightDecay, kBeta1, kBeta2, kEps, kAgcClipFactor, kAgcEps, kGradSign, kGroupColumns
+};
+enum ScheduleSlot : int {
+  kHostMultiplier = 0, kMaxGradNorm, kNumInstructions, kScaleRegister, kOffsetRegister, kScheduleSlots
+};
+
+// coef: float64 [kCoefColumns, T], written by finalize, read by the updates.
+enum CoefColumn : int {
+  kGradScale = 0, kDecay, kStepSize, kBc2Sqrt, kCoefBeta1, kOneMinusBeta1, kCoefBeta2, kOneMinusBeta2, kCoefEps,
+  kCoefColumns
+};
+
+// Schedule program: kInstructionWidth float64 per instruction (opcode, a, b, c, immediate).
+enum Opcode : int {
+  kConst = 0, kAdd, kSub, kMul, kDiv, kMin, kMax, kLt, kLe, kWhere, kCos, kSqrt, kExp, kLog, kFloor, kPow, kAbs,
+  kNumOpcodes
+};
+constexpr int kInstructionWidth = 5;
+constexpr int kMaxRegisters = 256;
+
+// Storage dtypes of a bucket.
+enum DType : int { kFloat32 = 0, kFloat64 = 1, kFloat16 = 2, kBFloat16 = 3 };
+
+}  // namespace fusedlr

@@ -1,0 +1,95 @@
+"""What the kernel backends (triton, cuda) share: the input checks and the step's preparation
+(plan lookup, hyperparameter upload, the structural flags). One plan, two backends."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from . import _plan
+
+SUPPORTED_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
+
+
+def _dense_strides(tensor: torch.Tensor):
+    """The strides of a tensor whose elements fill one gap-free block of memory, else None.
+
+    Elementwise kernels can treat such a tensor as flat, provided every tensor they combine
+    with it (grad, states) has the same strides.
+    """
+    dims = sorted((stride, size) for stride, size in zip(tensor.stride(), tensor.shape) if size != 1)
+    expected = 1
+    for stride, size in dims:
+        if stride != expected:
+            return None
+        expected *= size
+    return tuple(stride for stride, size in zip(tensor.stride(), tensor.shape) if size != 1)
+
+
+def check_inputs(active, devices, state) -> None:
+    """Raise before anything is touched if the kernels cannot run these tensors correctly."""
+    if len(devices) > 1:
+        names = ", ".join(sorted(str(d) for d in devices))
+        raise RuntimeError(
+            f"fusedlr: the fused backends run one device per optimizer; parameters with grads are on {names}. "
+            "Use one optimizer per device, or backend='torch'."
+        )
+    for param, _ in active:
+        if param.dtype not in SUPPORTED_DTYPES:
+            raise RuntimeError(f"fusedlr: the fused backends does not support parameters of dtype {param.dtype}")
+        if param.grad.dtype != param.dtype or param.grad.device != param.device:
+            raise RuntimeError(
+                f"fusedlr: grad ({param.grad.dtype}, {param.grad.device}) does not match its parameter "
+                f"({param.dtype}, {param.device})"
+            )
+        for name, value in state.get(param, {}).items():
+            if isinstance(value, torch.Tensor) and value.device != param.device:
+                raise RuntimeError(
+                    f"fusedlr: state {name!r} is on {value.device}, its parameter on {param.device}; "
+                    "load the state dict after moving the model, or move the state with the parameters."
+                )
+        if param.numel() == 0:
+            continue
+        strides = _dense_strides(param)
+        if strides is None:
+            raise RuntimeError(
+                f"fusedlr: the fused backends needs parameters that are dense in memory; a parameter of shape "
+                f"{tuple(param.shape)} has strides {param.stride()} with gaps. "
+                "Make it contiguous or use backend='torch'."
+            )
+        others = [("grad", param.grad)] + [(k, v) for k, v in state.get(param, {}).items() if k != "step"]
+        for name, other in others:
+            if _dense_strides(other) != strides:
+                raise RuntimeError(
+                    f"fusedlr: {name} of a parameter of shape {tuple(param.shape)} has strides {other.stride()}, "
+                    f"its parameter {param.stride()}; the fused backends needs the same memory layout."
+                )
+
+
+@dataclass(frozen=True)
+class StepFlags:
+    has_agc: bool
+    has_clip: bool
+    is_adamw: bool
+
+    @property
+    def has_norms(self) -> bool:
+        return self.has_agc or self.has_clip
+
+
+def prepare(opt, items, host_multiplier):
+    """The plan for ``items`` (cached on ``opt``), its hyperparameters uploaded, and the flags."""
+    groups = opt.param_groups
+    group_index = {id(group): i for i, group in enumerate(groups)}
+    key = _plan.plan_key(items, group_index)
+    plan = opt._plan_cache
+    if plan is None or plan.key != key:
+        plan = opt._plan_cache = _plan.build_plan(items, groups, key)
+    _plan.upload_hyper(plan, _plan.hyper_values(groups, opt.schedule, host_multiplier, opt.max_grad_norm))
+    flags = StepFlags(
+        has_agc=any(group["agc_clip_factor"] is not None for _, group, _ in items),
+        has_clip=opt.max_grad_norm is not None,
+        is_adamw=opt._kind == "adamw",
+    )
+    return plan, flags
