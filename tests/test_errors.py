@@ -150,3 +150,14 @@ def test_torch_backend_runs_gapped_params():
     fusedlr.AdamW([gapped], backend="torch").step()
     torch.optim.AdamW([ref], foreach=False).step()
     torch.testing.assert_close(gapped, ref, rtol=0, atol=0)
+
+
+def test_cuda_backend_without_the_extension_says_how_to_build_it(monkeypatch):
+    from fusedlr import _cuda
+
+    monkeypatch.setattr(_cuda, "load", lambda: None)
+    p = torch.nn.Parameter(torch.ones(3))
+    p.grad = torch.ones(3)
+    with pytest.raises(RuntimeError, match="fusedlr._C is not installed .*FUSEDLR_BUILD_CUDA=1"):
+        fusedlr.AdamW([p], backend="cuda").step()
+    assert "cuda" not in fusedlr.available_backends()

@@ -20,3 +20,16 @@ def pytest_collection_modifyitems(config, items):
 @pytest.fixture(autouse=True)
 def small_chunks():
     """GPU tests keep the real 65,536-element chunks (overrides tests/conftest.py)."""
+
+
+@pytest.fixture(params=["triton", "cuda"])
+def kernel_backend(request):
+    """Both kernel backends; "cuda" needs the compiled extension (a failure, not a skip, when
+    FUSEDLR_EXPECT_EXTENSION=1 says it was built)."""
+    import fusedlr
+
+    if request.param == "cuda" and "cuda" not in fusedlr.available_backends():
+        if os.environ.get("FUSEDLR_EXPECT_EXTENSION") == "1":
+            pytest.fail("FUSEDLR_EXPECT_EXTENSION=1 but the cuda backend is unavailable")
+        pytest.skip("fusedlr._C is not built (FUSEDLR_BUILD_CUDA=1 pip install -e .)")
+    return request.param

@@ -1,4 +1,4 @@
-"""Every schedule of the library evaluated on the GPU (the Triton finalize kernel runs its
+"""Every schedule of the library evaluated on the GPU (each backend's finalize kernel runs its
 program from the device counter) against torch's real schedulers and HF's formulas."""
 
 import math
@@ -13,11 +13,11 @@ pytestmark = pytest.mark.gpu
 
 
 @pytest.mark.parametrize("case", CASES, ids=IDS)
-def test_applied_lr_on_cuda_matches_reference(case):
+def test_applied_lr_on_cuda_matches_reference(kernel_backend, case):
     _, schedule, reference, horizon = case
     expected = reference(horizon)
     probe = torch.zeros(1, dtype=torch.float64, device="cuda", requires_grad=True)
-    opt = fusedlr.Lion([probe], lr=BASE_LR, betas=(0.5, 0.5), schedule=schedule, backend="triton")
+    opt = fusedlr.Lion([probe], lr=BASE_LR, betas=(0.5, 0.5), schedule=schedule, backend=kernel_backend)
     trajectory = []
     for _ in range(horizon):
         probe.grad = torch.ones_like(probe)
