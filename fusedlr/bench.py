@@ -38,6 +38,7 @@ RESULTS_CSV = Path(__file__).resolve().parent.parent / "benchmarks" / "results" 
 CSV_COLUMNS = [
     "date", "commit", "device", "torch", "triton", "cuda", "case", "optimizer", "contender", "dtype",
     "numel", "tensors", "ms_p20", "ms_p50", "ms_p80", "gbps", "copy_gbps", "fraction_of_copy", "peak_mem_mb",
+    "first_step_s",
 ]  # fmt: skip
 
 
@@ -53,17 +54,31 @@ def gpt2_layout(vocab=50257, positions=1024, width=768, layers=12):
     return shapes + [(width,), (width,)]
 
 
+def llama_layout(vocab=32_000, width=2048, layers=16, ffn=5632):
+    """A Llama-style decoder (about 0.95B for the defaults): untied embedding and head, per layer
+    q/k/v/o, a SwiGLU MLP (gate, up, down) and two RMSNorm weights, then a final norm."""
+    shapes = [(vocab, width)]
+    for _ in range(layers):
+        shapes += [(width, width)] * 4 + [(ffn, width), (ffn, width), (width, ffn)] + [(width,), (width,)]
+    return shapes + [(width,), (vocab, width)]
+
+
 def many_small_layout(count=2_000, numel=65_536):
     return [(numel,)] * count
 
 
 CASES = {
     "gpt2": lambda: gpt2_layout(),
+    "llama_1b": lambda: llama_layout(),
     "many_small": lambda: many_small_layout(),
+    "one_big": lambda: [(256 * 2**20,)],
     # CPU-sized stand-ins: the same structure, small enough for a laptop-class CPU.
     "gpt2_cpu": lambda: gpt2_layout(vocab=4096, positions=256, width=128, layers=2),
+    "llama_cpu": lambda: llama_layout(vocab=4096, width=256, layers=2, ffn=704),
     "many_small_cpu": lambda: many_small_layout(count=200, numel=1_024),
+    "one_big_cpu": lambda: [(2**22,)],
 }
+DEFAULT_CASES = {"cuda": ["gpt2", "llama_1b", "many_small", "one_big"], "cpu": ["gpt2_cpu", "many_small_cpu"]}
 
 
 # ----- contenders ---------------------------------------------------------------------------------
@@ -85,43 +100,70 @@ def _fusedlr(optimizer, backend):
     return Contender(f"fusedlr-{backend}", make)
 
 
-def _torch_adamw(flavour):
+def _by_hand(name, make_optimizer, compiled=False):
+    """The step users write today: clip_grad_norm_(foreach=True), optimizer.step(), LambdaLR."""
+
     def make(params):
-        opt = torch.optim.AdamW(params, lr=1e-3, weight_decay=0.1, **{flavour: True})
+        opt = make_optimizer(params)
         sched = torch.optim.lr_scheduler.LambdaLR(opt, SCHEDULE)
 
-        def step():
+        def clip_and_step():
             torch.nn.utils.clip_grad_norm_(params, MAX_GRAD_NORM, foreach=True)
             opt.step()
+
+        update = torch.compile(clip_and_step) if compiled else clip_and_step
+
+        def step():
+            update()
             sched.step()
 
         return step
 
-    return Contender(f"torch-adamw-{flavour}+clip", make)
+    return Contender(name, make)
 
 
-def _lion_pytorch():
-    def make(params):
+def _torch_adamw(flavour):
+    return _by_hand(f"torch-adamw-{flavour}+clip", lambda p: torch.optim.AdamW(p, lr=1e-3, weight_decay=0.1,
+                                                                              **{flavour: True}))  # fmt: skip
+
+
+def _torch_adamw_compiled():
+    # A tensor lr, so that LambdaLR's new value every step does not recompile (torch's advice).
+    return _by_hand("torch-adamw-compiled+clip",
+                    lambda p: torch.optim.AdamW(p, lr=torch.tensor(1e-3), weight_decay=0.1, foreach=True),
+                    compiled=True)  # fmt: skip
+
+
+def _lion_pytorch(use_triton):
+    def make_optimizer(params):
         from lion_pytorch import Lion
 
-        opt = Lion(params, lr=1e-3, weight_decay=0.1)
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, SCHEDULE)
+        return Lion(params, lr=1e-3, weight_decay=0.1, use_triton=use_triton)
 
-        def step():
-            torch.nn.utils.clip_grad_norm_(params, MAX_GRAD_NORM, foreach=True)
-            opt.step()
-            sched.step()
-
-        return step
-
-    return Contender("lion-pytorch+clip", make)
+    return _by_hand(f"lion-pytorch{'-triton' if use_triton else ''}+clip", make_optimizer)
 
 
-def contenders(optimizer: str, device: torch.device) -> list[Contender]:
-    fused = [_fusedlr(optimizer, b) for b in fusedlr.available_backends() if b != "triton" or device.type == "cuda"]
-    if optimizer == "adamw":
-        return fused + [_torch_adamw("foreach"), _torch_adamw("fused")]
-    return fused + [_lion_pytorch()]
+BASELINES = {
+    "adamw": {
+        "foreach": lambda: _torch_adamw("foreach"),
+        "fused": lambda: _torch_adamw("fused"),
+        "compile": _torch_adamw_compiled,
+    },
+    "lion": {"lion-pytorch": lambda: _lion_pytorch(False), "lion-pytorch-triton": lambda: _lion_pytorch(True)},
+}
+GPU_ONLY_BASELINES = {"compile", "lion-pytorch-triton"}  # inductor on a CPU compiles for minutes
+
+
+def contenders(optimizer: str, device: torch.device, baselines=None) -> list[Contender]:
+    ours = [_fusedlr(optimizer, b) for b in fusedlr.available_backends() if b == "torch" or device.type == "cuda"]
+    if baselines is None:
+        baselines = [b for b in BASELINES[optimizer] if device.type == "cuda" or b not in GPU_ONLY_BASELINES]
+    unknown = set(baselines) - set(BASELINES[optimizer])
+    if unknown:
+        raise SystemExit(
+            f"unknown baselines for {optimizer}: {sorted(unknown)} (choose from {list(BASELINES[optimizer])})"
+        )
+    return ours + [BASELINES[optimizer][b]() for b in baselines]
 
 
 # ----- measurement --------------------------------------------------------------------------------
@@ -185,11 +227,12 @@ def measure(contender, shapes, device, warmup, steps):
     if device.type == "cuda":
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats(device)
-    for _ in range(warmup):
+    first_ms = time_ms(step)  # includes any compilation: torch.compile's, Triton's JIT
+    for _ in range(warmup - 1):
         step()
     times = sorted(time_ms(step) for _ in range(steps))
     peak = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else float("nan")
-    return times, peak, [p.detach() for p in params]
+    return times, first_ms / 1e3, peak, [p.detach() for p in params]
 
 
 def _quantile(sorted_values, q):
@@ -230,8 +273,8 @@ def _environment(device):
 
 def run(args) -> list[dict]:
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    cases = args.case or (["gpt2", "many_small"] if device.type == "cuda" else ["gpt2_cpu", "many_small_cpu"])
-    steps, warmup = (10, 3) if args.quick else (args.steps, args.warmup)
+    cases = args.case or DEFAULT_CASES["cuda" if device.type == "cuda" else "cpu"]
+    steps, warmup = (10, 3) if args.quick else (args.steps, max(1, args.warmup))
     env = _environment(device)
     copy_gbps = copy_bandwidth_gbps(device)
     label = "" if device.type == "cuda" else "  [CPU figures: they check the harness, not GPU speed]"
@@ -242,11 +285,12 @@ def run(args) -> list[dict]:
         shapes = CASES[case]()
         numel = sum(torch.Size(s).numel() for s in shapes)
         print(f"{case}: {len(shapes)} tensors, {numel / 1e6:.1f}M params, {args.optimizer}, clip {MAX_GRAD_NORM}")
-        print(f"  {'contender':<28}{'ms p50':>9}{'p20':>9}{'p80':>9}{'GB/s':>9}{'of copy':>9}{'peak MB':>10}")
+        print(f"  {'contender':<28}{'ms p50':>9}{'p20':>9}{'p80':>9}{'GB/s':>9}{'of copy':>9}{'peak MB':>10}"
+              f"{'1st step s':>11}")  # fmt: skip
         reference = None
         case_rows = []
-        for contender in contenders(args.optimizer, device):
-            times, peak, final = measure(contender, shapes, device, warmup, steps)
+        for contender in contenders(args.optimizer, device, args.baseline):
+            times, first_s, peak, final = measure(contender, shapes, device, warmup, steps)
             if reference is None:
                 reference = final
             else:
@@ -258,11 +302,11 @@ def run(args) -> list[dict]:
             row = dict(env, case=case, optimizer=args.optimizer, contender=contender.name, dtype="float32",
                        numel=numel, tensors=len(shapes), ms_p20=_quantile(times, 0.2), ms_p50=p50,
                        ms_p80=_quantile(times, 0.8), gbps=gbps, copy_gbps=copy_gbps,
-                       fraction_of_copy=gbps / copy_gbps, peak_mem_mb=peak)  # fmt: skip
+                       fraction_of_copy=gbps / copy_gbps, peak_mem_mb=peak, first_step_s=first_s)  # fmt: skip
             case_rows.append(row)
             peak_text = "-" if peak != peak else f"{peak:.0f}"  # NaN: no peak-memory counter on CPU
             print(f"  {contender.name:<28}{p50:9.3f}{row['ms_p20']:9.3f}{row['ms_p80']:9.3f}"
-                  f"{gbps:9.1f}{row['fraction_of_copy']:9.2f}{peak_text:>10}")  # fmt: skip
+                  f"{gbps:9.1f}{row['fraction_of_copy']:9.2f}{peak_text:>10}{first_s:11.2f}")  # fmt: skip
             del final
         ours = min((r for r in case_rows if r["contender"].startswith("fusedlr")), key=lambda r: r["ms_p50"])
         for r in case_rows:
@@ -274,7 +318,28 @@ def run(args) -> list[dict]:
     if not args.no_record:
         _append_rows(rows, Path(args.csv))
         print(f"appended {len(rows)} rows to {args.csv}")
+        if device.type == "cuda":
+            _publish(Path(args.csv))
     return rows
+
+
+def _publish(csv_path: Path):
+    """Redraw the plot and the README table from the latest GPU run in the CSV."""
+    from . import bench_report
+
+    run = bench_report.latest_run(bench_report.read_rows(csv_path))
+    png = csv_path.parent / "latest_gpu.png"
+    try:
+        bench_report.plot(run, png)
+        print(f"wrote {png}")
+    except ImportError:
+        png = None
+        print("no plot: matplotlib is missing (pip install 'fusedlr[bench]')")
+    readme = csv_path.parent.parent.parent / "README.md"
+    if readme.exists():
+        relative = png.relative_to(readme.parent).as_posix() if png is not None else None
+        bench_report.update_readme(readme, bench_report.markdown_table(run), relative)
+        print(f"updated the benchmark table in {readme}")
 
 
 def _append_rows(rows, path: Path):
@@ -292,17 +357,28 @@ def parse_args(argv=None):
     parser = argparse.ArgumentParser(prog="python -m fusedlr.bench", description=__doc__.split("\n\n")[0])
     parser.add_argument("--optimizer", choices=["adamw", "lion"], default="adamw")
     parser.add_argument("--case", action="append", choices=sorted(CASES), help="repeatable; default by device")
+    parser.add_argument(
+        "--baseline",
+        action="append",
+        help="repeatable; default: every baseline that fits the device "
+        "(adamw: foreach, fused, compile; lion: lion-pytorch, lion-pytorch-triton)",
+    )
     parser.add_argument("--steps", type=int, default=50, help="timed steps per contender (median reported)")
-    parser.add_argument("--warmup", type=int, default=10)
+    parser.add_argument("--warmup", type=int, default=10, help="untimed steps first (the first is timed apart)")
     parser.add_argument("--quick", action="store_true", help="10 timed steps after 3 warm-up steps")
     parser.add_argument("--device", help="cuda or cpu (default: cuda when available)")
     parser.add_argument("--csv", default=str(RESULTS_CSV))
     parser.add_argument("--no-record", action="store_true", help="print only; append no rows")
+    parser.add_argument("--publish", action="store_true", help="only redraw the plot and README table from the CSV")
     return parser.parse_args(argv)
 
 
 def main(argv=None):
-    run(parse_args(argv))
+    args = parse_args(argv)
+    if args.publish:
+        _publish(Path(args.csv))
+    else:
+        run(args)
 
 
 if __name__ == "__main__":

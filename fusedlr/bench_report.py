@@ -1,0 +1,85 @@
+"""Tables and plots from benchmarks/results/results.csv: what the README shows, generated from
+the recorded rows and never typed by hand."""
+
+from __future__ import annotations
+
+import csv
+import re
+from pathlib import Path
+
+README_START = "<!-- bench-table:start -->"
+README_END = "<!-- bench-table:end -->"
+
+
+def read_rows(path: Path) -> list[dict]:
+    if not path.exists():
+        return []
+    with path.open() as f:
+        return list(csv.DictReader(f))
+
+
+def latest_run(rows: list[dict], device_prefix: str = "") -> list[dict]:
+    """The rows of the most recent run (same date, commit and device) on a matching device."""
+    rows = [r for r in rows if r["device"].startswith(device_prefix) and not r["device"].startswith("CPU")]
+    if not rows:
+        return []
+    last = rows[-1]
+    return [r for r in rows if (r["date"], r["commit"], r["device"]) == (last["date"], last["commit"], last["device"])]
+
+
+def markdown_table(run: list[dict]) -> str:
+    if not run:
+        return "No GPU results recorded yet: run `make bench` on a GPU machine."
+    head = run[0]
+    lines = [
+        f"{head['device']}, torch {head['torch']}, Triton {head['triton']}, CUDA {head['cuda']}, "
+        f"fusedlr {head['commit']}, {head['date']} UTC. Median of the timed steps; GB/s counts the "
+        "fused step's bytes for every contender; speedup is the best fusedlr backend's over each row.",
+        "",
+        "| case | optimizer | contender | ms (p50) | GB/s | of copy | speedup | first step s |",
+        "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for case in dict.fromkeys(r["case"] for r in run):
+        case_rows = [r for r in run if r["case"] == case]
+        best = min((r for r in case_rows if r["contender"].startswith("fusedlr")), key=lambda r: float(r["ms_p50"]))
+        for r in case_rows:
+            speedup = float(r["ms_p50"]) / float(best["ms_p50"])
+            lines.append(
+                f"| {case} | {r['optimizer']} | {r['contender']} | {float(r['ms_p50']):.3f} | {float(r['gbps']):.0f} "
+                f"| {float(r['fraction_of_copy']):.2f} | {speedup:.2f}x | {float(r.get('first_step_s') or 0):.2f} |"
+            )
+    return "\n".join(lines)
+
+
+def plot(run: list[dict], path: Path) -> None:
+    """One panel per case: ms per step of each contender."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    cases = list(dict.fromkeys(r["case"] for r in run))
+    figure, axes = plt.subplots(1, len(cases), figsize=(4.5 * len(cases), 3.8), squeeze=False)
+    for ax, case in zip(axes[0], cases):
+        rows = [r for r in run if r["case"] == case]
+        names = [r["contender"] for r in rows]
+        values = [float(r["ms_p50"]) for r in rows]
+        colors = ["tab:green" if n.startswith("fusedlr") else "tab:gray" for n in names]
+        ax.barh(names, values, color=colors)
+        ax.set_title(f"{case} ({rows[0]['optimizer']})", fontsize=9)
+        ax.set_xlabel("ms per step (p50)")
+        ax.tick_params(labelsize=7)
+    figure.suptitle(f"{run[0]['device']} - fusedlr {run[0]['commit']}", fontsize=9)
+    figure.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+
+
+def update_readme(readme: Path, table: str, plot_path: str | None) -> None:
+    text = readme.read_text()
+    block = table + (f"\n\n![latest GPU benchmark]({plot_path})" if plot_path else "")
+    pattern = re.compile(re.escape(README_START) + ".*?" + re.escape(README_END), re.S)
+    if not pattern.search(text):
+        raise ValueError(f"{readme} has no {README_START} ... {README_END} section")
+    readme.write_text(pattern.sub(lambda _: f"{README_START}\n{block}\n{README_END}", text))
