@@ -88,6 +88,7 @@ class BuildWithNvcc(build_ext):
         ninja_file = temp / "build.ninja"
         ninja_file.write_text(
             f"""ninja_required_version = 1.3
+builddir = {temp}
 rule nvcc
   command = {nvcc} -O3 -std=c++17 --threads {jobs} -Xcompiler -fPIC -I{ROOT / "csrc"} {gencode} -c $in -o $out
   description = nvcc $in
