@@ -466,30 +466,36 @@ void finalize(uint64_t tensor_table, int64_t num_tensors, uint64_t hyper, int64_
   check(cudaGetLastError(), "finalize_kernel");
 }
 
-void adamw_update(int dtype, uint64_t tensor_table, int64_t num_tensors, uint64_t chunk_table, int64_t num_chunks,
-                  int64_t chunk_begin, int64_t chunk_count, int64_t chunk_size, uint64_t coef, uint64_t found_inf,
-                  uint64_t stream) {
+namespace {
+
+template <typename Rule, bool kHasSecondMoment>
+void launch_update(int dtype, uint64_t tensor_table, int64_t num_tensors, uint64_t chunk_table, int64_t num_chunks,
+                   int64_t chunk_begin, int64_t chunk_count, int64_t chunk_size, uint64_t coef, uint64_t found_inf,
+                   uint64_t stream) {
   if (chunk_count == 0) return;
   dispatch(dtype, [&](auto tag) {
     using T = decltype(tag);
-    update_kernel<T, AdamW, true><<<chunk_grid(chunk_count), kThreads, 0, as_stream(stream)>>>(
+    update_kernel<T, Rule, kHasSecondMoment><<<chunk_grid(chunk_count), kThreads, 0, as_stream(stream)>>>(
         as_ptr<int64_t>(tensor_table), num_tensors, as_ptr<int64_t>(chunk_table), num_chunks, chunk_begin,
         chunk_count, chunk_size, as_ptr<double>(coef), as_ptr<float>(found_inf));
   });
-  check(cudaGetLastError(), "adamw update_kernel");
+  check(cudaGetLastError(), "update_kernel");
+}
+
+}  // namespace
+
+void adamw_update(int dtype, uint64_t tensor_table, int64_t num_tensors, uint64_t chunk_table, int64_t num_chunks,
+                  int64_t chunk_begin, int64_t chunk_count, int64_t chunk_size, uint64_t coef, uint64_t found_inf,
+                  uint64_t stream) {
+  launch_update<AdamW, true>(dtype, tensor_table, num_tensors, chunk_table, num_chunks, chunk_begin, chunk_count,
+                             chunk_size, coef, found_inf, stream);
 }
 
 void lion_update(int dtype, uint64_t tensor_table, int64_t num_tensors, uint64_t chunk_table, int64_t num_chunks,
                  int64_t chunk_begin, int64_t chunk_count, int64_t chunk_size, uint64_t coef, uint64_t found_inf,
                  uint64_t stream) {
-  if (chunk_count == 0) return;
-  dispatch(dtype, [&](auto tag) {
-    using T = decltype(tag);
-    update_kernel<T, Lion, false><<<chunk_grid(chunk_count), kThreads, 0, as_stream(stream)>>>(
-        as_ptr<int64_t>(tensor_table), num_tensors, as_ptr<int64_t>(chunk_table), num_chunks, chunk_begin,
-        chunk_count, chunk_size, as_ptr<double>(coef), as_ptr<float>(found_inf));
-  });
-  check(cudaGetLastError(), "lion update_kernel");
+  launch_update<Lion, false>(dtype, tensor_table, num_tensors, chunk_table, num_chunks, chunk_begin, chunk_count,
+                             chunk_size, coef, found_inf, stream);
 }
 
 void run_schedule_program(const double* program, int num_instructions, int scale_register, int offset_register,

@@ -27,8 +27,7 @@ def launch_log(monkeypatch, triton_backend):
     from fusedlr._triton import kernels
 
     log = []
-    for name in ("_grad_sumsq_kernel", "_tensor_sumsq_kernel", "_finalize_kernel", "_adamw_update_kernel",
-                 "_lion_update_kernel"):  # fmt: skip
+    for name in ("_grad_sumsq_kernel", "_tensor_sumsq_kernel", "_finalize_kernel", "_update_kernel"):
         monkeypatch.setattr(kernels, name, _CountingKernel(getattr(kernels, name), log))
     return log
 
@@ -59,7 +58,7 @@ def test_one_update_launch_per_dtype_bucket(launch_log, triton_backend):
         p.grad = torch.randn_like(p)
     opt.step()
     assert sorted(launch_log) == sorted(
-        ["_grad_sumsq_kernel"] * 2 + ["_tensor_sumsq_kernel", "_finalize_kernel"] + ["_adamw_update_kernel"] * 2
+        ["_grad_sumsq_kernel"] * 2 + ["_tensor_sumsq_kernel", "_finalize_kernel"] + ["_update_kernel"] * 2
     )
 
 

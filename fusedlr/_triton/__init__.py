@@ -52,14 +52,13 @@ def step_(opt, items, host_multiplier):
         HAS_NORMS=has_norms, HAS_CLIP=has_clip, HAS_AGC=has_agc, IS_ADAMW=is_adamw, BLOCK=FINALIZE_BLOCK,
         REGISTERS=_plan.schedule_registers(opt.schedule), num_warps=1,
     )  # fmt: skip
-    update = kernels._adamw_update_kernel if is_adamw else kernels._lion_update_kernel
     for bucket in plan.buckets:
         if bucket.num_chunks == 0:
             continue
-        update[(bucket.num_chunks,)](
+        kernels._update_kernel[(bucket.num_chunks,)](
             plan.tensor_table, T, plan.chunk_table, C, bucket.chunk_begin, plan.coef,
             ELEM=TRITON_DTYPES[bucket.dtype], COMPUTE=_compute_dtype(bucket.dtype),
-            IS_FP64=bucket.dtype == torch.float64, CHUNK=_plan.CHUNK_SIZE, BLOCK=BLOCK,
+            IS_FP64=bucket.dtype == torch.float64, IS_ADAMW=is_adamw, CHUNK=_plan.CHUNK_SIZE, BLOCK=BLOCK,
         )  # fmt: skip
     return norm
 

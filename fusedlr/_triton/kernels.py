@@ -8,7 +8,7 @@ Per step, on one device:
   3. ``_finalize_kernel``     one launch, one program: AGC scales, global norm, clip coefficient,
      the schedule (its program, run from the device counter), per-tensor step counts and bias
      corrections, written as per-tensor coefficients; advances the counter.
-  4. ``_adamw_update_kernel`` / ``_lion_update_kernel`` one launch per dtype bucket.
+  4. ``_update_kernel``       one launch per dtype bucket: the AdamW or the LION update.
 
 Hyperparameters only ever arrive through device tables, never as ``tl.constexpr`` or float
 arguments: a new lr neither recompiles nor loses float64 precision. Scalar maths of the
@@ -335,7 +335,7 @@ def _coef(coef, col, num_tensors, t, COMPUTE: tl.constexpr):
 
 
 @triton.jit
-def _adamw_update_kernel(
+def _update_kernel(
     tensor_table,
     num_tensors,
     chunk_table,
@@ -345,20 +345,23 @@ def _adamw_update_kernel(
     ELEM: tl.constexpr,
     COMPUTE: tl.constexpr,
     IS_FP64: tl.constexpr,
+    IS_ADAMW: tl.constexpr,
     CHUNK: tl.constexpr,
     BLOCK: tl.constexpr,
 ):
+    """The AdamW (IS_ADAMW) or LION update of one chunk, with the finalize's coefficients."""
     c = chunk_base + tl.program_id(0)
     t, start, length = _chunk_extent(tensor_table, num_tensors, chunk_table, num_chunks, c, CHUNK)
     param = _address(tensor_table, T_PARAM, num_tensors, t, ELEM) + start
     grad = _address(tensor_table, T_GRAD, num_tensors, t, ELEM) + start
     exp_avg = _address(tensor_table, T_EXP_AVG, num_tensors, t, ELEM) + start
-    exp_avg_sq = _address(tensor_table, T_EXP_AVG_SQ, num_tensors, t, ELEM) + start
-    max_sq_address = tl.load(tensor_table + T_MAX_EXP_AVG_SQ * num_tensors + t)
+    exp_avg_sq = _address(tensor_table, T_EXP_AVG_SQ, num_tensors, t, ELEM) + start  # AdamW only
+    max_sq_address = tl.load(tensor_table + T_MAX_EXP_AVG_SQ * num_tensors + t)  # 0 unless amsgrad
     grad_scale = _coef(coef, C_GRAD_SCALE, num_tensors, t, COMPUTE)
     decay = _coef(coef, C_DECAY, num_tensors, t, COMPUTE)
-    step_size = _coef(coef, C_STEP_SIZE, num_tensors, t, COMPUTE)
+    step_size = _coef(coef, C_STEP_SIZE, num_tensors, t, COMPUTE)  # LION: the lr
     bc2_sqrt = _coef(coef, C_BC2_SQRT, num_tensors, t, COMPUTE)
+    beta1 = _coef(coef, C_BETA1, num_tensors, t, COMPUTE)
     w1 = _coef(coef, C_ONE_MINUS_BETA1, num_tensors, t, COMPUTE)
     beta2 = _coef(coef, C_BETA2, num_tensors, t, COMPUTE)
     w2 = _coef(coef, C_ONE_MINUS_BETA2, num_tensors, t, COMPUTE)
@@ -369,60 +372,26 @@ def _adamw_update_kernel(
         g = tl.load(grad + offs, mask=mask, other=0.0).to(COMPUTE) * grad_scale
         p = tl.load(param + offs, mask=mask, other=0.0).to(COMPUTE) * decay
         m = tl.load(exp_avg + offs, mask=mask, other=0.0).to(COMPUTE)
-        v = tl.load(exp_avg_sq + offs, mask=mask, other=0.0).to(COMPUTE)
-        # torch's lerp(m, g, w): two forms, picked by |w| < 0.5, for accuracy at both ends.
-        m = tl.where(w1 < 0.5, m + w1 * (g - m), g - (g - m) * (1.0 - w1))
-        v = v * beta2 + w2 * g * g
-        v_hat = v
-        if max_sq_address != 0:
-            max_sq = max_sq_address.to(tl.pointer_type(ELEM)) + start
-            v_hat = tl.maximum(tl.load(max_sq + offs, mask=mask, other=0.0).to(COMPUTE), v)
-            tl.store(max_sq + offs, v_hat.to(ELEM), mask=mask)
-        # IEEE square root and division, as torch's kernels (Triton's defaults are approximate).
-        if IS_FP64:
-            p = p - step_size * (m / (tl.sqrt(v_hat) / bc2_sqrt + eps))
+        if IS_ADAMW:
+            v = tl.load(exp_avg_sq + offs, mask=mask, other=0.0).to(COMPUTE)
+            # torch's lerp(m, g, w): two forms, picked by |w| < 0.5, for accuracy at both ends.
+            m = tl.where(w1 < 0.5, m + w1 * (g - m), g - (g - m) * (1.0 - w1))
+            v = v * beta2 + w2 * g * g
+            v_hat = v
+            if max_sq_address != 0:
+                max_sq = max_sq_address.to(tl.pointer_type(ELEM)) + start
+                v_hat = tl.maximum(tl.load(max_sq + offs, mask=mask, other=0.0).to(COMPUTE), v)
+                tl.store(max_sq + offs, v_hat.to(ELEM), mask=mask)
+            # IEEE square root and division, as torch's kernels (Triton's defaults are approximate).
+            if IS_FP64:
+                p = p - step_size * (m / (tl.sqrt(v_hat) / bc2_sqrt + eps))
+            else:
+                p = p - step_size * tl.div_rn(m, tl.div_rn(tl.sqrt_rn(v_hat), bc2_sqrt) + eps)
+            tl.store(exp_avg_sq + offs, v.to(ELEM), mask=mask)
         else:
-            p = p - step_size * tl.div_rn(m, tl.div_rn(tl.sqrt_rn(v_hat), bc2_sqrt) + eps)
-        tl.store(param + offs, p.to(ELEM), mask=mask)
-        tl.store(exp_avg + offs, m.to(ELEM), mask=mask)
-        tl.store(exp_avg_sq + offs, v.to(ELEM), mask=mask)
-
-
-@triton.jit
-def _lion_update_kernel(
-    tensor_table,
-    num_tensors,
-    chunk_table,
-    num_chunks,
-    chunk_base,
-    coef,
-    ELEM: tl.constexpr,
-    COMPUTE: tl.constexpr,
-    IS_FP64: tl.constexpr,
-    CHUNK: tl.constexpr,
-    BLOCK: tl.constexpr,
-):
-    c = chunk_base + tl.program_id(0)
-    t, start, length = _chunk_extent(tensor_table, num_tensors, chunk_table, num_chunks, c, CHUNK)
-    param = _address(tensor_table, T_PARAM, num_tensors, t, ELEM) + start
-    grad = _address(tensor_table, T_GRAD, num_tensors, t, ELEM) + start
-    exp_avg = _address(tensor_table, T_EXP_AVG, num_tensors, t, ELEM) + start
-    grad_scale = _coef(coef, C_GRAD_SCALE, num_tensors, t, COMPUTE)
-    decay = _coef(coef, C_DECAY, num_tensors, t, COMPUTE)
-    lr = _coef(coef, C_STEP_SIZE, num_tensors, t, COMPUTE)
-    beta1 = _coef(coef, C_BETA1, num_tensors, t, COMPUTE)
-    w1 = _coef(coef, C_ONE_MINUS_BETA1, num_tensors, t, COMPUTE)
-    beta2 = _coef(coef, C_BETA2, num_tensors, t, COMPUTE)
-    w2 = _coef(coef, C_ONE_MINUS_BETA2, num_tensors, t, COMPUTE)
-    for i in range(0, length, BLOCK):
-        offs = i + tl.arange(0, BLOCK).to(tl.int64)
-        mask = offs < length
-        g = tl.load(grad + offs, mask=mask, other=0.0).to(COMPUTE) * grad_scale
-        p = tl.load(param + offs, mask=mask, other=0.0).to(COMPUTE) * decay
-        m = tl.load(exp_avg + offs, mask=mask, other=0.0).to(COMPUTE)
-        update = m * beta1 + w1 * g
-        direction = tl.where(update > 0.0, 1.0, tl.where(update < 0.0, -1.0, 0.0)).to(COMPUTE)
-        p = p - lr * direction
-        m = m * beta2 + w2 * g
+            update = m * beta1 + w1 * g
+            direction = tl.where(update > 0.0, 1.0, tl.where(update < 0.0, -1.0, 0.0)).to(COMPUTE)
+            p = p - step_size * direction
+            m = m * beta2 + w2 * g
         tl.store(param + offs, p.to(ELEM), mask=mask)
         tl.store(exp_avg + offs, m.to(ELEM), mask=mask)

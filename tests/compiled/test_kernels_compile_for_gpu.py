@@ -57,11 +57,9 @@ def _variants():
                    param_sumsq="*fp64", coef="*fp64", counter="*i64", norm_out="*fp32")  # fmt: skip
         flags = dict(HAS_NORMS=norms, HAS_CLIP=clip, HAS_AGC=agc, IS_ADAMW=adamw, BLOCK=1024, REGISTERS=64)
         yield f"finalize-n{norms}c{clip}a{agc}-adamw{adamw}", kernels._finalize_kernel, sig, flags
-    for elem, (name, kernel) in itertools.product(
-        ELEMS, [("adamw", kernels._adamw_update_kernel), ("lion", kernels._lion_update_kernel)]
-    ):
-        yield f"{name}-{elem}", kernel, dict(CHUNKED, coef="*fp64"), dict(_chunk_constexprs(elem),
-                                                                           IS_FP64=elem == "fp64")  # fmt: skip
+    for elem, name in itertools.product(ELEMS, ("adamw", "lion")):
+        flags = dict(_chunk_constexprs(elem), IS_FP64=elem == "fp64", IS_ADAMW=name == "adamw")
+        yield f"{name}-{elem}", kernels._update_kernel, dict(CHUNKED, coef="*fp64"), flags
 
 
 VARIANTS = list(_variants())

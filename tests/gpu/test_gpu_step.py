@@ -97,12 +97,12 @@ def test_new_lr_and_schedule_do_not_recompile():
     for p in params:
         p.grad = torch.randn_like(p)
     opt.step()
-    before = [_compiled_variants(k) for k in (kernels._finalize_kernel, kernels._adamw_update_kernel)]
+    before = [_compiled_variants(k) for k in (kernels._finalize_kernel, kernels._update_kernel)]
     for lr in (1e-2, 3e-4, 0.5):
         opt.param_groups[0]["lr"] = lr
         opt.param_groups[0]["weight_decay"] = lr / 10
         opt.step()
-    after = [_compiled_variants(k) for k in (kernels._finalize_kernel, kernels._adamw_update_kernel)]
+    after = [_compiled_variants(k) for k in (kernels._finalize_kernel, kernels._update_kernel)]
     assert before == after
 
 
