@@ -72,7 +72,8 @@ PYBIND11_MODULE(_C, m) {
   m.def("finalize", &finalize, py::arg("tensor_table"), py::arg("num_tensors"), py::arg("hyper"),
         py::arg("num_groups"), py::arg("grad_sumsq"), py::arg("param_sumsq"), py::arg("coef"), py::arg("counter"),
         py::arg("norm_out"), py::arg("has_norms"), py::arg("has_clip"), py::arg("has_agc"), py::arg("is_adamw"),
-        py::arg("found_inf"), py::arg("stream"));
+        py::arg("grad_scale"), py::arg("found_inf"), py::arg("status"), py::arg("skipped_steps"),
+        py::arg("skip_nonfinite"), py::arg("stream"));
   m.def("adamw_update", &adamw_update, py::arg("dtype"), py::arg("tensor_table"), py::arg("num_tensors"),
         py::arg("chunk_table"), py::arg("num_chunks"), py::arg("chunk_begin"), py::arg("chunk_count"),
         py::arg("chunk_size"), py::arg("coef"), py::arg("found_inf"), py::arg("stream"));

@@ -241,11 +241,11 @@ __host__ __device__ void run_program(const double* code, int count, int scale_re
 // ----- 3. finalize: norms, clip, schedule, steps, per-tensor coefficients ---------------------------
 
 __device__ double agc_scale(const int64_t* tensor_table, int64_t num_tensors, const double* hyper, int64_t num_groups,
-                            const double* grad_sumsq, const double* param_sumsq, int64_t t) {
+                            const double* grad_sumsq, const double* param_sumsq, int64_t t, double inv_scale) {
   const int64_t group = tensor_table[kGroup * num_tensors + t];
   const double factor = hyper[kAgcClipFactor * num_groups + group];
   const double agc_eps = hyper[kAgcEps * num_groups + group];
-  const double g_norm = sqrt(grad_sumsq[t]);
+  const double g_norm = sqrt(grad_sumsq[t]) * inv_scale;
   const double max_norm = fmax(sqrt(param_sumsq[t]), agc_eps) * factor;
   return (factor > 0.0 && g_norm > max_norm) ? max_norm / (g_norm + kNormEps) : 1.0;
 }
@@ -253,18 +253,20 @@ __device__ double agc_scale(const int64_t* tensor_table, int64_t num_tensors, co
 __global__ void finalize_kernel(const int64_t* tensor_table, int64_t num_tensors, const double* hyper,
                                 int64_t num_groups, const double* grad_sumsq, const double* param_sumsq, double* coef,
                                 int64_t* counter, float* norm_out, bool has_norms, bool has_clip, bool has_agc,
-                                bool is_adamw, const float* found_inf) {
-  if (skipped(found_inf)) return;
+                                bool is_adamw, const float* grad_scale, const float* found_inf, float* status,
+                                int64_t* skipped_steps, bool skip_nonfinite) {
   __shared__ double shared[kFinalizeThreads];
   __shared__ double lr_scale, lr_offset;
   const double* sched = hyper + kGroupColumns * num_groups;
+  const double inv_scale = grad_scale != nullptr ? 1.0 / static_cast<double>(*grad_scale) : 1.0;
+  bool skip = found_inf != nullptr && *found_inf != 0.0f;
   double clip = 1.0;
   if (has_norms) {
     double acc = 0.0;
     for (int64_t t = threadIdx.x; t < num_tensors; t += blockDim.x) {
-      double sumsq = grad_sumsq[t];
+      double sumsq = grad_sumsq[t] * inv_scale * inv_scale;
       if (has_agc) {
-        const double s = agc_scale(tensor_table, num_tensors, hyper, num_groups, grad_sumsq, param_sumsq, t);
+        const double s = agc_scale(tensor_table, num_tensors, hyper, num_groups, grad_sumsq, param_sumsq, t, inv_scale);
         sumsq = sumsq * s * s;
       }
       acc += sumsq;
@@ -275,6 +277,12 @@ __global__ void finalize_kernel(const int64_t* tensor_table, int64_t num_tensors
       const double ratio = sched[kMaxGradNorm] / (total + kNormEps);
       clip = isnan(ratio) ? ratio : fmin(ratio, 1.0);
     }
+    if (skip_nonfinite && !isfinite(total)) skip = true;
+  }
+  // A skipped step changes nothing: no step count, no counter, and the updates read `status`.
+  if (threadIdx.x == 0) {
+    *status = skip ? 1.0f : 0.0f;
+    *skipped_steps += skip ? 1 : 0;
   }
   const int64_t step_count = *counter;
   if (threadIdx.x == 0) {
@@ -291,13 +299,13 @@ __global__ void finalize_kernel(const int64_t* tensor_table, int64_t num_tensors
     const double lr = hyper[kLr * num_groups + group] * lr_scale + lr_offset;
     const double beta1 = hyper[kBeta1 * num_groups + group];
     const double beta2 = hyper[kBeta2 * num_groups + group];
-    double scale = hyper[kGradSign * num_groups + group] * clip;
-    if (has_agc) scale *= agc_scale(tensor_table, num_tensors, hyper, num_groups, grad_sumsq, param_sumsq, t);
+    double scale = hyper[kGradSign * num_groups + group] * clip * inv_scale;
+    if (has_agc) scale *= agc_scale(tensor_table, num_tensors, hyper, num_groups, grad_sumsq, param_sumsq, t, inv_scale);
     double step_size = lr, bc2_sqrt = 1.0;
     if (is_adamw) {
       float* step_ptr = reinterpret_cast<float*>(static_cast<uintptr_t>(tensor_table[kStep * num_tensors + t]));
       const float step = *step_ptr + 1.0f;
-      *step_ptr = step;
+      if (!skip) *step_ptr = step;
       step_size = lr / (1.0 - pow_by_squaring(beta1, step));
       bc2_sqrt = sqrt(1.0 - pow_by_squaring(beta2, step));
     }
@@ -312,7 +320,7 @@ __global__ void finalize_kernel(const int64_t* tensor_table, int64_t num_tensors
     coef[kCoefEps * num_tensors + t] = hyper[kEps * num_groups + group];
   }
   __syncthreads();  // every thread has read the counter before it moves
-  if (threadIdx.x == 0) *counter = step_count + 1;
+  if (threadIdx.x == 0 && !skip) *counter = step_count + 1;
 }
 
 // ----- 4. updates ----------------------------------------------------------------------------------
@@ -458,11 +466,13 @@ void tensor_sumsq(uint64_t tensor_table, int64_t num_tensors, uint64_t partial_g
 
 void finalize(uint64_t tensor_table, int64_t num_tensors, uint64_t hyper, int64_t num_groups, uint64_t grad_sumsq,
               uint64_t param_sumsq, uint64_t coef, uint64_t counter, uint64_t norm_out, bool has_norms,
-              bool has_clip, bool has_agc, bool is_adamw, uint64_t found_inf, uint64_t stream) {
+              bool has_clip, bool has_agc, bool is_adamw, uint64_t grad_scale, uint64_t found_inf, uint64_t status,
+              uint64_t skipped_steps, bool skip_nonfinite, uint64_t stream) {
   finalize_kernel<<<1, kFinalizeThreads, 0, as_stream(stream)>>>(
       as_ptr<int64_t>(tensor_table), num_tensors, as_ptr<double>(hyper), num_groups, as_ptr<double>(grad_sumsq),
       as_ptr<double>(param_sumsq), as_mut<double>(coef), as_mut<int64_t>(counter), as_mut<float>(norm_out), has_norms,
-      has_clip, has_agc, is_adamw, as_ptr<float>(found_inf));
+      has_clip, has_agc, is_adamw, as_ptr<float>(grad_scale), as_ptr<float>(found_inf), as_mut<float>(status),
+      as_mut<int64_t>(skipped_steps), skip_nonfinite);
   check(cudaGetLastError(), "finalize_kernel");
 }
 

@@ -64,23 +64,37 @@ def step_(opt, items, host_multiplier):
     norm = torch.empty((), dtype=torch.float32, device=device) if flags.has_norms else None
     tables = plan.tensor_table.data_ptr(), plan.num_tensors
     chunks = plan.chunk_table.data_ptr(), plan.chunk_table.shape[1]
-    found_inf = 0  # GradScaler's found_inf arrives with the mixed-precision work
+
+    def address(tensor):
+        return 0 if tensor is None else tensor.data_ptr()
+
+    status = plan.status.data_ptr()
     with torch.cuda.device(device):
         stream = torch.cuda.current_stream(device).cuda_stream
         if flags.has_norms:
             for bucket in plan.buckets:
                 ext.grad_sumsq(DTYPE_CODES[bucket.dtype], *tables, *chunks, bucket.chunk_begin, bucket.num_chunks,
                                _plan.CHUNK_SIZE, plan.partial_grad.data_ptr(), plan.partial_param.data_ptr(),
-                               flags.has_agc, found_inf, stream)  # fmt: skip
+                               flags.has_agc, 0, stream)  # fmt: skip
             ext.tensor_sumsq(*tables, plan.partial_grad.data_ptr(), plan.partial_param.data_ptr(),
                              plan.tensor_grad_sumsq.data_ptr(), plan.tensor_param_sumsq.data_ptr(), flags.has_agc,
-                             found_inf, stream)  # fmt: skip
+                             0, stream)  # fmt: skip
         ext.finalize(*tables, plan.hyper.data_ptr(), plan.num_groups, plan.tensor_grad_sumsq.data_ptr(),
                      plan.tensor_param_sumsq.data_ptr(), plan.coef.data_ptr(), opt._schedule_step.data_ptr(),
-                     norm.data_ptr() if norm is not None else 0, flags.has_norms, flags.has_clip, flags.has_agc,
-                     flags.is_adamw, found_inf, stream)  # fmt: skip
+                     address(norm), flags.has_norms, flags.has_clip, flags.has_agc, flags.is_adamw,
+                     address(flags.grad_scale), address(flags.found_inf), status, opt.skipped_steps.data_ptr(),
+                     flags.skip_nonfinite, stream)  # fmt: skip
         update = ext.adamw_update if flags.is_adamw else ext.lion_update
         for bucket in plan.buckets:
-            update(DTYPE_CODES[bucket.dtype], *tables, *chunks, bucket.chunk_begin, bucket.num_chunks,
-                   _plan.CHUNK_SIZE, plan.coef.data_ptr(), found_inf, stream)  # fmt: skip
+            update(
+                DTYPE_CODES[bucket.dtype],
+                *tables,
+                *chunks,
+                bucket.chunk_begin,
+                bucket.num_chunks,
+                _plan.CHUNK_SIZE,
+                plan.coef.data_ptr(),
+                status,
+                stream,
+            )  # the finalize's skip flag
     return norm

@@ -72,10 +72,13 @@ class StepFlags:
     has_agc: bool
     has_clip: bool
     is_adamw: bool
+    skip_nonfinite: bool
+    grad_scale: torch.Tensor | None  # set by torch.amp.GradScaler.step, None once unscaled
+    found_inf: torch.Tensor | None
 
     @property
     def has_norms(self) -> bool:
-        return self.has_agc or self.has_clip
+        return self.has_agc or self.has_clip or self.skip_nonfinite
 
 
 def prepare(opt, items, host_multiplier):
@@ -91,5 +94,15 @@ def prepare(opt, items, host_multiplier):
         has_agc=any(group["agc_clip_factor"] is not None for _, group, _ in items),
         has_clip=opt.max_grad_norm is not None,
         is_adamw=opt._kind == "adamw",
+        skip_nonfinite=opt.skip_nonfinite,
+        grad_scale=_on(getattr(opt, "grad_scale", None), plan.device),
+        found_inf=_on(getattr(opt, "found_inf", None), plan.device),
     )
     return plan, flags
+
+
+def _on(tensor, device):
+    """A GradScaler scalar as a float32 tensor on the params' device (no host synchronisation)."""
+    if tensor is None:
+        return None
+    return tensor.to(device=device, dtype=torch.float32, non_blocking=True)

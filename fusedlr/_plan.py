@@ -82,6 +82,7 @@ class Plan:
     tensor_grad_sumsq: torch.Tensor
     tensor_param_sumsq: torch.Tensor
     coef: torch.Tensor
+    status: torch.Tensor  # float32 [1]: 1 when the finalize skipped this step (found_inf, non-finite)
     hyper_key: tuple | None = field(default=None)
 
 
@@ -142,6 +143,7 @@ def build_plan(items, groups, key) -> Plan:
         tensor_grad_sumsq=torch.zeros(num_tensors, **f64),
         tensor_param_sumsq=torch.zeros(num_tensors, **f64),
         coef=torch.zeros(len(COEF_COLUMNS), num_tensors, **f64),
+        status=torch.zeros(1, dtype=torch.float32, device=device),
     )
 
 

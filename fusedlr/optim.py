@@ -47,8 +47,11 @@ class _FusedOptimizer(torch.optim.Optimizer):
     """Shared machinery of AdamW and Lion: everything but the per-kind state and checks."""
 
     _kind: str  # "adamw" or "lion": selects the update rule in every backend
+    # torch.amp.GradScaler hands us `grad_scale` and `found_inf` and lets us unscale and skip
+    # inside the fused passes, instead of unscaling every grad in place first.
+    _step_supports_amp_scaling = True
 
-    def __init__(self, params, defaults: dict, *, schedule, max_grad_norm, backend: str):
+    def __init__(self, params, defaults: dict, *, schedule, max_grad_norm, skip_nonfinite, backend: str):
         check_schedule(schedule)
         if max_grad_norm is not None:
             _check_real("max_grad_norm", max_grad_norm, low=0.0, low_inclusive=False)
@@ -56,6 +59,7 @@ class _FusedOptimizer(torch.optim.Optimizer):
         self.schedule = schedule
         self.max_grad_norm = None if max_grad_norm is None else float(max_grad_norm)
         self.backend = backend
+        self.skip_nonfinite = bool(skip_nonfinite)
         self.last_grad_norm: torch.Tensor | None = None
         self._plan_cache = None  # owned by the triton backend; dropped on load_state_dict
         super().__init__(params, defaults)
@@ -65,6 +69,8 @@ class _FusedOptimizer(torch.optim.Optimizer):
         # that are plain Python callables (evaluated on the host).
         self._schedule_step = torch.zeros((), dtype=torch.int64, device=device)
         self._host_step = 0
+        # Steps skipped on the device (GradScaler's found_inf, or skip_nonfinite): read it when you log.
+        self.skipped_steps = torch.zeros((), dtype=torch.int64, device=device)
 
     # ----- param groups -------------------------------------------------------------------
     def add_param_group(self, param_group: dict) -> None:
@@ -126,6 +132,7 @@ class _FusedOptimizer(torch.optim.Optimizer):
 
         if self._schedule_step.device != device:  # the model moved after the optimizer was made
             self._schedule_step = self._schedule_step.to(device)
+            self.skipped_steps = self.skipped_steps.to(device)
         items = [(p, group, self._init_state(p, group)) for p, group in active]
         if backend in ("triton", "cuda"):
             if backend == "triton":
@@ -138,8 +145,15 @@ class _FusedOptimizer(torch.optim.Optimizer):
             self.last_grad_norm = fused_step_(self, items, host_multiplier)
         else:
             scale, offset = self._schedule_on_host()
-            self.last_grad_norm = reference.step_(self._kind, items, scale, offset, self.max_grad_norm)
-            self._schedule_step += 1
+            self.last_grad_norm, applied = reference.step_(
+                self._kind, items, scale, offset, self.max_grad_norm, grad_scale=getattr(self, "grad_scale", None),
+                found_inf=getattr(self, "found_inf", None), skip_nonfinite=self.skip_nonfinite,
+            )  # fmt: skip
+            if applied:
+                self._schedule_step += 1
+            else:
+                self.skipped_steps += 1
+                return loss
         self._host_step += 1
         return loss
 
@@ -194,6 +208,7 @@ class AdamW(_FusedOptimizer):
         max_grad_norm: float | None = None,
         agc_clip_factor: float | None = None,
         agc_eps: float = 1e-3,
+        skip_nonfinite: bool = False,
         backend: str = "auto",
     ):
         defaults = dict(
@@ -207,7 +222,14 @@ class AdamW(_FusedOptimizer):
             agc_eps=agc_eps,
         )
         _check_group_hypers(defaults)
-        super().__init__(params, defaults, schedule=schedule, max_grad_norm=max_grad_norm, backend=backend)
+        super().__init__(
+            params,
+            defaults,
+            schedule=schedule,
+            max_grad_norm=max_grad_norm,
+            skip_nonfinite=skip_nonfinite,
+            backend=backend,
+        )
 
     def _init_state(self, param, group):
         state = self.state[param]
@@ -240,6 +262,7 @@ class Lion(_FusedOptimizer):
         max_grad_norm: float | None = None,
         agc_clip_factor: float | None = None,
         agc_eps: float = 1e-3,
+        skip_nonfinite: bool = False,
         backend: str = "auto",
     ):
         defaults = dict(
@@ -251,7 +274,14 @@ class Lion(_FusedOptimizer):
             agc_eps=agc_eps,
         )
         _check_group_hypers(defaults)
-        super().__init__(params, defaults, schedule=schedule, max_grad_norm=max_grad_norm, backend=backend)
+        super().__init__(
+            params,
+            defaults,
+            schedule=schedule,
+            max_grad_norm=max_grad_norm,
+            skip_nonfinite=skip_nonfinite,
+            backend=backend,
+        )
 
     def _init_state(self, param, group):
         state = self.state[param]

@@ -17,7 +17,7 @@ import torch
 NORM_EPS = 1e-6
 
 
-def grad_scales(grads, groups, max_grad_norm):
+def grad_scales(grads, groups, max_grad_norm, need_norm=False):
     """AGC then global-norm clipping, as per-tensor 0-dim scale tensors.
 
     Returns ``(scales, total_norm)``: ``scales[i]`` multiplies ``grads[i]`` (``None`` when no
@@ -25,7 +25,7 @@ def grad_scales(grads, groups, max_grad_norm):
     report, that is after AGC and before clipping (``None`` when neither is on).
     """
     any_agc = any(group["agc_clip_factor"] is not None for group, _ in groups)
-    if max_grad_norm is None and not any_agc:
+    if max_grad_norm is None and not any_agc and not need_norm:
         return [None] * len(grads), None
 
     scales, post_agc_norms = [], []
@@ -93,18 +93,31 @@ _UPDATES = {"adamw": adamw_update_, "lion": lion_update_}
 
 
 @torch.no_grad()
-def step_(kind: str, items, lr_scale: float, lr_offset: float, max_grad_norm):
+def step_(kind: str, items, lr_scale: float, lr_offset: float, max_grad_norm, *, grad_scale=None, found_inf=None,
+          skip_nonfinite=False):  # fmt: skip
     """Apply one step to ``items``: a list of ``(param, group, state)`` for params with grads.
 
-    The schedule gives each group the lr ``group["lr"] * lr_scale + lr_offset``.
+    The schedule gives each group the lr ``group["lr"] * lr_scale + lr_offset``. ``grad_scale``
+    and ``found_inf`` are what torch.amp.GradScaler hands the optimizer: grads are divided by
+    the scale (in copies) and a step with ``found_inf`` set is skipped; ``skip_nonfinite``
+    skips a step whose global grad norm is not finite.
 
-    Returns the global grad norm after AGC and before clipping, or ``None`` when neither
-    clipping nor AGC is on.
+    Returns ``(norm, applied)``: the global grad norm after AGC and before clipping (``None``
+    when nothing needed it), and whether the update was applied.
     """
     update = _UPDATES[kind]
     grads = [param.grad for param, _, _ in items]
-    scales, total_norm = grad_scales(grads, [(group, param) for param, group, _ in items], max_grad_norm)
+    if grad_scale is not None:
+        inverse = grad_scale.double().reciprocal().float()  # as GradScaler.unscale_ computes it
+        grads = [g * inverse.to(g.device) for g in grads]
+    groups = [(group, param) for param, group, _ in items]
+    scales, total_norm = grad_scales(grads, groups, max_grad_norm, need_norm=skip_nonfinite)
+    skip = found_inf is not None and bool(found_inf.item())
+    if skip_nonfinite and not bool(torch.isfinite(total_norm)):
+        skip = True
+    if skip:
+        return total_norm, False
     for (param, group, state), grad, scale in zip(items, grads, scales):
         lr = group["lr"] * lr_scale + lr_offset
         update(param, _effective_grad(grad, group, scale), state, group, lr)
-    return total_norm
+    return total_norm, True

@@ -47,7 +47,7 @@ def test_kernel_launch_without_a_gpu_raises_cuda_error_string(ext):
     if torch.cuda.is_available():
         pytest.skip("this machine has a GPU")
     with pytest.raises(RuntimeError, match="fusedlr CUDA error in finalize_kernel: .+"):
-        ext.finalize(0, 1, 0, 1, 0, 0, 0, 0, 0, False, False, False, True, 0, 0)
+        ext.finalize(0, 1, 0, 1, 0, 0, 0, 0, 0, False, False, False, True, 0, 0, 0, 0, False, 0)
 
 
 def test_unknown_dtype_code_is_refused(ext):

@@ -49,14 +49,19 @@ def step_(opt, items, host_multiplier):
     kernels._finalize_kernel[(1,)](
         plan.tensor_table, T, plan.hyper, plan.num_groups, plan.tensor_grad_sumsq, plan.tensor_param_sumsq,
         plan.coef, counter, norm if has_norms else plan.coef,
-        HAS_NORMS=has_norms, HAS_CLIP=has_clip, HAS_AGC=has_agc, IS_ADAMW=is_adamw, BLOCK=FINALIZE_BLOCK,
+        flags.grad_scale if flags.grad_scale is not None else plan.status,
+        flags.found_inf if flags.found_inf is not None else plan.status,
+        plan.status, opt.skipped_steps,
+        HAS_NORMS=has_norms, HAS_CLIP=has_clip, HAS_AGC=has_agc, IS_ADAMW=is_adamw,
+        HAS_GRAD_SCALE=flags.grad_scale is not None, HAS_FOUND_INF=flags.found_inf is not None,
+        SKIP_NONFINITE=flags.skip_nonfinite, BLOCK=FINALIZE_BLOCK,
         REGISTERS=_plan.schedule_registers(opt.schedule), num_warps=1,
     )  # fmt: skip
     for bucket in plan.buckets:
         if bucket.num_chunks == 0:
             continue
         kernels._update_kernel[(bucket.num_chunks,)](
-            plan.tensor_table, T, plan.chunk_table, C, bucket.chunk_begin, plan.coef,
+            plan.tensor_table, T, plan.chunk_table, C, bucket.chunk_begin, plan.coef, plan.status,
             ELEM=TRITON_DTYPES[bucket.dtype], COMPUTE=_compute_dtype(bucket.dtype),
             IS_FP64=bucket.dtype == torch.float64, IS_ADAMW=is_adamw, CHUNK=_plan.CHUNK_SIZE, BLOCK=BLOCK,
         )  # fmt: skip

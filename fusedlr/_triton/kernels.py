@@ -7,8 +7,11 @@ Per step, on one device:
      chunk order. Together with 1 this is the norm pass: no atomics, so bitwise reproducible.
   3. ``_finalize_kernel``     one launch, one program: AGC scales, global norm, clip coefficient,
      the schedule (its program, run from the device counter), per-tensor step counts and bias
-     corrections, written as per-tensor coefficients; advances the counter.
-  4. ``_update_kernel``       one launch per dtype bucket: the AdamW or the LION update.
+     corrections, written as per-tensor coefficients; the decision to skip the step (GradScaler's
+     found_inf, or skip_nonfinite and a non-finite norm), written to ``status``; advances the
+     counter unless skipped.
+  4. ``_update_kernel``       one launch per dtype bucket: the AdamW or the LION update (nothing
+     when ``status`` says skip).
 
 Hyperparameters only ever arrive through device tables, never as ``tl.constexpr`` or float
 arguments: a new lr neither recompiles nor loses float64 precision. Scalar maths of the
@@ -242,12 +245,13 @@ def _run_schedule_program(sched, k, REGISTERS: tl.constexpr):
 
 
 @triton.jit
-def _agc_scale(tensor_table, num_tensors, hyper, num_groups, grad_sumsq, param_sumsq, t, mask):
-    """Per-tensor AGC scale (1 where AGC is off): max(||p||, eps) * factor / (||g|| + 1e-6)."""
+def _agc_scale(tensor_table, num_tensors, hyper, num_groups, grad_sumsq, param_sumsq, t, mask, inv_scale):
+    """Per-tensor AGC scale (1 where AGC is off): max(||p||, eps) * factor / (||g|| + 1e-6), with
+    ||g|| the norm of the unscaled grad (``inv_scale`` undoes a GradScaler's loss scale)."""
     group = tl.load(tensor_table + T_GROUP * num_tensors + t, mask=mask, other=0)
     factor = tl.load(hyper + G_AGC_CLIP_FACTOR * num_groups + group, mask=mask, other=0.0)
     agc_eps = tl.load(hyper + G_AGC_EPS * num_groups + group, mask=mask, other=1.0)
-    g_norm = tl.sqrt(tl.load(grad_sumsq + t, mask=mask, other=0.0))
+    g_norm = tl.sqrt(tl.load(grad_sumsq + t, mask=mask, other=0.0)) * inv_scale
     p_norm = tl.sqrt(tl.load(param_sumsq + t, mask=mask, other=0.0))
     max_norm = tl.maximum(p_norm, agc_eps) * factor
     norm_eps = tl.full([], 1e-6, tl.float64)
@@ -265,24 +269,39 @@ def _finalize_kernel(
     coef,
     counter,
     norm_out,
+    grad_scale,
+    found_inf,
+    status,
+    skipped_steps,
     HAS_NORMS: tl.constexpr,
     HAS_CLIP: tl.constexpr,
     HAS_AGC: tl.constexpr,
     IS_ADAMW: tl.constexpr,
+    HAS_GRAD_SCALE: tl.constexpr,
+    HAS_FOUND_INF: tl.constexpr,
+    SKIP_NONFINITE: tl.constexpr,
     BLOCK: tl.constexpr,
     REGISTERS: tl.constexpr,
 ):
     sched = hyper + G_NUM_COLUMNS * num_groups
     clip = tl.full([], 1.0, tl.float64)
+    inv_scale = tl.full([], 1.0, tl.float64)
+    if HAS_GRAD_SCALE:  # a GradScaler's loss scale, undone here: grads are never rewritten
+        inv_scale = 1.0 / tl.load(grad_scale).to(tl.float64)
+    skip = tl.full([], 0, tl.int32)
+    if HAS_FOUND_INF:
+        skip = (tl.load(found_inf) != 0.0).to(tl.int32)
     if HAS_NORMS:
         # Global norm after AGC: sqrt(sum_t (s_agc_t * ||g_t||)^2), in a fixed order.
         acc = tl.zeros([BLOCK], tl.float64)
         for first in range(0, num_tensors, BLOCK):
             t = first + tl.arange(0, BLOCK)
             mask = t < num_tensors
-            sumsq = tl.load(grad_sumsq + t, mask=mask, other=0.0)
+            sumsq = tl.load(grad_sumsq + t, mask=mask, other=0.0) * inv_scale * inv_scale
             if HAS_AGC:
-                s_agc = _agc_scale(tensor_table, num_tensors, hyper, num_groups, grad_sumsq, param_sumsq, t, mask)
+                s_agc = _agc_scale(
+                    tensor_table, num_tensors, hyper, num_groups, grad_sumsq, param_sumsq, t, mask, inv_scale
+                )
                 sumsq = sumsq * s_agc * s_agc
             acc += sumsq
         total = tl.sqrt(tl.sum(acc))
@@ -291,6 +310,11 @@ def _finalize_kernel(
             norm_eps = tl.full([], 1e-6, tl.float64)
             ratio = tl.load(sched + S_MAX_GRAD_NORM) / (total + norm_eps)
             clip = tl.minimum(ratio, 1.0, propagate_nan=tl.PropagateNan.ALL)
+        if SKIP_NONFINITE:
+            skip = skip | ((total - total) != 0.0).to(tl.int32)  # inf - inf and nan - nan are nan
+    # A skipped step changes nothing: no step count, no counter, and the updates read `status`.
+    tl.store(status, skip.to(tl.float32))
+    tl.store(skipped_steps, tl.load(skipped_steps) + skip.to(tl.int64))
 
     step_count = tl.load(counter)
     lr_scale, lr_offset = _run_schedule_program(sched, step_count.to(tl.float64), REGISTERS)
@@ -302,13 +326,15 @@ def _finalize_kernel(
         weight_decay = tl.load(hyper + G_WEIGHT_DECAY * num_groups + group, mask=mask, other=0.0)
         beta1 = tl.load(hyper + G_BETA1 * num_groups + group, mask=mask, other=0.0)
         beta2 = tl.load(hyper + G_BETA2 * num_groups + group, mask=mask, other=0.0)
-        scale = tl.load(hyper + G_GRAD_SIGN * num_groups + group, mask=mask, other=1.0) * clip
+        scale = tl.load(hyper + G_GRAD_SIGN * num_groups + group, mask=mask, other=1.0) * clip * inv_scale
         if HAS_AGC:
-            scale = scale * _agc_scale(tensor_table, num_tensors, hyper, num_groups, grad_sumsq, param_sumsq, t, mask)
+            scale = scale * _agc_scale(
+                tensor_table, num_tensors, hyper, num_groups, grad_sumsq, param_sumsq, t, mask, inv_scale
+            )
         if IS_ADAMW:
             step_ptr = _address(tensor_table, T_STEP, num_tensors, t, tl.float32)
             step = tl.load(step_ptr, mask=mask, other=0.0) + 1.0
-            tl.store(step_ptr, step, mask=mask)
+            tl.store(step_ptr, step, mask=mask & (skip == 0))
             step64 = step.to(tl.float64)
             step_size = lr / (1.0 - _pow_int(beta1, step64))
             bc2_sqrt = tl.sqrt(1.0 - _pow_int(beta2, step64))
@@ -326,7 +352,7 @@ def _finalize_kernel(
         tl.store(out + C_ONE_MINUS_BETA2 * num_tensors, (1.0 - beta2), mask=mask)
         eps = tl.load(hyper + G_EPS * num_groups + group, mask=mask, other=0.0)
         tl.store(out + C_EPS * num_tensors, eps, mask=mask)
-    tl.store(counter, step_count + 1)
+    tl.store(counter, step_count + 1 - skip.to(tl.int64))
 
 
 @triton.jit
@@ -342,6 +368,7 @@ def _update_kernel(
     num_chunks,
     chunk_base,
     coef,
+    status,
     ELEM: tl.constexpr,
     COMPUTE: tl.constexpr,
     IS_FP64: tl.constexpr,
@@ -352,6 +379,7 @@ def _update_kernel(
     """The AdamW (IS_ADAMW) or LION update of one chunk, with the finalize's coefficients."""
     c = chunk_base + tl.program_id(0)
     t, start, length = _chunk_extent(tensor_table, num_tensors, chunk_table, num_chunks, c, CHUNK)
+    length = tl.where(tl.load(status) != 0.0, 0, length)  # the finalize skipped this step
     param = _address(tensor_table, T_PARAM, num_tensors, t, ELEM) + start
     grad = _address(tensor_table, T_GRAD, num_tensors, t, ELEM) + start
     exp_avg = _address(tensor_table, T_EXP_AVG, num_tensors, t, ELEM) + start

@@ -54,12 +54,15 @@ def _variants():
         [(False, False, False), (True, True, False), (True, False, True), (True, True, True)], (True, False)
     ):
         sig = dict(tensor_table="*i64", num_tensors="i32", hyper="*fp64", num_groups="i32", grad_sumsq="*fp64",
-                   param_sumsq="*fp64", coef="*fp64", counter="*i64", norm_out="*fp32")  # fmt: skip
-        flags = dict(HAS_NORMS=norms, HAS_CLIP=clip, HAS_AGC=agc, IS_ADAMW=adamw, BLOCK=1024, REGISTERS=64)
+                   param_sumsq="*fp64", coef="*fp64", counter="*i64", norm_out="*fp32", grad_scale="*fp32",
+                   found_inf="*fp32", status="*fp32", skipped_steps="*i64")  # fmt: skip
+        amp = norms  # GradScaler's scale, found_inf and skip_nonfinite with the norm variants
+        flags = dict(HAS_NORMS=norms, HAS_CLIP=clip, HAS_AGC=agc, IS_ADAMW=adamw, HAS_GRAD_SCALE=amp,
+                     HAS_FOUND_INF=amp, SKIP_NONFINITE=amp, BLOCK=1024, REGISTERS=64)  # fmt: skip
         yield f"finalize-n{norms}c{clip}a{agc}-adamw{adamw}", kernels._finalize_kernel, sig, flags
     for elem, name in itertools.product(ELEMS, ("adamw", "lion")):
         flags = dict(_chunk_constexprs(elem), IS_FP64=elem == "fp64", IS_ADAMW=name == "adamw")
-        yield f"{name}-{elem}", kernels._update_kernel, dict(CHUNKED, coef="*fp64"), flags
+        yield f"{name}-{elem}", kernels._update_kernel, dict(CHUNKED, coef="*fp64", status="*fp32"), flags
 
 
 VARIANTS = list(_variants())
