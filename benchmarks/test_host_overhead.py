@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import fusedlr
-from fusedlr import _fused, schedules
+from fusedlr import schedules
 
 COUNTS = [10, 100, 2000]
 
@@ -21,14 +21,35 @@ def _params(count, device):
     return params
 
 
+class _NoLaunch:
+    def __getitem__(self, grid):
+        return lambda *args, **kwargs: None
+
+
+@pytest.mark.parametrize("zero_grad_to_none", [False, True], ids=["same-grads", "new-grads"])
 @pytest.mark.parametrize("count", COUNTS)
-def test_cached_plan_check_and_upload(benchmark, count):
+def test_host_path_of_a_step(benchmark, monkeypatch, count, zero_grad_to_none):
+    """opt.step() with the Triton launches replaced by no-ops: everything the host does per step
+    (checks, cache key, hyperparameter upload). With new grads, as zero_grad(set_to_none=True)
+    leaves them, each new grad tensor is checked."""
+    pytest.importorskip("triton")
+    from fusedlr._triton import kernels
+
+    for name in ("_grad_sumsq_kernel", "_tensor_sumsq_kernel", "_finalize_kernel", "_update_kernel"):
+        monkeypatch.setattr(kernels, name, _NoLaunch())
+    monkeypatch.setenv("TRITON_INTERPRET", "1")  # lets the triton backend take CPU tensors
     params = _params(count, "cpu")
-    opt = fusedlr.AdamW(params, max_grad_norm=1.0, schedule=schedules.WarmupCosine(10, 1000))
-    group = opt.param_groups[0]
-    items = [(p, group, opt._init_state(p, group)) for p in params]
-    plan, _ = _fused.prepare(opt, items, None)
-    benchmark(_fused.prepare, opt, items, None)
+    opt = fusedlr.AdamW(params, max_grad_norm=1.0, schedule=schedules.WarmupCosine(10, 1000), backend="triton")
+    opt.step()
+    plan = opt._plan_cache
+
+    def step():
+        if zero_grad_to_none:
+            for p in params:
+                p.grad = p.grad.view_as(p)  # a new tensor object over the same memory
+        opt.step()
+
+    benchmark(step)
     assert opt._plan_cache is plan  # the tables were reused, not rebuilt
 
 

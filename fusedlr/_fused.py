@@ -27,6 +27,42 @@ def _dense_strides(tensor: torch.Tensor):
     return tuple(stride for stride, size in zip(tensor.stride(), tensor.shape) if size != 1)
 
 
+def _param_strides(param):
+    """The dense strides of a parameter, or a clear error for one with gaps in memory."""
+    strides = _dense_strides(param)
+    if strides is None:
+        raise RuntimeError(
+            f"fusedlr: the fused backends need parameters that are dense in memory; a parameter of shape "
+            f"{tuple(param.shape)} has strides {param.stride()} with gaps. Make it contiguous or use backend='torch'."
+        )
+    return strides
+
+
+def check_grad(param) -> None:
+    """The per-step check of a grad tensor the kernels have not seen: dtype, device, layout."""
+    grad = param.grad
+    if param.numel() > 0:
+        _param_strides(param)
+    if grad.dtype != param.dtype or grad.device != param.device:
+        raise RuntimeError(
+            f"fusedlr: grad ({grad.dtype}, {grad.device}) does not match its parameter ({param.dtype}, {param.device})"
+        )
+    if grad.stride() != param.stride() and param.numel() > 0 and _dense_strides(grad) != _dense_strides(param):
+        raise RuntimeError(
+            f"fusedlr: grad of a parameter of shape {tuple(param.shape)} has strides {grad.stride()}, "
+            f"its parameter {param.stride()}; the fused backends need the same memory layout."
+        )
+
+
+def step_key(active, groups) -> tuple:
+    """What, when unchanged since the last step, lets that step's checks, states and tables
+    stand: every address and size, the groups' structure. (State tensors are the optimizer's
+    own: they change only through load_state_dict, which drops the cache.)"""
+    group_index = {id(group): i for i, group in enumerate(groups)}
+    signature = [(p.data_ptr(), p.grad.data_ptr(), p.numel(), group_index[id(group)]) for p, group in active]
+    return tuple(signature), tuple(bool(g.get("amsgrad")) for g in groups)
+
+
 def check_inputs(active, devices, state) -> None:
     """Raise before anything is touched if the kernels cannot run these tensors correctly."""
     if len(devices) > 1:
@@ -37,7 +73,7 @@ def check_inputs(active, devices, state) -> None:
         )
     for param, _ in active:
         if param.dtype not in SUPPORTED_DTYPES:
-            raise RuntimeError(f"fusedlr: the fused backends does not support parameters of dtype {param.dtype}")
+            raise RuntimeError(f"fusedlr: the fused backends do not support parameters of dtype {param.dtype}")
         if param.grad.dtype != param.dtype or param.grad.device != param.device:
             raise RuntimeError(
                 f"fusedlr: grad ({param.grad.dtype}, {param.grad.device}) does not match its parameter "
@@ -51,13 +87,7 @@ def check_inputs(active, devices, state) -> None:
                 )
         if param.numel() == 0:
             continue
-        strides = _dense_strides(param)
-        if strides is None:
-            raise RuntimeError(
-                f"fusedlr: the fused backends needs parameters that are dense in memory; a parameter of shape "
-                f"{tuple(param.shape)} has strides {param.stride()} with gaps. "
-                "Make it contiguous or use backend='torch'."
-            )
+        strides = _param_strides(param)
         others = [("grad", param.grad)] + [(k, v) for k, v in state.get(param, {}).items() if k != "step"]
         for name, other in others:
             if _dense_strides(other) != strides:
@@ -81,11 +111,10 @@ class StepFlags:
         return self.has_agc or self.has_clip or self.skip_nonfinite
 
 
-def prepare(opt, items, host_multiplier):
-    """The plan for ``items`` (cached on ``opt``), its hyperparameters uploaded, and the flags."""
+def prepare(opt, items, host_multiplier, key):
+    """The plan for ``items`` (cached on ``opt`` under ``key``, from ``step_key``), its
+    hyperparameters uploaded, and the flags."""
     groups = opt.param_groups
-    group_index = {id(group): i for i, group in enumerate(groups)}
-    key = _plan.plan_key(items, group_index)
     plan = opt._plan_cache
     if plan is None or plan.key != key:
         plan = opt._plan_cache = _plan.build_plan(items, groups, key)

@@ -86,19 +86,6 @@ class Plan:
     hyper_key: tuple | None = field(default=None)
 
 
-def plan_key(items, group_index) -> tuple:
-    """Everything whose change invalidates the tables: which tensors, where they live."""
-    key = []
-    for param, group, state in items:
-        grad = param.grad
-        key.append((
-            param.data_ptr(), grad.data_ptr(), param.numel(), param.dtype, group_index[id(group)],
-            *(state[name].data_ptr() if name in state else 0
-              for name in ("exp_avg", "exp_avg_sq", "max_exp_avg_sq", "step")),
-        ))  # fmt: skip
-    return tuple(key)
-
-
 def build_plan(items, groups, key) -> Plan:
     """Build the tables for ``items`` (``(param, group, state)``), ordered by dtype bucket."""
     device = items[0][0].device

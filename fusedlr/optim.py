@@ -8,6 +8,7 @@ the state in the layout ``torch.optim.AdamW`` uses so that state dicts travel bo
 from __future__ import annotations
 
 import math
+import weakref
 from numbers import Real
 
 import torch
@@ -61,7 +62,8 @@ class _FusedOptimizer(torch.optim.Optimizer):
         self.backend = backend
         self.skip_nonfinite = bool(skip_nonfinite)
         self.last_grad_norm: torch.Tensor | None = None
-        self._plan_cache = None  # owned by the triton backend; dropped on load_state_dict
+        self._plan_cache = None  # owned by the kernel backends; dropped on load_state_dict
+        self._step_cache = None  # (key, grads seen, items) of the last kernel-backend step
         super().__init__(params, defaults)
         device = self.param_groups[0]["params"][0].device
         # The schedule counter: updates applied so far. It lives on the device so that the
@@ -77,6 +79,7 @@ class _FusedOptimizer(torch.optim.Optimizer):
         super().add_param_group(param_group)
         _check_group_hypers(self.param_groups[-1])
         self._plan_cache = None
+        self._step_cache = None
 
     def __setstate__(self, state: dict) -> None:
         super().__setstate__(state)
@@ -100,6 +103,45 @@ class _FusedOptimizer(torch.optim.Optimizer):
     def _init_state(self, param: torch.Tensor, group: dict) -> dict:
         raise NotImplementedError
 
+    def _kernel_items(self, active):
+        """``(param, group, state)`` for the kernel backends, validated, at a few attribute reads
+        per tensor when nothing changed since the last step.
+
+        Grad objects not seen last step are checked on their own (``zero_grad()`` makes new
+        ones each step); when any address, size, group or amsgrad flag changed, everything is
+        checked again and the states are initialised, before anything is modified.
+        """
+        from . import _fused
+
+        seen = self._step_cache[1] if self._step_cache is not None else {}
+        for param, _ in active:
+            grad = param.grad
+            known = seen.get(id(grad))
+            if known is not None and known() is grad:
+                continue
+            # A grad the kernels have not seen: one cheap comparison, the precise checks (and
+            # their error messages) only when it differs from its parameter.
+            if (
+                grad.layout is not torch.strided
+                or grad.dtype is not param.dtype
+                or grad.shape != param.shape
+                or grad.stride() != param.stride()
+                or grad.device != param.device
+            ):
+                self._check_param(param)
+                _fused.check_grad(param)
+        key = _fused.step_key(active, self.param_groups)
+        if self._step_cache is not None and self._step_cache[0] == key:
+            items = self._step_cache[2]
+        else:
+            for param, _ in active:
+                self._check_param(param)
+            _fused.check_inputs(active, {p.device for p, _ in active}, self.state)
+            items = [(p, group, self._init_state(p, group)) for p, group in active]
+        # Weak references: holding last step's grads would keep zero_grad()'s old ones alive.
+        self._step_cache = (key, {id(p.grad): weakref.ref(p.grad) for p, _ in active}, items)
+        return items
+
     def _schedule_on_host(self) -> tuple[float, float]:
         """(scale, offset) of this update's lr, evaluated on the host (torch backend, callables)."""
         if self.schedule is None:
@@ -120,20 +162,17 @@ class _FusedOptimizer(torch.optim.Optimizer):
         active = [(p, g) for g in self.param_groups for p in g["params"] if p.grad is not None]
         if not active:
             return loss
-        for param, _ in active:
-            self._check_param(param)
-        devices = {param.device for param, _ in active}
         device = active[0][0].device
         backend = _backends.choose(self.backend, device)
         if backend in ("triton", "cuda"):
-            from . import _fused
-
-            _fused.check_inputs(active, devices, self.state)
-
+            items = self._kernel_items(active)
+        else:
+            for param, _ in active:
+                self._check_param(param)
+            items = [(p, group, self._init_state(p, group)) for p, group in active]
         if self._schedule_step.device != device:  # the model moved after the optimizer was made
             self._schedule_step = self._schedule_step.to(device)
             self.skipped_steps = self.skipped_steps.to(device)
-        items = [(p, group, self._init_state(p, group)) for p, group in active]
         if backend in ("triton", "cuda"):
             if backend == "triton":
                 from ._triton import step_ as fused_step_
@@ -142,7 +181,7 @@ class _FusedOptimizer(torch.optim.Optimizer):
 
             device_schedule = isinstance(self.schedule, Schedule) or self.schedule is None
             host_multiplier = None if device_schedule else self._schedule_on_host()[0]
-            self.last_grad_norm = fused_step_(self, items, host_multiplier)
+            self.last_grad_norm = fused_step_(self, items, host_multiplier, self._step_cache[0])
         else:
             scale, offset = self._schedule_on_host()
             self.last_grad_norm, applied = reference.step_(
@@ -183,6 +222,7 @@ class _FusedOptimizer(torch.optim.Optimizer):
             )
         self._host_step = int(self._schedule_step.item())
         self._plan_cache = None
+        self._step_cache = None
 
 
 class AdamW(_FusedOptimizer):

@@ -125,3 +125,43 @@ def test_norm_pass_is_deterministic(triton_backend):
         opt.step()
         norms.append(opt.last_grad_norm.clone())
     assert torch.equal(norms[0], norms[1])
+
+
+def test_new_grad_objects_over_the_same_memory_keep_the_plan(triton_backend):
+    params = make_params([(5,), (6,)])
+    opt = fusedlr.AdamW(params, backend=triton_backend)
+    for p in params:
+        p.grad = torch.ones_like(p)
+    opt.step()
+    plan = opt._plan_cache
+    for p in params:
+        p.grad = p.grad.view_as(p)  # what zero_grad(set_to_none=True) + backward often gives
+    opt.step()
+    assert opt._plan_cache is plan
+
+
+def test_swapped_param_storage_is_noticed(triton_backend):
+    """``p.data = ...`` keeps the Parameter object and its grad; the step must follow the new memory."""
+    ours, ref = make_params([(7,)]), make_params([(7,)])
+    opt = fusedlr.AdamW(ours, lr=0.1, backend=triton_backend)
+    ref_opt = torch.optim.AdamW(ref, lr=0.1, foreach=False)
+    for p in ours + ref:
+        p.grad = torch.ones_like(p)
+    opt.step()
+    ref_opt.step()
+    ours[0].data = ours[0].data.clone() * 2
+    ref[0].data = ref[0].data.clone() * 2
+    opt.step()
+    ref_opt.step()
+    torch.testing.assert_close(ours[0].detach(), ref[0].detach())
+
+
+def test_turning_amsgrad_on_later_creates_its_state(triton_backend):
+    params = make_params([(4,)])
+    opt = fusedlr.AdamW(params, backend=triton_backend)
+    params[0].grad = torch.ones(4)
+    opt.step()
+    opt.param_groups[0]["amsgrad"] = True
+    opt.step()
+    assert "max_exp_avg_sq" in opt.state[params[0]]
+    assert float(opt.state[params[0]]["step"]) == 2.0

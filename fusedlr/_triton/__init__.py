@@ -24,9 +24,9 @@ FINALIZE_BLOCK = 1024  # tensors per vector operation in the finalize launch
 REDUCE_BLOCK = 256  # chunk partials per vector operation in the per-tensor reduction
 
 
-def step_(opt, items, host_multiplier):
+def step_(opt, items, host_multiplier, key):
     """One fused step of ``opt`` over ``items`` (``(param, group, state)``); returns the norm."""
-    plan, flags = _fused.prepare(opt, items, host_multiplier)
+    plan, flags = _fused.prepare(opt, items, host_multiplier, key)
     has_agc, has_clip, has_norms, is_adamw = flags.has_agc, flags.has_clip, flags.has_norms, flags.is_adamw
     counter = opt._schedule_step
     norm = torch.empty((), dtype=torch.float32, device=plan.device) if has_norms else None
