@@ -54,12 +54,14 @@ def check_grad(param) -> None:
         )
 
 
-def step_key(active, groups) -> tuple:
+def step_key(active, grads, groups) -> tuple:
     """What, when unchanged since the last step, lets that step's checks, states and tables
     stand: every address and size, the groups' structure. (State tensors are the optimizer's
     own: they change only through load_state_dict, which drops the cache.)"""
     group_index = {id(group): i for i, group in enumerate(groups)}
-    signature = [(p.data_ptr(), p.grad.data_ptr(), p.numel(), group_index[id(group)]) for p, group in active]
+    signature = [
+        (p.data_ptr(), g.data_ptr(), p.numel(), group_index[id(group)]) for (p, group), g in zip(active, grads)
+    ]
     return tuple(signature), tuple(bool(g.get("amsgrad")) for g in groups)
 
 

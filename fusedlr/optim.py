@@ -114,11 +114,13 @@ class _FusedOptimizer(torch.optim.Optimizer):
         from . import _fused
 
         seen = self._step_cache[1] if self._step_cache is not None else {}
-        for param, _ in active:
-            grad = param.grad
+        grads = [param.grad for param, _ in active]  # each .grad read costs: read once
+        fresh = False
+        for (param, _), grad in zip(active, grads):
             known = seen.get(id(grad))
             if known is not None and known() is grad:
                 continue
+            fresh = True
             # A grad the kernels have not seen: one cheap comparison, the precise checks (and
             # their error messages) only when it differs from its parameter.
             if (
@@ -130,7 +132,7 @@ class _FusedOptimizer(torch.optim.Optimizer):
             ):
                 self._check_param(param)
                 _fused.check_grad(param)
-        key = _fused.step_key(active, self.param_groups)
+        key = _fused.step_key(active, grads, self.param_groups)
         if self._step_cache is not None and self._step_cache[0] == key:
             items = self._step_cache[2]
         else:
@@ -138,8 +140,10 @@ class _FusedOptimizer(torch.optim.Optimizer):
                 self._check_param(param)
             _fused.check_inputs(active, {p.device for p, _ in active}, self.state)
             items = [(p, group, self._init_state(p, group)) for p, group in active]
-        # Weak references: holding last step's grads would keep zero_grad()'s old ones alive.
-        self._step_cache = (key, {id(p.grad): weakref.ref(p.grad) for p, _ in active}, items)
+        if fresh or self._step_cache is None:
+            # Weak references: holding last step's grads would keep zero_grad()'s old ones alive.
+            seen = {id(grad): weakref.ref(grad) for grad in grads}
+        self._step_cache = (key, seen, items)
         return items
 
     def _schedule_on_host(self) -> tuple[float, float]:
