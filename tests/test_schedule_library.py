@@ -230,6 +230,18 @@ def test_host_matches_reference_over_long_horizons(schedule, reference, horizon)
         _close(schedule.lr(k, BASE_LR), expected[k], k, rel=1e-8)
 
 
+@pytest.mark.parametrize("schedule, reference, horizon", LONG, ids=[repr(c[0])[:60] for c in LONG])
+def test_device_program_over_long_horizons(triton_backend, schedule, reference, horizon):
+    """The device evaluator at 24 updates spread over each long horizon, ends and boundaries included."""
+    from fusedlr._triton import schedule_on_device
+
+    expected = reference(horizon)
+    ks = sorted({0, 1, horizon - 21, horizon - 1, *range(0, horizon, max(1, horizon // 20))})
+    scale, offset = schedule_on_device(schedule, torch.tensor(ks, dtype=torch.int64))
+    for k, s, o in zip(ks, scale.tolist(), offset.tolist()):
+        _close(BASE_LR * s + o, expected[k], k, rel=1e-8)
+
+
 def test_relative_schedules_work_under_lambda_lr():
     schedule = S.WarmupCosine(3, 20)
     lrs = torch_scheduler_lrs(lambda o: L.LambdaLR(o, schedule), 25)

@@ -70,3 +70,16 @@ def step_(opt, items, host_multiplier, key):
 
 def _compute_dtype(dtype: torch.dtype):
     return tl.float64 if dtype == torch.float64 else tl.float32
+
+
+def schedule_on_device(schedule, ks: torch.Tensor):
+    """``(scale, offset)`` of ``schedule`` at every update index in ``ks`` (int64, on the device
+    the kernels run on), evaluated by the same device code as the finalize launch."""
+    sched = torch.tensor(_plan.hyper_values([], schedule, None, None), dtype=torch.float64).to(ks.device)
+    scale = torch.empty(ks.numel(), dtype=torch.float64, device=ks.device)
+    offset = torch.empty_like(scale)
+    if ks.numel():
+        kernels._schedule_values_kernel[(ks.numel(),)](
+            sched, ks, scale, offset, REGISTERS=_plan.schedule_registers(schedule), num_warps=1
+        )
+    return scale, offset

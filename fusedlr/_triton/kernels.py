@@ -423,3 +423,13 @@ def _update_kernel(
             m = m * beta2 + w2 * g
         tl.store(param + offs, p.to(ELEM), mask=mask)
         tl.store(exp_avg + offs, m.to(ELEM), mask=mask)
+
+
+@triton.jit
+def _schedule_values_kernel(sched, ks, out_scale, out_offset, REGISTERS: tl.constexpr):
+    """The schedule program in ``sched`` (SCHEDULE_SLOTS then the program) run at update
+    ``ks[i]`` by program i: the same device evaluation the finalize does, for checks and previews."""
+    i = tl.program_id(0)
+    scale, offset = _run_schedule_program(sched, tl.load(ks + i).to(tl.float64), REGISTERS)
+    tl.store(out_scale + i, scale)
+    tl.store(out_offset + i, offset)

@@ -26,8 +26,8 @@ CHUNKED = {
 
 def _compile(kernel, signature, constexprs, arch=90):
     signature = dict(signature, **{name: "constexpr" for name in constexprs})
-    # The launcher runs the single-program finalize with one warp (its reductions stay in-warp).
-    options = {"num_warps": 1} if kernel is kernels._finalize_kernel else {}
+    # The launcher runs the single-program kernels with one warp (their reductions stay in-warp).
+    options = {"num_warps": 1} if kernel in (kernels._finalize_kernel, kernels._schedule_values_kernel) else {}
     source = ASTSource(kernel, signature, constexprs=constexprs)
     return triton.compile(source, target=GPUTarget("cuda", arch, 32), options=options)
 
@@ -60,6 +60,8 @@ def _variants():
         flags = dict(HAS_NORMS=norms, HAS_CLIP=clip, HAS_AGC=agc, IS_ADAMW=adamw, HAS_GRAD_SCALE=amp,
                      HAS_FOUND_INF=amp, SKIP_NONFINITE=amp, BLOCK=1024, REGISTERS=64)  # fmt: skip
         yield f"finalize-n{norms}c{clip}a{agc}-adamw{adamw}", kernels._finalize_kernel, sig, flags
+    yield "schedule-values", kernels._schedule_values_kernel, dict(sched="*fp64", ks="*i64", out_scale="*fp64",
+                                                                   out_offset="*fp64"), dict(REGISTERS=64)  # fmt: skip
     for elem, name in itertools.product(ELEMS, ("adamw", "lion")):
         flags = dict(_chunk_constexprs(elem), IS_FP64=elem == "fp64", IS_ADAMW=name == "adamw")
         yield f"{name}-{elem}", kernels._update_kernel, dict(CHUNKED, coef="*fp64", status="*fp32"), flags

@@ -5,7 +5,7 @@ import math
 
 import pytest
 import torch
-from test_schedule_library import BASE_LR, CASES, IDS
+from test_schedule_library import BASE_LR, CASES, IDS, LONG
 
 import fusedlr
 
@@ -27,3 +27,14 @@ def test_applied_lr_on_cuda_matches_reference(kernel_backend, case):
     for k in range(horizon):
         applied = values[k] - values[k + 1]
         assert math.isclose(applied, expected[k], rel_tol=1e-9, abs_tol=1e-12), f"k={k}: {applied} != {expected[k]}"
+
+
+@pytest.mark.parametrize("schedule, reference, horizon", LONG, ids=[repr(c[0])[:60] for c in LONG])
+def test_device_program_at_every_step_of_long_horizons(schedule, reference, horizon):
+    from fusedlr._triton import schedule_on_device
+
+    expected = reference(horizon)
+    scale, offset = schedule_on_device(schedule, torch.arange(horizon, device="cuda"))
+    lrs = (BASE_LR * scale + offset).tolist()
+    for k in range(horizon):
+        assert math.isclose(lrs[k], expected[k], rel_tol=1e-8, abs_tol=1e-12), f"k={k}: {lrs[k]} != {expected[k]}"
