@@ -50,10 +50,6 @@ COEF_COLUMNS = (
 CHUNK_SIZE = 65536
 
 
-def column(name: str, columns=TENSOR_COLUMNS) -> int:
-    return columns.index(name)
-
-
 @dataclass
 class Bucket:
     """Tensors of one dtype: one norm-pass launch and one update launch."""
