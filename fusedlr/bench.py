@@ -245,6 +245,8 @@ def _quantile(sorted_values, q):
 
 def _environment(device):
     def commit():
+        if os.environ.get("FUSEDLR_BENCH_COMMIT"):  # a copy of the tree without .git (device runs)
+            return os.environ["FUSEDLR_BENCH_COMMIT"]
         try:
             out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
                                  cwd=Path(__file__).parent, check=True)  # fmt: skip

@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# One call on a GPU machine: build the extension, run the GPU tests, run the benchmarks.
+# Logs and results go to $OUT (default ./gpu-out). Usage: bash tools/gpu_check.sh [tests|bench|all]
+set -u
+OUT=${OUT:-gpu-out}; mkdir -p "$OUT"
+what=${1:-all}
+export PYTHONUNBUFFERED=1
+PY=${PYTHON:-python3}
+if ls .whl/*.whl >/dev/null 2>&1; then  # wheels carried to a machine without network
+    $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
+        && export PYTHONPATH=/tmp/site
+fi
+{ nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv
+  $PY -c "import torch, triton; print('torch', torch.__version__, 'cuda', torch.version.cuda, 'triton', triton.__version__)"
+} 2>&1 | tee "$OUT/env.txt"
+start=$(date +%s)
+FUSEDLR_BUILD_CUDA=1 FUSEDLR_CUDA_ARCHS=${FUSEDLR_CUDA_ARCHS:-90} MAX_JOBS=16 \
+    $PY -m pip install --no-build-isolation --no-deps --no-index -e . >"$OUT/build.log" 2>&1 \
+    || { echo "BUILD FAILED"; tail -40 "$OUT/build.log"; }
+echo "build: $(( $(date +%s) - start )) s"
+$PY -c "import fusedlr; print('backends', fusedlr.available_backends())"
+if [[ $what == tests || $what == all ]]; then
+    FUSEDLR_EXPECT_EXTENSION=1 timeout ${TEST_TIMEOUT:-300} $PY -m pytest tests/gpu tests/test_cuda_extension.py \
+        -q -rs --timeout=150 -p no:cacheprovider ${PYTEST_ARGS:-} 2>&1 | tee "$OUT/tests.log" | tail -60
+fi
+if [[ $what == bench || $what == all ]]; then
+    for opt in adamw lion; do
+        timeout ${BENCH_TIMEOUT:-200} $PY -m fusedlr.bench --optimizer $opt ${BENCH_ARGS:-} 2>&1 | tee "$OUT/bench_$opt.log"
+    done
+    timeout 120 $PY -m pytest benchmarks --benchmark-only -q -p no:cacheprovider \
+        --benchmark-columns=median,iqr,rounds --benchmark-sort=name 2>&1 | tee "$OUT/host.log" | tail -40
+    tar czf "$OUT/results.tgz" benchmarks/results README.md
+fi
