@@ -56,10 +56,10 @@ def available() -> bool:
     return load() is not None and torch.cuda.is_available()
 
 
-def step_(opt, items, host_multiplier, key):
+def step_(opt, items, host_multiplier, key, active_groups):
     """One fused step of ``opt`` over ``items`` with the CUDA kernels; returns the norm."""
     ext = load()
-    plan, flags = _fused.prepare(opt, items, host_multiplier, key)
+    plan, flags = _fused.prepare(opt, items, host_multiplier, key, active_groups)
     device = plan.device
     norm = torch.empty((), dtype=torch.float32, device=device) if flags.has_norms else None
     tables = plan.tensor_table.data_ptr(), plan.num_tensors

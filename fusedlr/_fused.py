@@ -54,17 +54,6 @@ def check_grad(param) -> None:
         )
 
 
-def step_key(active, grads, groups) -> tuple:
-    """What, when unchanged since the last step, lets that step's checks, states and tables
-    stand: every address and size, the groups' structure. (State tensors are the optimizer's
-    own: they change only through load_state_dict, which drops the cache.)"""
-    group_index = {id(group): i for i, group in enumerate(groups)}
-    signature = [
-        (p.data_ptr(), g.data_ptr(), p.numel(), group_index[id(group)]) for (p, group), g in zip(active, grads)
-    ]
-    return tuple(signature), tuple(bool(g.get("amsgrad")) for g in groups)
-
-
 def check_inputs(active, devices, state) -> None:
     """Raise before anything is touched if the kernels cannot run these tensors correctly."""
     if len(devices) > 1:
@@ -82,10 +71,21 @@ def check_inputs(active, devices, state) -> None:
                 f"({param.dtype}, {param.device})"
             )
         for name, value in state.get(param, {}).items():
-            if isinstance(value, torch.Tensor) and value.device != param.device:
+            if not isinstance(value, torch.Tensor):
+                raise RuntimeError(f"fusedlr: state {name!r} of a parameter is a {type(value).__name__}, not a tensor")
+            if value.device != param.device:
                 raise RuntimeError(
                     f"fusedlr: state {name!r} is on {value.device}, its parameter on {param.device}; "
                     "load the state dict after moving the model, or move the state with the parameters."
+                )
+            if name == "step":
+                if value.numel() != 1 or value.dtype != torch.float32:
+                    raise RuntimeError(f"fusedlr: state 'step' must be a one-element float32 tensor; got {value!r}")
+                continue
+            if value.shape != param.shape or value.dtype != param.dtype:
+                raise RuntimeError(
+                    f"fusedlr: state {name!r} is {value.dtype} of shape {tuple(value.shape)}; its parameter is "
+                    f"{param.dtype} of shape {tuple(param.shape)}"
                 )
         if param.numel() == 0:
             continue
@@ -113,16 +113,16 @@ class StepFlags:
         return self.has_agc or self.has_clip or self.skip_nonfinite
 
 
-def prepare(opt, items, host_multiplier, key):
-    """The plan for ``items`` (cached on ``opt`` under ``key``, from ``step_key``), its
-    hyperparameters uploaded, and the flags."""
+def prepare(opt, items, host_multiplier, key, active_groups):
+    """The plan for ``items`` (cached on ``opt`` under ``key``, from ``_kernel_items``), its
+    hyperparameters uploaded, and the flags (AGC is on when a group with grads asks for it)."""
     groups = opt.param_groups
     plan = opt._plan_cache
     if plan is None or plan.key != key:
         plan = opt._plan_cache = _plan.build_plan(items, groups, key)
     _plan.upload_hyper(plan, _plan.hyper_values(groups, opt.schedule, host_multiplier, opt.max_grad_norm))
     flags = StepFlags(
-        has_agc=any(group["agc_clip_factor"] is not None for _, group, _ in items),
+        has_agc=any(group["agc_clip_factor"] is not None for group in active_groups),
         has_clip=opt.max_grad_norm is not None,
         is_adamw=opt._kind == "adamw",
         skip_nonfinite=opt.skip_nonfinite,

@@ -57,6 +57,9 @@ class Bucket:
     dtype: torch.dtype
     chunk_begin: int
     chunk_end: int
+    # Every param, grad and state address of the bucket is a multiple of 16 bytes: the kernels
+    # may then move 16 bytes per load and store (chunk starts keep that alignment).
+    aligned: bool = True
 
     @property
     def num_chunks(self) -> int:
@@ -94,12 +97,13 @@ def build_plan(items, groups, key) -> Plan:
         num_chunks = -(-numel // CHUNK_SIZE)
         if not buckets or buckets[-1].dtype != param.dtype:
             buckets.append(Bucket(param.dtype, len(chunk_tensor), len(chunk_tensor)))
-        rows.append([
-            param.data_ptr(), param.grad.data_ptr(),
-            *(state[name].data_ptr() if name in state else 0
-              for name in ("exp_avg", "exp_avg_sq", "max_exp_avg_sq", "step")),
-            numel, group_index[id(group)], len(chunk_tensor), num_chunks,
-        ])  # fmt: skip
+        addresses = [param.data_ptr(), param.grad.data_ptr()]
+        states = ("exp_avg", "exp_avg_sq", "max_exp_avg_sq")
+        addresses += [state[name].data_ptr() if name in state else 0 for name in states]
+        if numel and any(address % 16 for address in addresses):
+            buckets[-1].aligned = False
+        step = state["step"].data_ptr() if "step" in state else 0
+        rows.append(addresses + [step, numel, group_index[id(group)], len(chunk_tensor), num_chunks])
         for c in range(num_chunks):
             chunk_tensor.append(t)
             chunk_start.append(c * CHUNK_SIZE)

@@ -1,6 +1,6 @@
 """Throughput of one whole optimizer step, as users run it: clip + schedule + update.
 
-    python -m fusedlr.bench [--optimizer adamw|lion] [--case gpt2] [--steps 50] [--quick]
+    python -m fusedlr.bench [--optimizer adamw|lion|all] [--case gpt2] [--steps 50] [--quick]
 
 Every contender starts from the same parameters and gradients and runs the same clip
 (max norm 1.0) and warmup-cosine schedule; after its timed steps its parameters are compared
@@ -111,6 +111,11 @@ def _by_hand(name, make_optimizer, compiled=False):
             torch.nn.utils.clip_grad_norm_(params, MAX_GRAD_NORM, foreach=True)
             opt.step()
 
+        if compiled:
+            # A fresh compile per case, as a user's first run: without the reset, dynamo
+            # recompiles the same code for the next case with dynamic shapes (slower, and in
+            # torch 2.11 it fails on the 1B layout: "sources must not be empty for symbol").
+            torch._dynamo.reset()
         update = torch.compile(clip_and_step) if compiled else clip_and_step
 
         def step():
@@ -284,15 +289,16 @@ def run(args) -> list[dict]:
     print(f"device: {env['device']}  torch {env['torch']}  triton {env['triton']}  cuda {env['cuda']}{label}")
     print(f"device copy bandwidth: {copy_gbps:.1f} GB/s (read + write)\n")
     rows = []
-    for case in cases:
+    optimizers = ["adamw", "lion"] if args.optimizer == "all" else [args.optimizer]
+    for optimizer, case in [(o, c) for o in optimizers for c in cases]:
         shapes = CASES[case]()
         numel = sum(torch.Size(s).numel() for s in shapes)
-        print(f"{case}: {len(shapes)} tensors, {numel / 1e6:.1f}M params, {args.optimizer}, clip {MAX_GRAD_NORM}")
+        print(f"{case}: {len(shapes)} tensors, {numel / 1e6:.1f}M params, {optimizer}, clip {MAX_GRAD_NORM}")
         print(f"  {'contender':<28}{'ms p50':>9}{'p20':>9}{'p80':>9}{'GB/s':>9}{'of copy':>9}{'peak MB':>10}"
               f"{'1st step s':>11}")  # fmt: skip
         reference = None
         case_rows = []
-        for contender in contenders(args.optimizer, device, args.baseline):
+        for contender in contenders(optimizer, device, args.baseline):
             try:
                 times, first_s, peak, final = measure(contender, shapes, device, warmup, steps)
             except Exception as error:  # a baseline that cannot run here: say so, keep going
@@ -307,8 +313,8 @@ def run(args) -> list[dict]:
                     torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6,
                                                msg=lambda m, n=contender.name: f"{n} diverged: {m}")  # fmt: skip
             p50 = _quantile(times, 0.5)
-            gbps = BYTES_PER_PARAM[args.optimizer] * numel / (p50 * 1e6)
-            row = dict(env, case=case, optimizer=args.optimizer, contender=contender.name, dtype="float32",
+            gbps = BYTES_PER_PARAM[optimizer] * numel / (p50 * 1e6)
+            row = dict(env, case=case, optimizer=optimizer, contender=contender.name, dtype="float32",
                        numel=numel, tensors=len(shapes), ms_p20=_quantile(times, 0.2), ms_p50=p50,
                        ms_p80=_quantile(times, 0.8), gbps=gbps, copy_gbps=copy_gbps,
                        fraction_of_copy=gbps / copy_gbps, peak_mem_mb=peak, first_step_s=first_s)  # fmt: skip
@@ -324,8 +330,9 @@ def run(args) -> list[dict]:
                 print(f"  {ours['contender']} is {speedup:.2f}x {r['contender']}")
         print()
         rows += case_rows
+        if not args.no_record:  # case by case: a run cut short keeps what it measured
+            _append_rows(case_rows, Path(args.csv))
     if not args.no_record:
-        _append_rows(rows, Path(args.csv))
         print(f"appended {len(rows)} rows to {args.csv}")
         if device.type == "cuda":
             _publish(Path(args.csv))
@@ -364,7 +371,7 @@ def _append_rows(rows, path: Path):
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(prog="python -m fusedlr.bench", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--optimizer", choices=["adamw", "lion"], default="adamw")
+    parser.add_argument("--optimizer", choices=["adamw", "lion", "all"], default="all")
     parser.add_argument("--case", action="append", choices=sorted(CASES), help="repeatable; default by device")
     parser.add_argument(
         "--baseline",

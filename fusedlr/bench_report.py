@@ -19,12 +19,22 @@ def read_rows(path: Path) -> list[dict]:
 
 
 def latest_run(rows: list[dict], device_prefix: str = "") -> list[dict]:
-    """The rows of the most recent run (same date, commit and device) on a matching device."""
+    """The latest rows of the most recent commit and device: for each case, optimizer, dtype and
+    contender the last row recorded (``make bench`` runs AdamW and LION as separate runs)."""
     rows = [r for r in rows if r["device"].startswith(device_prefix) and not r["device"].startswith("CPU")]
     if not rows:
         return []
     last = rows[-1]
-    return [r for r in rows if (r["date"], r["commit"], r["device"]) == (last["date"], last["commit"], last["device"])]
+    latest = {}
+    for r in rows:
+        if (r["commit"], r["device"]) == (last["commit"], last["device"]):
+            latest[(r["case"], r["optimizer"], r.get("dtype"), r["contender"])] = r
+    return list(latest.values())
+
+
+def _panel(row) -> tuple:
+    """Rows compared with each other: one case, optimizer and dtype."""
+    return row["case"], row["optimizer"], row.get("dtype") or "float32"
 
 
 def markdown_table(run: list[dict]) -> str:
@@ -39,13 +49,14 @@ def markdown_table(run: list[dict]) -> str:
         "| case | optimizer | contender | ms (p50) | GB/s | of copy | speedup | first step s |",
         "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: |",
     ]
-    for case in dict.fromkeys(r["case"] for r in run):
-        case_rows = [r for r in run if r["case"] == case]
+    for panel in dict.fromkeys(_panel(r) for r in run):
+        case_rows = [r for r in run if _panel(r) == panel]
         best = min((r for r in case_rows if r["contender"].startswith("fusedlr")), key=lambda r: float(r["ms_p50"]))
         for r in case_rows:
             speedup = float(r["ms_p50"]) / float(best["ms_p50"])
             lines.append(
-                f"| {case} | {r['optimizer']} | {r['contender']} | {float(r['ms_p50']):.3f} | {float(r['gbps']):.0f} "
+                f"| {r['case']} | {r['optimizer']} | {r['contender']} | {float(r['ms_p50']):.3f} "
+                f"| {float(r['gbps']):.0f} "
                 f"| {float(r['fraction_of_copy']):.2f} | {speedup:.2f}x | {float(r.get('first_step_s') or 0):.2f} |"
             )
     return "\n".join(lines)
@@ -58,15 +69,19 @@ def plot(run: list[dict], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    cases = list(dict.fromkeys(r["case"] for r in run))
-    figure, axes = plt.subplots(1, len(cases), figsize=(4.5 * len(cases), 3.8), squeeze=False)
-    for ax, case in zip(axes[0], cases):
-        rows = [r for r in run if r["case"] == case]
+    panels = list(dict.fromkeys(_panel(r) for r in run))
+    columns = min(4, len(panels))
+    rows_of_panels = -(-len(panels) // columns)
+    figure, axes = plt.subplots(rows_of_panels, columns, figsize=(4.5 * columns, 3.4 * rows_of_panels), squeeze=False)
+    for ax in axes.flat[len(panels) :]:
+        ax.axis("off")
+    for ax, panel in zip(axes.flat, panels):
+        rows = [r for r in run if _panel(r) == panel]
         names = [r["contender"] for r in rows]
         values = [float(r["ms_p50"]) for r in rows]
         colors = ["tab:green" if n.startswith("fusedlr") else "tab:gray" for n in names]
         ax.barh(names, values, color=colors)
-        ax.set_title(f"{case} ({rows[0]['optimizer']})", fontsize=9)
+        ax.set_title(" ".join(p for p in panel if p and p != "float32"), fontsize=9)
         ax.set_xlabel("ms per step (p50)")
         ax.tick_params(labelsize=7)
     figure.suptitle(f"{run[0]['device']} - fusedlr {run[0]['commit']}", fontsize=9)

@@ -8,12 +8,14 @@ the state in the layout ``torch.optim.AdamW`` uses so that state dicts travel bo
 from __future__ import annotations
 
 import math
+import operator
 import weakref
 from numbers import Real
 
 import torch
 
 from . import _backends, reference
+from ._state import StateTable as _StateTable
 from .schedules import Schedule, check_schedule
 
 
@@ -44,6 +46,36 @@ def _check_group_hypers(group: dict) -> None:
     _check_real("agc_eps", group["agc_eps"], low=0.0, low_inclusive=False)
 
 
+# What a grad must share with its parameter for the kernels to treat both as one flat layout.
+_LAYOUT = operator.attrgetter("layout", "dtype", "device", "shape")
+
+
+class _StepCache:
+    """What a kernel-backend step leaves for the next one to reuse."""
+
+    __slots__ = ("key", "items", "grad_refs", "param_layouts", "param_strides")
+
+    def __init__(self, key, items, grads, params):
+        self.key = key  # a list: compared whole, at C speed
+        self.items = items
+        # Weak references: holding last step's grads would keep zero_grad()'s old ones alive.
+        self.grad_refs = [weakref.ref(g) for g in grads]
+        self.param_layouts = list(map(_LAYOUT, params))
+        self.param_strides = list(map(torch.Tensor.stride, params))
+
+    def same_grads(self, grads) -> bool:
+        refs = self.grad_refs
+        return len(refs) == len(grads) and all([r() is g for r, g in zip(refs, grads)])
+
+    def grads_match_params(self, grads) -> bool:
+        """New grad objects laid out exactly as last step's params (checked again in full
+        when the key shows a param changed)."""
+        return (
+            list(map(_LAYOUT, grads)) == self.param_layouts
+            and list(map(torch.Tensor.stride, grads)) == self.param_strides
+        )
+
+
 class _FusedOptimizer(torch.optim.Optimizer):
     """Shared machinery of AdamW and Lion: everything but the per-kind state and checks."""
 
@@ -63,8 +95,9 @@ class _FusedOptimizer(torch.optim.Optimizer):
         self.skip_nonfinite = bool(skip_nonfinite)
         self.last_grad_norm: torch.Tensor | None = None
         self._plan_cache = None  # owned by the kernel backends; dropped on load_state_dict
-        self._step_cache = None  # (key, grads seen, items) of the last kernel-backend step
+        self._step_cache = None  # _StepCache of the last kernel-backend step
         super().__init__(params, defaults)
+        self.state = _StateTable(self.state)
         device = self.param_groups[0]["params"][0].device
         # The schedule counter: updates applied so far. It lives on the device so that the
         # kernels read and advance it without the host; `_host_step` mirrors it for schedules
@@ -83,6 +116,7 @@ class _FusedOptimizer(torch.optim.Optimizer):
 
     def __setstate__(self, state: dict) -> None:
         super().__setstate__(state)
+        self.state = _StateTable(self.state)
         # Groups loaded from a torch.optim state dict lack our keys: fill them from defaults.
         for group in self.param_groups:
             for key, value in self.defaults.items():
@@ -103,47 +137,68 @@ class _FusedOptimizer(torch.optim.Optimizer):
     def _init_state(self, param: torch.Tensor, group: dict) -> dict:
         raise NotImplementedError
 
-    def _kernel_items(self, active):
-        """``(param, group, state)`` for the kernel backends, validated, at a few attribute reads
-        per tensor when nothing changed since the last step.
+    def _active(self):
+        """Params with a grad and their grads (each ``.grad`` read once: a read costs), with
+        the number of them in each param group, in group order."""
+        params, grads, counts = [], [], []
+        for group in self.param_groups:
+            group_params = group["params"]
+            group_grads = [p.grad for p in group_params]
+            if not all(g is not None for g in group_grads):
+                kept = [(p, g) for p, g in zip(group_params, group_grads) if g is not None]
+                group_params, group_grads = [p for p, _ in kept], [g for _, g in kept]
+            params += group_params
+            grads += group_grads
+            counts.append(len(group_params))
+        return params, grads, counts
 
-        Grad objects not seen last step are checked on their own (``zero_grad()`` makes new
-        ones each step); when any address, size, group or amsgrad flag changed, everything is
-        checked again and the states are initialised, before anything is modified.
+    def _with_groups(self, params, counts):
+        """``(param, group)`` pairs from ``_active``'s flat lists."""
+        owners = [group for group, count in zip(self.param_groups, counts) for _ in range(count)]
+        return list(zip(params, owners))
+
+    def _kernel_items(self, params, grads, counts):
+        """``(param, group, state)`` for the kernel backends, validated, and the key of the plan
+        that holds their addresses, at a few attribute reads per tensor when nothing changed.
+
+        Grads that are not last step's objects (``zero_grad()`` makes new ones each step) are
+        compared with their params' layouts in a few C-speed list comparisons. The key holds
+        every param and grad address and size, the group structure and the state's version
+        (``_state.StateTable``): when any of them changed, everything is checked again and the
+        states are initialised, before anything is modified.
         """
         from . import _fused
 
-        seen = self._step_cache[1] if self._step_cache is not None else {}
-        grads = [param.grad for param, _ in active]  # each .grad read costs: read once
-        fresh = False
-        for (param, _), grad in zip(active, grads):
-            known = seen.get(id(grad))
-            if known is not None and known() is grad:
-                continue
-            fresh = True
-            # A grad the kernels have not seen: one cheap comparison, the precise checks (and
-            # their error messages) only when it differs from its parameter.
-            if (
-                grad.layout is not torch.strided
-                or grad.dtype is not param.dtype
-                or grad.shape != param.shape
-                or grad.stride() != param.stride()
-                or grad.device != param.device
-            ):
+        cache = self._step_cache
+        grad_refs = None
+        if cache is not None and cache.same_grads(grads):
+            grad_refs = cache.grad_refs
+        elif cache is None or not cache.grads_match_params(grads):
+            # The precise checks, and their error messages, before any address is read.
+            for param in params:
                 self._check_param(param)
                 _fused.check_grad(param)
-        key = _fused.step_key(active, grads, self.param_groups)
-        if self._step_cache is not None and self._step_cache[0] == key:
-            items = self._step_cache[2]
+        key = [p.data_ptr() for p in params]
+        key += [g.data_ptr() for g in grads]
+        key += [p.numel() for p in params]
+        key += counts
+        key += [id(group) for group in self.param_groups]
+        key += [bool(group.get("amsgrad")) for group in self.param_groups]
+        key.append(getattr(self.state, "version", None))
+        if cache is not None and cache.key == key:
+            if grad_refs is None:
+                cache.grad_refs = [weakref.ref(g) for g in grads]
+            return cache.items
         else:
-            for param, _ in active:
+            if not isinstance(self.state, _StateTable):  # replaced, or copied: track it again
+                self.state = _StateTable(self.state)
+            pairs = self._with_groups(params, counts)
+            for param, _ in pairs:
                 self._check_param(param)
-            _fused.check_inputs(active, {p.device for p, _ in active}, self.state)
-            items = [(p, group, self._init_state(p, group)) for p, group in active]
-        if fresh or self._step_cache is None:
-            # Weak references: holding last step's grads would keep zero_grad()'s old ones alive.
-            seen = {id(grad): weakref.ref(grad) for grad in grads}
-        self._step_cache = (key, seen, items)
+            _fused.check_inputs(pairs, {p.device for p in params}, self.state)
+            items = [(p, group, self._init_state(p, group)) for p, group in pairs]
+            key[-1] = self.state.version  # after the states were made
+        self._step_cache = _StepCache(key, items, grads, params)
         return items
 
     def _schedule_on_host(self) -> tuple[float, float]:
@@ -163,17 +218,18 @@ class _FusedOptimizer(torch.optim.Optimizer):
                 loss = closure()
 
         # Everything is checked before anything is modified: a failed step changes nothing.
-        active = [(p, g) for g in self.param_groups for p in g["params"] if p.grad is not None]
-        if not active:
+        params, grads, counts = self._active()
+        if not params:
             return loss
-        device = active[0][0].device
+        device = params[0].device
         backend = _backends.choose(self.backend, device)
         if backend in ("triton", "cuda"):
-            items = self._kernel_items(active)
+            items = self._kernel_items(params, grads, counts)
         else:
-            for param, _ in active:
+            pairs = self._with_groups(params, counts)
+            for param, _ in pairs:
                 self._check_param(param)
-            items = [(p, group, self._init_state(p, group)) for p, group in active]
+            items = [(p, group, self._init_state(p, group)) for p, group in pairs]
         if self._schedule_step.device != device:  # the model moved after the optimizer was made
             self._schedule_step = self._schedule_step.to(device)
             self.skipped_steps = self.skipped_steps.to(device)
@@ -185,7 +241,8 @@ class _FusedOptimizer(torch.optim.Optimizer):
 
             device_schedule = isinstance(self.schedule, Schedule) or self.schedule is None
             host_multiplier = None if device_schedule else self._schedule_on_host()[0]
-            self.last_grad_norm = fused_step_(self, items, host_multiplier, self._step_cache[0])
+            active_groups = [group for group, count in zip(self.param_groups, counts) if count]
+            self.last_grad_norm = fused_step_(self, items, host_multiplier, self._step_cache.key, active_groups)
         else:
             scale, offset = self._schedule_on_host()
             self.last_grad_norm, applied = reference.step_(
@@ -203,6 +260,8 @@ class _FusedOptimizer(torch.optim.Optimizer):
     # ----- state dict ---------------------------------------------------------------------
     def state_dict(self) -> dict:
         state_dict = super().state_dict()
+        # Plain dicts, as torch's: a state dict holds no fusedlr type (weights_only loads).
+        state_dict["state"] = {index: dict(state) for index, state in state_dict["state"].items()}
         state_dict["schedule_step"] = self._schedule_step.clone()
         return state_dict
 

@@ -161,3 +161,34 @@ def test_cuda_backend_without_the_extension_says_how_to_build_it(monkeypatch):
     with pytest.raises(RuntimeError, match="fusedlr._C is not installed .*FUSEDLR_BUILD_CUDA=1"):
         fusedlr.AdamW([p], backend="cuda").step()
     assert "cuda" not in fusedlr.available_backends()
+
+
+def test_state_replaced_by_a_wrong_tensor_is_refused_before_any_change(triton_backend):
+    """A state tensor swapped between steps is checked again like a new one: wrong shape here."""
+    params = make_params([(8,)])
+    opt = fusedlr.AdamW(params, backend=triton_backend)
+    params[0].grad = torch.ones(8)
+    opt.step()
+    opt.state[params[0]]["exp_avg"] = torch.zeros(4, 2).t()  # same numel, gaps in the wrong order
+    before = params[0].detach().clone()
+    with pytest.raises(RuntimeError, match="exp_avg"):
+        opt.step()
+    assert torch.equal(params[0].detach(), before)
+
+
+@pytest.mark.parametrize(
+    "name, bad",
+    [("exp_avg", torch.zeros(4)), ("exp_avg_sq", torch.zeros(8, dtype=torch.float64)),
+     ("step", torch.tensor(1.0, dtype=torch.float64))],
+    ids=["short", "wrong-dtype", "float64-step"],
+)  # fmt: skip
+def test_state_of_wrong_size_or_dtype_is_refused_before_any_change(triton_backend, name, bad):
+    params = make_params([(8,)])
+    opt = fusedlr.AdamW(params, backend=triton_backend)
+    params[0].grad = torch.ones(8)
+    opt.step()
+    opt.state[params[0]][name] = bad
+    before = params[0].detach().clone()
+    with pytest.raises(RuntimeError, match=f"state '{name}'"):
+        opt.step()
+    assert torch.equal(params[0].detach(), before)

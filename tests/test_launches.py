@@ -165,3 +165,80 @@ def test_turning_amsgrad_on_later_creates_its_state(triton_backend):
     opt.step()
     assert "max_exp_avg_sq" in opt.state[params[0]]
     assert float(opt.state[params[0]]["step"]) == 2.0
+
+
+def test_replaced_state_tensor_is_followed(triton_backend):
+    """``opt.state[p]["exp_avg"] = ...`` between steps: the kernels write the new tensor, as torch does."""
+    ours, ref = make_params([(9,)]), make_params([(9,)])
+    opt = fusedlr.AdamW(ours, lr=0.1, backend=triton_backend)
+    ref_opt = torch.optim.AdamW(ref, lr=0.1, foreach=False)
+    for p in ours + ref:
+        p.grad = torch.linspace(-1, 1, 9)
+    for o in (opt, ref_opt):
+        o.step()
+    plan = opt._plan_cache
+    for o, p in ((opt, ours[0]), (ref_opt, ref[0])):
+        o.state[p]["exp_avg"] = o.state[p]["exp_avg"].clone() * 3
+    old = opt.state[ours[0]]["exp_avg"]
+    for o in (opt, ref_opt):
+        o.step()
+    assert opt._plan_cache is not plan
+    torch.testing.assert_close(ours[0].detach(), ref[0].detach())
+    torch.testing.assert_close(opt.state[ours[0]]["exp_avg"], ref_opt.state[ref[0]]["exp_avg"])
+    assert opt.state[ours[0]]["exp_avg"] is old  # written in place, the new tensor
+
+
+def test_replaced_state_dict_of_a_param_is_followed(triton_backend):
+    params = make_params([(4,)])
+    opt = fusedlr.AdamW(params, lr=0.1, backend=triton_backend)
+    params[0].grad = torch.ones(4)
+    opt.step()
+    opt.state[params[0]] = {}  # a fresh start for this parameter
+    opt.step()
+    assert float(opt.state[params[0]]["step"]) == 1.0
+    torch.testing.assert_close(opt.state[params[0]]["exp_avg"], torch.full((4,), 0.1))
+
+
+def test_deep_copied_optimizer_steps_its_own_state(triton_backend):
+    import copy
+
+    params = make_params([(6,)])
+    opt = fusedlr.AdamW(params, lr=0.1, backend=triton_backend)
+    params[0].grad = torch.ones(6)
+    opt.step()
+    twin = copy.deepcopy(opt)
+    before = twin.state[twin.param_groups[0]["params"][0]]["exp_avg"].clone()
+    opt.step()  # must not write into the copy's state
+    assert torch.equal(twin.state[twin.param_groups[0]["params"][0]]["exp_avg"], before)
+
+
+def _with_odd_view():
+    """Three float32 params and a float64 one viewed at an 8-byte offset (not 16-aligned)."""
+    storage = torch.randn(3001, dtype=torch.float64, generator=torch.Generator().manual_seed(5))
+    return make_params([(2048,), (1000,), (37, 11)]) + [storage[1:].requires_grad_()]
+
+
+@pytest.mark.parametrize("kind", ["adamw", "amsgrad", "lion"])
+def test_full_blocks_and_tails_and_unaligned_views_match_the_torch_backend(monkeypatch, triton_backend, kind):
+    """A narrow BLOCK so that chunks have unmasked full blocks and a masked tail (the GPU's
+    path), over an aligned bucket and one holding a view at an odd offset (scalar accesses)."""
+    from helpers import assert_states_close, make_grads, run_steps
+
+    import fusedlr._triton as launcher
+
+    monkeypatch.setattr(launcher, "BLOCK", 256)
+    options = dict(lr=1e-2, max_grad_norm=0.5, agc_clip_factor=0.05)
+
+    def make(params, backend):
+        if kind == "lion":
+            return fusedlr.Lion(params, **options, weight_decay=0.1, backend=backend)
+        return fusedlr.AdamW(params, **options, amsgrad=kind == "amsgrad", backend=backend)
+
+    ours, ref = _with_odd_view(), _with_odd_view()
+    assert ours[-1].data_ptr() % 16 == 8
+    grads = make_grads(ours, 4)
+    opt, ref_opt = make(ours, triton_backend), make(ref, "torch")
+    run_steps(opt, ours, grads)
+    run_steps(ref_opt, ref, grads)
+    assert [(b.dtype, b.aligned) for b in opt._plan_cache.buckets] == [(torch.float32, True), (torch.float64, False)]
+    assert_states_close(opt, ours, ref_opt, ref)

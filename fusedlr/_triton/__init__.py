@@ -17,16 +17,18 @@ TRITON_DTYPES = {
     torch.float16: tl.float16,
     torch.bfloat16: tl.bfloat16,
 }
-# Elements per vector operation inside a chunk. The CPU interpreter pays per operation, not
-# per element, so it gets wider vectors; the arithmetic is the same.
+# Elements per vector operation inside a chunk: a chunk is walked in unmasked full blocks, then
+# one masked tail. The CPU interpreter pays per operation, not per element, so it gets wider
+# vectors (the tests' small chunks are then all tail; tests/test_launches.py narrows BLOCK to
+# run the full-block path too); the arithmetic is the same.
 BLOCK = 16384 if _backends.interpreting_triton() else 1024
 FINALIZE_BLOCK = 1024  # tensors per vector operation in the finalize launch
 REDUCE_BLOCK = 256  # chunk partials per vector operation in the per-tensor reduction
 
 
-def step_(opt, items, host_multiplier, key):
+def step_(opt, items, host_multiplier, key, active_groups):
     """One fused step of ``opt`` over ``items`` (``(param, group, state)``); returns the norm."""
-    plan, flags = _fused.prepare(opt, items, host_multiplier, key)
+    plan, flags = _fused.prepare(opt, items, host_multiplier, key, active_groups)
     has_agc, has_clip, has_norms, is_adamw = flags.has_agc, flags.has_clip, flags.has_norms, flags.is_adamw
     counter = opt._schedule_step
     norm = torch.empty((), dtype=torch.float32, device=plan.device) if has_norms else None
@@ -39,7 +41,7 @@ def step_(opt, items, host_multiplier, key):
             elem = TRITON_DTYPES[bucket.dtype]
             kernels._grad_sumsq_kernel[(bucket.num_chunks,)](
                 plan.tensor_table, T, plan.chunk_table, C, bucket.chunk_begin, plan.partial_grad, plan.partial_param,
-                ELEM=elem, COMPUTE=_compute_dtype(bucket.dtype), WITH_PARAM=has_agc,
+                ELEM=elem, COMPUTE=_compute_dtype(bucket.dtype), WITH_PARAM=has_agc, ALIGNED=bucket.aligned,
                 CHUNK=_plan.CHUNK_SIZE, BLOCK=BLOCK,
             )  # fmt: skip
         kernels._tensor_sumsq_kernel[(T,)](
@@ -63,7 +65,8 @@ def step_(opt, items, host_multiplier, key):
         kernels._update_kernel[(bucket.num_chunks,)](
             plan.tensor_table, T, plan.chunk_table, C, bucket.chunk_begin, plan.coef, plan.status,
             ELEM=TRITON_DTYPES[bucket.dtype], COMPUTE=_compute_dtype(bucket.dtype),
-            IS_FP64=bucket.dtype == torch.float64, IS_ADAMW=is_adamw, CHUNK=_plan.CHUNK_SIZE, BLOCK=BLOCK,
+            IS_FP64=bucket.dtype == torch.float64, IS_ADAMW=is_adamw, ALIGNED=bucket.aligned,
+            CHUNK=_plan.CHUNK_SIZE, BLOCK=BLOCK,
         )  # fmt: skip
     return norm
 

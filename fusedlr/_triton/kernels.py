@@ -108,6 +108,7 @@ def _grad_sumsq_kernel(
     ELEM: tl.constexpr,
     COMPUTE: tl.constexpr,
     WITH_PARAM: tl.constexpr,
+    ALIGNED: tl.constexpr,
     CHUNK: tl.constexpr,
     BLOCK: tl.constexpr,
 ):
@@ -115,16 +116,25 @@ def _grad_sumsq_kernel(
     t, start, length = _chunk_extent(tensor_table, num_tensors, chunk_table, num_chunks, c, CHUNK)
     grad = _address(tensor_table, T_GRAD, num_tensors, t, ELEM) + start
     param = _address(tensor_table, T_PARAM, num_tensors, t, ELEM) + start
+    if ALIGNED:  # the launcher checked every address of the bucket (inline: a helper loses the hint)
+        grad = tl.multiple_of(grad, 16)
+        param = tl.multiple_of(param, 16)
     acc_grad = tl.zeros([BLOCK], COMPUTE)
     acc_param = tl.zeros([BLOCK], COMPUTE)
-    for i in range(0, length, BLOCK):
+    full = (length // BLOCK) * BLOCK
+    for i in range(0, full, BLOCK):
         offs = i + tl.arange(0, BLOCK).to(tl.int64)
-        mask = offs < length
-        g = tl.load(grad + offs, mask=mask, other=0.0).to(COMPUTE)
+        g = _load(grad, offs, offs < length, COMPUTE, False)
         acc_grad += g * g
         if WITH_PARAM:
-            p = tl.load(param + offs, mask=mask, other=0.0).to(COMPUTE)
+            p = _load(param, offs, offs < length, COMPUTE, False)
             acc_param += p * p
+    offs = full + tl.arange(0, BLOCK).to(tl.int64)
+    g = _load(grad, offs, offs < length, COMPUTE, True)
+    acc_grad += g * g
+    if WITH_PARAM:
+        p = _load(param, offs, offs < length, COMPUTE, True)
+        acc_param += p * p
     tl.store(partial_grad + c, tl.sum(acc_grad).to(tl.float64))
     if WITH_PARAM:
         tl.store(partial_param + c, tl.sum(acc_param).to(tl.float64))
@@ -361,6 +371,56 @@ def _coef(coef, col, num_tensors, t, COMPUTE: tl.constexpr):
 
 
 @triton.jit
+def _load(ptr, offs, mask, COMPUTE: tl.constexpr, MASKED: tl.constexpr):
+    if MASKED:
+        return tl.load(ptr + offs, mask=mask, other=0.0).to(COMPUTE)
+    return tl.load(ptr + offs).to(COMPUTE)
+
+
+@triton.jit
+def _store(ptr, offs, value, mask, MASKED: tl.constexpr):
+    if MASKED:
+        tl.store(ptr + offs, value.to(ptr.dtype.element_ty), mask=mask)
+    else:
+        tl.store(ptr + offs, value.to(ptr.dtype.element_ty))
+
+
+@triton.jit
+def _update_block(
+    param, grad, exp_avg, exp_avg_sq, max_sq, offs, mask,
+    grad_scale, decay, step_size, bc2_sqrt, beta1, w1, beta2, w2, eps,
+    COMPUTE: tl.constexpr, IS_FP64: tl.constexpr, IS_ADAMW: tl.constexpr, HAS_MAX: tl.constexpr,
+    MASKED: tl.constexpr,
+):  # fmt: skip
+    """One block of the AdamW or LION update (unmasked for the full blocks of a chunk)."""
+    g = _load(grad, offs, mask, COMPUTE, MASKED) * grad_scale
+    p = _load(param, offs, mask, COMPUTE, MASKED) * decay
+    m = _load(exp_avg, offs, mask, COMPUTE, MASKED)
+    if IS_ADAMW:
+        v = _load(exp_avg_sq, offs, mask, COMPUTE, MASKED)
+        # torch's lerp(m, g, w): two forms, picked by |w| < 0.5, for accuracy at both ends.
+        m = tl.where(w1 < 0.5, m + w1 * (g - m), g - (g - m) * (1.0 - w1))
+        v = v * beta2 + w2 * g * g
+        v_hat = v
+        if HAS_MAX:
+            v_hat = tl.maximum(_load(max_sq, offs, mask, COMPUTE, MASKED), v)
+            _store(max_sq, offs, v_hat, mask, MASKED)
+        # IEEE square root and division, as torch's kernels (Triton's defaults are approximate).
+        if IS_FP64:
+            p = p - step_size * (m / (tl.sqrt(v_hat) / bc2_sqrt + eps))
+        else:
+            p = p - step_size * tl.div_rn(m, tl.div_rn(tl.sqrt_rn(v_hat), bc2_sqrt) + eps)
+        _store(exp_avg_sq, offs, v, mask, MASKED)
+    else:
+        update = m * beta1 + w1 * g
+        direction = tl.where(update > 0.0, 1.0, tl.where(update < 0.0, -1.0, 0.0)).to(COMPUTE)
+        p = p - step_size * direction
+        m = m * beta2 + w2 * g
+    _store(param, offs, p, mask, MASKED)
+    _store(exp_avg, offs, m, mask, MASKED)
+
+
+@triton.jit
 def _update_kernel(
     tensor_table,
     num_tensors,
@@ -373,6 +433,7 @@ def _update_kernel(
     COMPUTE: tl.constexpr,
     IS_FP64: tl.constexpr,
     IS_ADAMW: tl.constexpr,
+    ALIGNED: tl.constexpr,
     CHUNK: tl.constexpr,
     BLOCK: tl.constexpr,
 ):
@@ -385,6 +446,16 @@ def _update_kernel(
     exp_avg = _address(tensor_table, T_EXP_AVG, num_tensors, t, ELEM) + start
     exp_avg_sq = _address(tensor_table, T_EXP_AVG_SQ, num_tensors, t, ELEM) + start  # AdamW only
     max_sq_address = tl.load(tensor_table + T_MAX_EXP_AVG_SQ * num_tensors + t)  # 0 unless amsgrad
+    max_sq = max_sq_address.to(tl.pointer_type(ELEM)) + start
+    if ALIGNED:
+        # Every address of the bucket is a multiple of 16 bytes (checked by the launcher): with
+        # the unmasked full blocks below, loads and stores move 16 bytes. Inline on purpose: the
+        # hint does not survive being returned from a helper.
+        param = tl.multiple_of(param, 16)
+        grad = tl.multiple_of(grad, 16)
+        exp_avg = tl.multiple_of(exp_avg, 16)
+        exp_avg_sq = tl.multiple_of(exp_avg_sq, 16)
+        max_sq = tl.multiple_of(max_sq, 16)
     grad_scale = _coef(coef, C_GRAD_SCALE, num_tensors, t, COMPUTE)
     decay = _coef(coef, C_DECAY, num_tensors, t, COMPUTE)
     step_size = _coef(coef, C_STEP_SIZE, num_tensors, t, COMPUTE)  # LION: the lr
@@ -394,35 +465,27 @@ def _update_kernel(
     beta2 = _coef(coef, C_BETA2, num_tensors, t, COMPUTE)
     w2 = _coef(coef, C_ONE_MINUS_BETA2, num_tensors, t, COMPUTE)
     eps = _coef(coef, C_EPS, num_tensors, t, COMPUTE)
-    for i in range(0, length, BLOCK):
-        offs = i + tl.arange(0, BLOCK).to(tl.int64)
-        mask = offs < length
-        g = tl.load(grad + offs, mask=mask, other=0.0).to(COMPUTE) * grad_scale
-        p = tl.load(param + offs, mask=mask, other=0.0).to(COMPUTE) * decay
-        m = tl.load(exp_avg + offs, mask=mask, other=0.0).to(COMPUTE)
-        if IS_ADAMW:
-            v = tl.load(exp_avg_sq + offs, mask=mask, other=0.0).to(COMPUTE)
-            # torch's lerp(m, g, w): two forms, picked by |w| < 0.5, for accuracy at both ends.
-            m = tl.where(w1 < 0.5, m + w1 * (g - m), g - (g - m) * (1.0 - w1))
-            v = v * beta2 + w2 * g * g
-            v_hat = v
-            if max_sq_address != 0:
-                max_sq = max_sq_address.to(tl.pointer_type(ELEM)) + start
-                v_hat = tl.maximum(tl.load(max_sq + offs, mask=mask, other=0.0).to(COMPUTE), v)
-                tl.store(max_sq + offs, v_hat.to(ELEM), mask=mask)
-            # IEEE square root and division, as torch's kernels (Triton's defaults are approximate).
-            if IS_FP64:
-                p = p - step_size * (m / (tl.sqrt(v_hat) / bc2_sqrt + eps))
-            else:
-                p = p - step_size * tl.div_rn(m, tl.div_rn(tl.sqrt_rn(v_hat), bc2_sqrt) + eps)
-            tl.store(exp_avg_sq + offs, v.to(ELEM), mask=mask)
-        else:
-            update = m * beta1 + w1 * g
-            direction = tl.where(update > 0.0, 1.0, tl.where(update < 0.0, -1.0, 0.0)).to(COMPUTE)
-            p = p - step_size * direction
-            m = m * beta2 + w2 * g
-        tl.store(param + offs, p.to(ELEM), mask=mask)
-        tl.store(exp_avg + offs, m.to(ELEM), mask=mask)
+    full = (length // BLOCK) * BLOCK
+    if max_sq_address != 0:
+        for i in range(0, full, BLOCK):
+            offs = i + tl.arange(0, BLOCK).to(tl.int64)
+            _update_block(param, grad, exp_avg, exp_avg_sq, max_sq, offs, offs < length,
+                          grad_scale, decay, step_size, bc2_sqrt, beta1, w1, beta2, w2, eps,
+                          COMPUTE, IS_FP64, IS_ADAMW, True, False)  # fmt: skip
+        offs = full + tl.arange(0, BLOCK).to(tl.int64)
+        _update_block(param, grad, exp_avg, exp_avg_sq, max_sq, offs, offs < length,
+                      grad_scale, decay, step_size, bc2_sqrt, beta1, w1, beta2, w2, eps,
+                      COMPUTE, IS_FP64, IS_ADAMW, True, True)  # fmt: skip
+    else:
+        for i in range(0, full, BLOCK):
+            offs = i + tl.arange(0, BLOCK).to(tl.int64)
+            _update_block(param, grad, exp_avg, exp_avg_sq, max_sq, offs, offs < length,
+                          grad_scale, decay, step_size, bc2_sqrt, beta1, w1, beta2, w2, eps,
+                          COMPUTE, IS_FP64, IS_ADAMW, False, False)  # fmt: skip
+        offs = full + tl.arange(0, BLOCK).to(tl.int64)
+        _update_block(param, grad, exp_avg, exp_avg_sq, max_sq, offs, offs < length,
+                      grad_scale, decay, step_size, bc2_sqrt, beta1, w1, beta2, w2, eps,
+                      COMPUTE, IS_FP64, IS_ADAMW, False, True)  # fmt: skip
 
 
 @triton.jit

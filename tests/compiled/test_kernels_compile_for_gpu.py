@@ -44,7 +44,7 @@ def _variants():
             f"grad_sumsq-{elem}-agc{with_param}",
             kernels._grad_sumsq_kernel,
             sig,
-            dict(_chunk_constexprs(elem), WITH_PARAM=with_param),
+            dict(_chunk_constexprs(elem), WITH_PARAM=with_param, ALIGNED=True),
         )
     for with_param in (False, True):
         sig = dict(tensor_table="*i64", num_tensors="i32", partial_grad="*fp64", partial_param="*fp64",
@@ -63,8 +63,10 @@ def _variants():
     yield "schedule-values", kernels._schedule_values_kernel, dict(sched="*fp64", ks="*i64", out_scale="*fp64",
                                                                    out_offset="*fp64"), dict(REGISTERS=64)  # fmt: skip
     for elem, name in itertools.product(ELEMS, ("adamw", "lion")):
-        flags = dict(_chunk_constexprs(elem), IS_FP64=elem == "fp64", IS_ADAMW=name == "adamw")
-        yield f"{name}-{elem}", kernels._update_kernel, dict(CHUNKED, coef="*fp64", status="*fp32"), flags
+        for aligned in (True, False):
+            flags = dict(_chunk_constexprs(elem), IS_FP64=elem == "fp64", IS_ADAMW=name == "adamw", ALIGNED=aligned)
+            yield (f"{name}-{elem}" + ("" if aligned else "-unaligned"), kernels._update_kernel,
+                   dict(CHUNKED, coef="*fp64", status="*fp32"), flags)  # fmt: skip
 
 
 VARIANTS = list(_variants())
@@ -80,6 +82,21 @@ def test_compiles_for_hopper_without_atomics(name, kernel, signature, constexprs
         assert not re.search(r"\b(div\.full|div\.approx|sqrt\.approx|rsqrt\.approx)", ptx), name
     if name.startswith("adamw-"):
         assert "sqrt.rn" in ptx and "div.rn" in ptx, name
+
+
+@pytest.mark.parametrize("name", [v[0] for v in VARIANTS if v[0].startswith(("adamw-", "lion-", "grad_sumsq-"))])
+def test_aligned_buckets_move_16_bytes_per_access(name):
+    """Full blocks of an aligned bucket load and store 16 bytes at a time (v4.b32 / v2.b64);
+    an unaligned bucket (a param viewed at an odd offset) keeps scalar accesses."""
+    _, kernel, signature, constexprs = next(v for v in VARIANTS if v[0] == name)
+    ptx = _compile(kernel, signature, constexprs).asm["ptx"]
+    wide = re.findall(r"\bld\.global(?:\.\w+)*\.v[24]\.b(?:32|64)", ptx)
+    if constexprs.get("ALIGNED"):
+        assert wide, f"{name}: no 16-byte loads"
+        if kernel is kernels._update_kernel:
+            assert re.search(r"\bst\.global(?:\.\w+)*\.v[24]\.b(?:32|64)", ptx), f"{name}: no 16-byte stores"
+    else:
+        assert not wide, name
 
 
 @pytest.mark.parametrize("name", ["adamw-fp32", "lion-bf16", "finalize-nTruecTrueaTrue-adamwTrue"])
