@@ -8,12 +8,13 @@ namespace fusedlr {
 // tensor_table: int64 [kTensorColumns, T], column-major by column.
 enum TensorColumn : int {
   kParam = 0, kGrad, kExpAvg, kExpAvgSq, kMaxExpAvgSq, kStep, kNumel, kGroup, kChunkBegin, kNumChunks,
+  kMaster, kPosition,  // read by the Triton kernels only (the CUDA backend refuses those options)
   kTensorColumns
 };
 
 // hyper: float64 [kGroupColumns, G], then kScheduleSlots scalars, then the schedule program.
 enum GroupColumn : int {
-  kLr = 0, kWeightDecay, kBeta1, kBeta2, kEps, kAgcClipFactor, kAgcEps, kGradSign, kGroupColumns
+  kLr = 0, kWeightDecay, kBeta1, kBeta2, kEps, kAgcClipFactor, kAgcEps, kGradSign, kSeed, kGroupColumns
 };
 enum ScheduleSlot : int {
   kHostMultiplier = 0, kMaxGradNorm, kNumInstructions, kScaleRegister, kOffsetRegister, kScheduleSlots
@@ -22,6 +23,7 @@ enum ScheduleSlot : int {
 // coef: float64 [kCoefColumns, T], written by finalize, read by the updates.
 enum CoefColumn : int {
   kGradScale = 0, kDecay, kStepSize, kBc2Sqrt, kCoefBeta1, kOneMinusBeta1, kCoefBeta2, kOneMinusBeta2, kCoefEps,
+  kSrKey,  // written by the Triton finalize only
   kCoefColumns
 };
 

@@ -56,10 +56,33 @@ def available() -> bool:
     return load() is not None and torch.cuda.is_available()
 
 
-def step_(opt, items, host_multiplier, key, active_groups):
+def check_supported(pairs, grads) -> None:
+    """The CUDA kernels store every tensor of a bucket in the param's dtype: refuse, before
+    anything is modified, what only the Triton kernels implement."""
+    from . import _precision
+
+    for (param, group), grad in zip(pairs, grads):
+        wanted = [
+            name
+            for name, on in (
+                ("master_weights", _precision.has_master(param, group)),
+                ("stochastic_rounding", _precision.rounds_stochastically(param, group)),
+                ("state_dtype", _precision.state_dtype(param, group) != param.dtype),
+                (f"{grad.dtype} grads for {param.dtype} params", grad.dtype != param.dtype),
+            )
+            if on
+        ]
+        if wanted:
+            raise RuntimeError(
+                f"fusedlr: the cuda backend does not implement {', '.join(wanted)} yet; use backend='triton' "
+                "(the default on CUDA) or 'torch'"
+            )
+
+
+def step_(opt, items, grads, host_multiplier, key, active_groups):
     """One fused step of ``opt`` over ``items`` with the CUDA kernels; returns the norm."""
     ext = load()
-    plan, flags = _fused.prepare(opt, items, host_multiplier, key, active_groups)
+    plan, flags = _fused.prepare(opt, items, grads, host_multiplier, key, active_groups)
     device = plan.device
     norm = torch.empty((), dtype=torch.float32, device=device) if flags.has_norms else None
     tables = plan.tensor_table.data_ptr(), plan.num_tensors

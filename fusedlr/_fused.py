@@ -38,15 +38,10 @@ def _param_strides(param):
     return strides
 
 
-def check_grad(param) -> None:
-    """The per-step check of a grad tensor the kernels have not seen: dtype, device, layout."""
-    grad = param.grad
+def check_grad(param, grad) -> None:
+    """The per-step check of a grad tensor the kernels have not seen: layout against its param."""
     if param.numel() > 0:
         _param_strides(param)
-    if grad.dtype != param.dtype or grad.device != param.device:
-        raise RuntimeError(
-            f"fusedlr: grad ({grad.dtype}, {grad.device}) does not match its parameter ({param.dtype}, {param.device})"
-        )
     if grad.stride() != param.stride() and param.numel() > 0 and _dense_strides(grad) != _dense_strides(param):
         raise RuntimeError(
             f"fusedlr: grad of a parameter of shape {tuple(param.shape)} has strides {grad.stride()}, "
@@ -54,22 +49,12 @@ def check_grad(param) -> None:
         )
 
 
-def check_inputs(active, devices, state) -> None:
-    """Raise before anything is touched if the kernels cannot run these tensors correctly."""
-    if len(devices) > 1:
-        names = ", ".join(sorted(str(d) for d in devices))
-        raise RuntimeError(
-            f"fusedlr: the fused backends run one device per optimizer; parameters with grads are on {names}. "
-            "Use one optimizer per device, or backend='torch'."
-        )
-    for param, _ in active:
-        if param.dtype not in SUPPORTED_DTYPES:
-            raise RuntimeError(f"fusedlr: the fused backends do not support parameters of dtype {param.dtype}")
-        if param.grad.dtype != param.dtype or param.grad.device != param.device:
-            raise RuntimeError(
-                f"fusedlr: grad ({param.grad.dtype}, {param.grad.device}) does not match its parameter "
-                f"({param.dtype}, {param.device})"
-            )
+def check_states(pairs, state, *, kernels=False) -> None:
+    """Raise before anything is touched if a param's existing state cannot serve it: a
+    non-tensor, another device, another shape; for the kernels also another memory layout,
+    and a ``step`` that is not a one-element float32 tensor. (A state of another floating
+    dtype than the options ask for is cast by ``_init_state``, after every check.)"""
+    for param, _ in pairs:
         for name, value in state.get(param, {}).items():
             if not isinstance(value, torch.Tensor):
                 raise RuntimeError(f"fusedlr: state {name!r} of a parameter is a {type(value).__name__}, not a tensor")
@@ -79,24 +64,34 @@ def check_inputs(active, devices, state) -> None:
                     "load the state dict after moving the model, or move the state with the parameters."
                 )
             if name == "step":
-                if value.numel() != 1 or value.dtype != torch.float32:
+                if kernels and (value.numel() != 1 or value.dtype != torch.float32):
                     raise RuntimeError(f"fusedlr: state 'step' must be a one-element float32 tensor; got {value!r}")
                 continue
-            if value.shape != param.shape or value.dtype != param.dtype:
+            if value.shape != param.shape or not value.is_floating_point():
                 raise RuntimeError(
                     f"fusedlr: state {name!r} is {value.dtype} of shape {tuple(value.shape)}; its parameter is "
                     f"{param.dtype} of shape {tuple(param.shape)}"
                 )
-        if param.numel() == 0:
-            continue
-        strides = _param_strides(param)
-        others = [("grad", param.grad)] + [(k, v) for k, v in state.get(param, {}).items() if k != "step"]
-        for name, other in others:
-            if _dense_strides(other) != strides:
+            if kernels and param.numel() and _dense_strides(value) != _dense_strides(param):
                 raise RuntimeError(
-                    f"fusedlr: {name} of a parameter of shape {tuple(param.shape)} has strides {other.stride()}, "
-                    f"its parameter {param.stride()}; the fused backends needs the same memory layout."
+                    f"fusedlr: state {name!r} of a parameter of shape {tuple(param.shape)} has strides "
+                    f"{value.stride()}, its parameter {param.stride()}; the fused backends need the same memory layout."
                 )
+
+
+def check_inputs(pairs, grads, devices, state) -> None:
+    """Raise before anything is touched if the kernels cannot run these tensors correctly."""
+    if len(devices) > 1:
+        names = ", ".join(sorted(str(d) for d in devices))
+        raise RuntimeError(
+            f"fusedlr: the fused backends run one device per optimizer; parameters with grads are on {names}. "
+            "Use one optimizer per device, or backend='torch'."
+        )
+    for (param, _), grad in zip(pairs, grads):
+        if param.dtype not in SUPPORTED_DTYPES:
+            raise RuntimeError(f"fusedlr: the fused backends do not support parameters of dtype {param.dtype}")
+        check_grad(param, grad)
+    check_states(pairs, state, kernels=True)
 
 
 @dataclass(frozen=True)
@@ -113,13 +108,14 @@ class StepFlags:
         return self.has_agc or self.has_clip or self.skip_nonfinite
 
 
-def prepare(opt, items, host_multiplier, key, active_groups):
+def prepare(opt, items, grads, host_multiplier, key, active_groups):
     """The plan for ``items`` (cached on ``opt`` under ``key``, from ``_kernel_items``), its
     hyperparameters uploaded, and the flags (AGC is on when a group with grads asks for it)."""
     groups = opt.param_groups
     plan = opt._plan_cache
     if plan is None or plan.key != key:
-        plan = opt._plan_cache = _plan.build_plan(items, groups, key)
+        positions = opt._positions([param for param, _, _ in items])
+        plan = opt._plan_cache = _plan.build_plan(items, grads, groups, key, positions)
     _plan.upload_hyper(plan, _plan.hyper_values(groups, opt.schedule, host_multiplier, opt.max_grad_norm))
     flags = StepFlags(
         has_agc=any(group["agc_clip_factor"] is not None for group in active_groups),

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from . import _precision
 from . import schedules as _schedules
 
 _CONSTANT_PROGRAM = _schedules.Constant().program
@@ -30,8 +31,9 @@ _CONSTANT_PROGRAM = _schedules.Constant().program
 TENSOR_COLUMNS = (
     "param", "grad", "exp_avg", "exp_avg_sq", "max_exp_avg_sq", "step",
     "numel", "group", "chunk_begin", "num_chunks",
+    "master", "position",  # the fp32 master copy (0: none); the param's index among all params
 )  # fmt: skip
-GROUP_COLUMNS = ("lr", "weight_decay", "beta1", "beta2", "eps", "agc_clip_factor", "agc_eps", "grad_sign")
+GROUP_COLUMNS = ("lr", "weight_decay", "beta1", "beta2", "eps", "agc_clip_factor", "agc_eps", "grad_sign", "seed")
 # Then the schedule program (fusedlr/schedules/program.py), INSTRUCTION_WIDTH floats per instruction.
 SCHEDULE_SLOTS = ("host_multiplier", "max_grad_norm", "num_instructions", "scale_register", "offset_register")
 COEF_COLUMNS = (
@@ -44,6 +46,7 @@ COEF_COLUMNS = (
     "beta2",
     "one_minus_beta2",
     "eps",
+    "sr_key",  # the key of this update's stochastic-rounding stream (a uint32 held in a float64)
 )
 
 # Elements per chunk: one program of the norm and update kernels walks one chunk.
@@ -52,11 +55,17 @@ CHUNK_SIZE = 65536
 
 @dataclass
 class Bucket:
-    """Tensors of one dtype: one norm-pass launch and one update launch."""
+    """Tensors stored alike (param, grad and state dtypes, master copy, stochastic rounding):
+    one norm-pass launch and one update launch, specialised for that storage."""
 
     dtype: torch.dtype
     chunk_begin: int
     chunk_end: int
+    grad_dtype: torch.dtype = None
+    state_dtype: torch.dtype = None
+    master: bool = False
+    stochastic: bool = False
+    has_max: bool = False  # amsgrad
     # Every param, grad and state address of the bucket is a multiple of 16 bytes: the kernels
     # may then move 16 bytes per load and store (chunk starts keep that alignment).
     aligned: bool = True
@@ -64,6 +73,10 @@ class Bucket:
     @property
     def num_chunks(self) -> int:
         return self.chunk_end - self.chunk_begin
+
+    @property
+    def storage(self) -> tuple:
+        return self.dtype, self.grad_dtype, self.state_dtype, self.master, self.stochastic, self.has_max
 
 
 @dataclass
@@ -85,25 +98,41 @@ class Plan:
     hyper_key: tuple | None = field(default=None)
 
 
-def build_plan(items, groups, key) -> Plan:
-    """Build the tables for ``items`` (``(param, group, state)``), ordered by dtype bucket."""
+def storage(param, grad, group) -> tuple:
+    """What a bucket specialises on, for one tensor (``Bucket.storage``'s order)."""
+    return (
+        param.dtype,
+        grad.dtype,
+        _precision.state_dtype(param, group),
+        _precision.has_master(param, group),
+        _precision.rounds_stochastically(param, group),
+        bool(group.get("amsgrad")),
+    )
+
+
+def build_plan(items, grads, groups, key, positions) -> Plan:
+    """Build the tables for ``items`` (``(param, group, state)``) and their ``grads``, ordered by
+    bucket; ``positions`` are the params' indices among all the optimizer's params."""
     device = items[0][0].device
     group_index = {id(g): i for i, g in enumerate(groups)}
-    order = sorted(range(len(items)), key=lambda i: str(items[i][0].dtype))  # stable: keeps user order
+    kinds = [storage(param, grad, group) for (param, group, _), grad in zip(items, grads)]
+    order = sorted(range(len(items)), key=lambda i: str(kinds[i]))  # stable: keeps user order
     rows, chunk_tensor, chunk_start, buckets = [], [], [], []
     for t, i in enumerate(order):
         param, group, state = items[i]
         numel = param.numel()
         num_chunks = -(-numel // CHUNK_SIZE)
-        if not buckets or buckets[-1].dtype != param.dtype:
-            buckets.append(Bucket(param.dtype, len(chunk_tensor), len(chunk_tensor)))
-        addresses = [param.data_ptr(), param.grad.data_ptr()]
+        if not buckets or buckets[-1].storage != kinds[i]:
+            buckets.append(Bucket(param.dtype, len(chunk_tensor), len(chunk_tensor), *kinds[i][1:]))
+        addresses = [param.data_ptr(), grads[i].data_ptr()]
         states = ("exp_avg", "exp_avg_sq", "max_exp_avg_sq")
         addresses += [state[name].data_ptr() if name in state else 0 for name in states]
-        if numel and any(address % 16 for address in addresses):
+        master = state["master_param"].data_ptr() if "master_param" in state else 0
+        if numel and any(address % 16 for address in addresses + [master]):
             buckets[-1].aligned = False
         step = state["step"].data_ptr() if "step" in state else 0
-        rows.append(addresses + [step, numel, group_index[id(group)], len(chunk_tensor), num_chunks])
+        rows.append(addresses + [step, numel, group_index[id(group)], len(chunk_tensor), num_chunks,
+                                 master, positions[i]])  # fmt: skip
         for c in range(num_chunks):
             chunk_tensor.append(t)
             chunk_start.append(c * CHUNK_SIZE)
@@ -145,6 +174,7 @@ def hyper_values(groups, schedule, host_multiplier, max_grad_norm) -> tuple:
         "agc_clip_factor": [g["agc_clip_factor"] or 0.0 for g in groups],
         "agc_eps": [g["agc_eps"] for g in groups],
         "grad_sign": [-1.0 if g["maximize"] else 1.0 for g in groups],
+        "seed": [g.get("seed", 0) for g in groups],
     }
     values = [float(v) for name in GROUP_COLUMNS for v in per_group[name]]
     program = schedule.program if isinstance(schedule, _schedules.Schedule) else _CONSTANT_PROGRAM

@@ -31,9 +31,11 @@ from fusedlr import schedules
 
 MAX_GRAD_NORM = 1.0
 SCHEDULE = schedules.WarmupCosine(warmup_steps=10, total_steps=1_000, min_lr_ratio=0.1)
-# Bytes per fp32 parameter a fused step must move (README, "Byte model"): the same figure is
-# used for every contender, so GB/s compares time against the fused roofline.
+# Bytes per parameter a fused step must move (README, "Byte model"): the same figure is used
+# for every contender of a case, so GB/s compares time against the fused roofline; in bfloat16
+# cases each fusedlr variant counts its own storage.
 BYTES_PER_PARAM = {"adamw": 32, "lion": 24}
+BF16_BYTES_PER_PARAM = {"adamw": 16, "lion": 12}  # bf16 param, grad (read twice) and states
 RESULTS_CSV = Path(__file__).resolve().parent.parent / "benchmarks" / "results" / "results.csv"
 CSV_COLUMNS = [
     "date", "commit", "device", "torch", "triton", "cuda", "case", "optimizer", "contender", "dtype",
@@ -78,6 +80,7 @@ CASES = {
     "many_small_cpu": lambda: many_small_layout(count=200, numel=1_024),
     "one_big_cpu": lambda: [(2**22,)],
 }
+BF16_CASES = {"gpt2", "llama_1b", "gpt2_cpu", "llama_cpu"}  # the bfloat16 rows: real LLM layouts
 DEFAULT_CASES = {"cuda": ["gpt2", "llama_1b", "many_small", "one_big"], "cpu": ["gpt2_cpu", "many_small_cpu"]}
 
 
@@ -88,16 +91,29 @@ DEFAULT_CASES = {"cuda": ["gpt2", "llama_1b", "many_small", "one_big"], "cpu": [
 class Contender:
     name: str
     make: callable  # params -> step function
+    bytes_per_param: int | None = None  # None: the case's fused figure
 
 
-def _fusedlr(optimizer, backend):
+# bfloat16 params (grads bf16 too): fusedlr's three ways to train them, against torch's
+# fused AdamW on the same bf16 tensors. Bytes per param with fused clip (README, "Byte model").
+BF16_VARIANTS = {
+    "master": (dict(master_weights=True), {"adamw": 30, "lion": 22}),
+    "master+bf16-states": (dict(master_weights=True, state_dtype=torch.bfloat16), {"adamw": 22, "lion": 18}),
+    "stochastic": (dict(stochastic_rounding=True), {"adamw": 16, "lion": 12}),
+}
+
+
+def _fusedlr(optimizer, backend, variant=None):
     cls = {"adamw": fusedlr.AdamW, "lion": fusedlr.Lion}[optimizer]
+    options, nbytes = BF16_VARIANTS[variant] if variant else ({}, {})
 
     def make(params):
-        opt = cls(params, lr=1e-3, weight_decay=0.1, schedule=SCHEDULE, max_grad_norm=MAX_GRAD_NORM, backend=backend)
+        opt = cls(params, lr=1e-3, weight_decay=0.1, schedule=SCHEDULE, max_grad_norm=MAX_GRAD_NORM, backend=backend,
+                  **options)  # fmt: skip
         return opt.step
 
-    return Contender(f"fusedlr-{backend}", make)
+    name = f"fusedlr-{backend}" + (f"-{variant}" if variant else "")
+    return Contender(name, make, nbytes.get(optimizer))
 
 
 def _by_hand(name, make_optimizer, compiled=False):
@@ -159,7 +175,13 @@ BASELINES = {
 GPU_ONLY_BASELINES = {"compile", "lion-pytorch-triton"}  # inductor on a CPU compiles for minutes
 
 
-def contenders(optimizer: str, device: torch.device, baselines=None) -> list[Contender]:
+def contenders(optimizer: str, device: torch.device, baselines=None, dtype=torch.float32) -> list[Contender]:
+    if dtype == torch.bfloat16:
+        # The baseline first: the fusedlr variants round differently, each is checked against it.
+        backend = "triton" if device.type == "cuda" else "torch"
+        ours = [_fusedlr(optimizer, backend, variant) for variant in BF16_VARIANTS]
+        baselines = ["fused"] if baselines is None and optimizer == "adamw" else baselines or ["lion-pytorch"]
+        return [BASELINES[optimizer][b]() for b in baselines] + ours
     ours = [_fusedlr(optimizer, b) for b in fusedlr.available_backends() if b == "torch" or device.type == "cuda"]
     if baselines is None:
         baselines = [b for b in BASELINES[optimizer] if device.type == "cuda" or b not in GPU_ONLY_BASELINES]
@@ -208,22 +230,22 @@ def copy_bandwidth_gbps(device, numel=1 << 27, repeats=20) -> float:
     return 2 * src.numel() * src.element_size() / (ms * 1e6)
 
 
-def _params_and_grads(shapes, device, seed=0):
+def _params_and_grads(shapes, device, seed=0, dtype=torch.float32):
     # Drawn on the device itself: a 1B-parameter case would take minutes on the host.
     gen = torch.Generator(device=device).manual_seed(seed)
     numel = sum(torch.Size(s).numel() for s in shapes)
     params, grads = [], []
     for shape in shapes:
-        params.append(torch.randn(shape, generator=gen, device=device))
+        params.append(torch.randn(shape, generator=gen, device=device).to(dtype))
         # Global grad norm 0.5: below the clip threshold, so torch's in-place clip leaves the
         # grads as they are and every contender sees the same grads at every step. The work
         # done does not depend on it: torch always multiplies, fusedlr always runs its norm pass.
-        grads.append(torch.randn(shape, generator=gen, device=device) * (0.5 / numel**0.5))
+        grads.append((torch.randn(shape, generator=gen, device=device) * (0.5 / numel**0.5)).to(dtype))
     return params, grads
 
 
-def measure(contender, shapes, device, warmup, steps):
-    base, grads = _params_and_grads(shapes, device)
+def measure(contender, shapes, device, warmup, steps, dtype=torch.float32):
+    base, grads = _params_and_grads(shapes, device, dtype=dtype)
     params = [p.clone().requires_grad_() for p in base]
     for p, g in zip(params, grads):
         p.grad = g
@@ -239,6 +261,37 @@ def measure(contender, shapes, device, warmup, steps):
     times = sorted(time_ms(step) for _ in range(steps))
     peak = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else float("nan")
     return times, first_ms / 1e3, peak, [p.detach() for p in params]
+
+
+def _check_parity(name, final, reference):
+    """fp32: every contender computes the same update as the first one."""
+    for a, b in zip(final, reference):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6, msg=lambda m: f"{name} diverged: {m}")
+
+
+def _fp32_reference(shapes, device, num_steps):
+    """bf16 cases: where the weights should be, torch's fused AdamW run on fp32 copies of the
+    same bf16 weights and grads, with the same clip and schedule (not timed)."""
+    base, grads = _params_and_grads(shapes, device, dtype=torch.bfloat16)
+    params = [p.float().requires_grad_() for p in base]
+    for p, g in zip(params, grads):
+        p.grad = g.float()
+    step = _torch_adamw("fused").make(params)
+    for _ in range(num_steps):
+        step()
+    return [b.float() for b in base], [p.detach() for p in params]
+
+
+def _drift(final, start, reference) -> float:
+    """How far a bf16 run's weights are from the fp32 reference, along the reference's own update,
+    in units of that update: 0 for an unbiased step, -1 for a step that does nothing. Rounding
+    noise averages out over millions of weights; a lost or wrong update does not."""
+    along, size = 0.0, 0.0
+    for p, p0, r in zip(final, start, reference):
+        delta = r - p0
+        along += float(((p.float() - r) * delta.sign()).sum())
+        size += float(delta.abs().sum())
+    return along / size
 
 
 def _quantile(sorted_values, q):
@@ -290,44 +343,63 @@ def run(args) -> list[dict]:
     print(f"device copy bandwidth: {copy_gbps:.1f} GB/s (read + write)\n")
     rows = []
     optimizers = ["adamw", "lion"] if args.optimizer == "all" else [args.optimizer]
-    for optimizer, case in [(o, c) for o in optimizers for c in cases]:
+    dtypes = args.dtype or (["float32", "bfloat16"] if device.type == "cuda" else ["float32"])
+    # bfloat16 rows: AdamW on the LLM layouts (the fp32 reference they are checked against is AdamW's).
+    runs = [(o, d, c) for o in optimizers for d in dtypes for c in cases
+            if d == "float32" or (o == "adamw" and c in BF16_CASES)]  # fmt: skip
+    for optimizer, dtype_name, case in runs:
+        dtype = getattr(torch, dtype_name)
         shapes = CASES[case]()
         numel = sum(torch.Size(s).numel() for s in shapes)
-        print(f"{case}: {len(shapes)} tensors, {numel / 1e6:.1f}M params, {optimizer}, clip {MAX_GRAD_NORM}")
-        print(f"  {'contender':<28}{'ms p50':>9}{'p20':>9}{'p80':>9}{'GB/s':>9}{'of copy':>9}{'peak MB':>10}"
+        print(
+            f"{case}: {len(shapes)} tensors, {numel / 1e6:.1f}M {dtype_name} params, {optimizer}, clip {MAX_GRAD_NORM}"
+        )
+        print(f"  {'contender':<34}{'ms p50':>9}{'p20':>9}{'p80':>9}{'GB/s':>9}{'of copy':>9}{'peak MB':>10}"
               f"{'1st step s':>11}")  # fmt: skip
         reference = None
+        if dtype != torch.float32:
+            start, reference32 = _fp32_reference(shapes, device, warmup + steps)
         case_rows = []
-        for contender in contenders(optimizer, device, args.baseline):
+        for contender in contenders(optimizer, device, args.baseline, dtype):
             try:
-                times, first_s, peak, final = measure(contender, shapes, device, warmup, steps)
+                times, first_s, peak, final = measure(contender, shapes, device, warmup, steps, dtype)
             except Exception as error:  # a baseline that cannot run here: say so, keep going
                 if contender.name.startswith("fusedlr"):
                     raise
-                print(f"  {contender.name:<28}failed: {type(error).__name__}: {str(error)[:100]}")
+                print(f"  {contender.name:<34}failed: {type(error).__name__}: {str(error)[:100]}")
                 continue
-            if reference is None:
+            drift = None
+            if dtype != torch.float32:
+                drift = _drift(final, start, reference32)
+                if contender.name.startswith("fusedlr") and abs(drift) > 0.1:
+                    raise AssertionError(f"{contender.name}: bf16 weights drifted {drift:+.3f} updates from fp32")
+            elif reference is None:
                 reference = final
             else:
-                for a, b in zip(final, reference):
-                    torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6,
-                                               msg=lambda m, n=contender.name: f"{n} diverged: {m}")  # fmt: skip
+                _check_parity(contender.name, final, reference)
             p50 = _quantile(times, 0.5)
-            gbps = BYTES_PER_PARAM[optimizer] * numel / (p50 * 1e6)
-            row = dict(env, case=case, optimizer=optimizer, contender=contender.name, dtype="float32",
+            nbytes = (
+                contender.bytes_per_param
+                or (BF16_BYTES_PER_PARAM if dtype != torch.float32 else BYTES_PER_PARAM)[optimizer]
+            )
+            gbps = nbytes * numel / (p50 * 1e6)
+            row = dict(env, case=case, optimizer=optimizer, contender=contender.name, dtype=dtype_name,
                        numel=numel, tensors=len(shapes), ms_p20=_quantile(times, 0.2), ms_p50=p50,
                        ms_p80=_quantile(times, 0.8), gbps=gbps, copy_gbps=copy_gbps,
                        fraction_of_copy=gbps / copy_gbps, peak_mem_mb=peak, first_step_s=first_s)  # fmt: skip
             case_rows.append(row)
             peak_text = "-" if peak != peak else f"{peak:.0f}"  # NaN: no peak-memory counter on CPU
-            print(f"  {contender.name:<28}{p50:9.3f}{row['ms_p20']:9.3f}{row['ms_p80']:9.3f}"
-                  f"{gbps:9.1f}{row['fraction_of_copy']:9.2f}{peak_text:>10}{first_s:11.2f}")  # fmt: skip
+            drift_text = "" if drift is None else f"   drift {drift:+.3f}"
+            print(f"  {contender.name:<34}{p50:9.3f}{row['ms_p20']:9.3f}{row['ms_p80']:9.3f}"
+                  f"{gbps:9.1f}{row['fraction_of_copy']:9.2f}{peak_text:>10}{first_s:11.2f}{drift_text}")  # fmt: skip
             del final
-        ours = min((r for r in case_rows if r["contender"].startswith("fusedlr")), key=lambda r: r["ms_p50"])
-        for r in case_rows:
-            if not r["contender"].startswith("fusedlr"):
-                speedup = r["ms_p50"] / ours["ms_p50"]
-                print(f"  {ours['contender']} is {speedup:.2f}x {r['contender']}")
+        ours = [r for r in case_rows if r["contender"].startswith("fusedlr")]
+        if dtype == torch.float32:  # the best backend; in bf16 each variant is its own choice
+            ours = [min(ours, key=lambda r: r["ms_p50"])]
+        for mine in ours:
+            for r in case_rows:
+                if not r["contender"].startswith("fusedlr"):
+                    print(f"  {mine['contender']} is {r['ms_p50'] / mine['ms_p50']:.2f}x {r['contender']}")
         print()
         rows += case_rows
         if not args.no_record:  # case by case: a run cut short keeps what it measured
@@ -379,6 +451,9 @@ def parse_args(argv=None):
         help="repeatable; default: every baseline that fits the device "
         "(adamw: foreach, fused, compile; lion: lion-pytorch, lion-pytorch-triton)",
     )
+    parser.add_argument("--dtype", action="append", choices=["float32", "bfloat16"],
+                        help="repeatable; default float32 and bfloat16 on a GPU, float32 on a CPU (bfloat16 rows: "
+                        "AdamW on gpt2 and llama_1b)")  # fmt: skip
     parser.add_argument("--steps", type=int, default=50, help="timed steps per contender (median reported)")
     parser.add_argument("--warmup", type=int, default=10, help="untimed steps first (the first is timed apart)")
     parser.add_argument("--quick", action="store_true", help="10 timed steps after 3 warm-up steps")

@@ -14,7 +14,7 @@ from numbers import Real
 
 import torch
 
-from . import _backends, reference
+from . import _backends, _fused, _precision, reference
 from ._state import StateTable as _StateTable
 from .schedules import Schedule, check_schedule
 
@@ -46,33 +46,40 @@ def _check_group_hypers(group: dict) -> None:
     _check_real("agc_eps", group["agc_eps"], low=0.0, low_inclusive=False)
 
 
-# What a grad must share with its parameter for the kernels to treat both as one flat layout.
+# What the kernels' tables assume of a grad, beside its address.
 _LAYOUT = operator.attrgetter("layout", "dtype", "device", "shape")
+
+
+def _structure(group) -> tuple:
+    """The group options that decide which states exist and how the kernels store them."""
+    return (bool(group.get("amsgrad")), group["master_weights"], group["stochastic_rounding"], group["state_dtype"])
 
 
 class _StepCache:
     """What a kernel-backend step leaves for the next one to reuse."""
 
-    __slots__ = ("key", "items", "grad_refs", "param_layouts", "param_strides")
+    __slots__ = ("key", "items", "grad_refs", "grad_layouts", "grad_strides")
 
-    def __init__(self, key, items, grads, params):
+    def __init__(self, key, items, grads):
         self.key = key  # a list: compared whole, at C speed
         self.items = items
         # Weak references: holding last step's grads would keep zero_grad()'s old ones alive.
         self.grad_refs = [weakref.ref(g) for g in grads]
-        self.param_layouts = list(map(_LAYOUT, params))
-        self.param_strides = list(map(torch.Tensor.stride, params))
+        # Layouts of grads that passed the precise checks: a new grad laid out the same passes too
+        # (while the key shows the params unchanged).
+        self.grad_layouts = list(map(_LAYOUT, grads))
+        self.grad_strides = list(map(torch.Tensor.stride, grads))
 
     def same_grads(self, grads) -> bool:
         refs = self.grad_refs
         return len(refs) == len(grads) and all([r() is g for r, g in zip(refs, grads)])
 
-    def grads_match_params(self, grads) -> bool:
-        """New grad objects laid out exactly as last step's params (checked again in full
+    def grads_like_last_step(self, grads) -> bool:
+        """New grad objects laid out exactly as last step's checked ones (checked again in full
         when the key shows a param changed)."""
         return (
-            list(map(_LAYOUT, grads)) == self.param_layouts
-            and list(map(torch.Tensor.stride, grads)) == self.param_strides
+            list(map(_LAYOUT, grads)) == self.grad_layouts
+            and list(map(torch.Tensor.stride, grads)) == self.grad_strides
         )
 
 
@@ -84,8 +91,15 @@ class _FusedOptimizer(torch.optim.Optimizer):
     # inside the fused passes, instead of unscaling every grad in place first.
     _step_supports_amp_scaling = True
 
-    def __init__(self, params, defaults: dict, *, schedule, max_grad_norm, skip_nonfinite, backend: str):
+    def __init__(self, params, defaults: dict, *, schedule, max_grad_norm, skip_nonfinite, backend: str,
+                 grad_attribute: str = "grad"):  # fmt: skip
         check_schedule(schedule)
+        if not isinstance(grad_attribute, str) or not grad_attribute.isidentifier():
+            raise ValueError(f"Invalid grad_attribute: {grad_attribute!r}")
+        # Where each step reads a param's gradient: "grad", or e.g. "main_grad" for the float32
+        # accumulation buffers that bf16 training keeps beside each param (torch refuses an
+        # fp32 .grad on a bf16 param).
+        self.grad_attribute = grad_attribute
         if max_grad_norm is not None:
             _check_real("max_grad_norm", max_grad_norm, low=0.0, low_inclusive=False)
         _backends.check_backend_name(backend)
@@ -111,6 +125,7 @@ class _FusedOptimizer(torch.optim.Optimizer):
     def add_param_group(self, param_group: dict) -> None:
         super().add_param_group(param_group)
         _check_group_hypers(self.param_groups[-1])
+        _precision.check_group_options(self.param_groups[-1])
         self._plan_cache = None
         self._step_cache = None
 
@@ -123,19 +138,47 @@ class _FusedOptimizer(torch.optim.Optimizer):
                 group.setdefault(key, value)
 
     # ----- the step -----------------------------------------------------------------------
-    def _check_param(self, param: torch.Tensor) -> None:
+    def _check_param(self, param: torch.Tensor, grad: torch.Tensor, group: dict) -> None:
         name = type(self).__name__
-        if param.grad.is_sparse:
+        if not isinstance(grad, torch.Tensor):
+            raise RuntimeError(f"{name}: {self.grad_attribute} of a parameter is a {type(grad).__name__}, not a tensor")
+        if grad.is_sparse:
             raise RuntimeError(f"{name} does not support sparse gradients")
         if torch.is_complex(param) or not param.is_floating_point():
             raise RuntimeError(f"{name} supports real floating-point parameters only; got dtype {param.dtype}")
-        if param.grad.shape != param.shape:
+        if grad.shape != param.shape:
             raise RuntimeError(
-                f"{name}: grad of shape {tuple(param.grad.shape)} for a parameter of shape {tuple(param.shape)}"
+                f"{name}: grad of shape {tuple(grad.shape)} for a parameter of shape {tuple(param.shape)}"
             )
+        if grad.device != param.device:
+            raise RuntimeError(f"{name}: grad on {grad.device} for a parameter on {param.device}")
+        _precision.check_param_options(param, grad, group, name)
+
+    _state_names: tuple[str, ...]  # the moment tensors of this kind, stored in state_dtype
 
     def _init_state(self, param: torch.Tensor, group: dict) -> dict:
-        raise NotImplementedError
+        """The param's state, created on its first step, then brought in line with the group's
+        precision options (a changed state_dtype casts the moments; master_weights adds or
+        drops the fp32 copy). Runs only after every check has passed."""
+        state = self.state[param]
+        dtype = _precision.state_dtype(param, group)
+        if not state:
+            if self._kind == "adamw":
+                state["step"] = torch.zeros((), dtype=torch.float32, device=param.device)
+            for name in self._state_names:
+                state[name] = torch.zeros_like(param, dtype=dtype, memory_format=torch.preserve_format)
+        if group.get("amsgrad") and "max_exp_avg_sq" not in state:
+            state["max_exp_avg_sq"] = torch.zeros_like(param, dtype=dtype, memory_format=torch.preserve_format)
+        for name in ("exp_avg", "exp_avg_sq", "max_exp_avg_sq"):
+            if name in state and state[name].dtype != dtype:
+                state[name] = state[name].to(dtype)
+        if _precision.has_master(param, group):
+            if "master_param" not in state:
+                master = torch.empty_like(param, dtype=torch.float32, memory_format=torch.preserve_format)
+                state["master_param"] = master.copy_(param.detach())
+        elif "master_param" in state:
+            del state["master_param"]  # master_weights turned off: the param is the weight again
+        return state
 
     def _active(self):
         """Params with a grad and their grads (each ``.grad`` read once: a read costs), with
@@ -143,7 +186,10 @@ class _FusedOptimizer(torch.optim.Optimizer):
         params, grads, counts = [], [], []
         for group in self.param_groups:
             group_params = group["params"]
-            group_grads = [p.grad for p in group_params]
+            if self.grad_attribute == "grad":
+                group_grads = [p.grad for p in group_params]
+            else:
+                group_grads = [getattr(p, self.grad_attribute, None) for p in group_params]
             if not all(g is not None for g in group_grads):
                 kept = [(p, g) for p, g in zip(group_params, group_grads) if g is not None]
                 group_params, group_grads = [p for p, _ in kept], [g for _, g in kept]
@@ -157,7 +203,13 @@ class _FusedOptimizer(torch.optim.Optimizer):
         owners = [group for group, count in zip(self.param_groups, counts) for _ in range(count)]
         return list(zip(params, owners))
 
-    def _kernel_items(self, params, grads, counts):
+    def _positions(self, params) -> list[int]:
+        """Each param's index among all of the optimizer's params: with the seed and the update
+        index it keys stochastic rounding's random stream, whichever params have grads."""
+        index = {id(p): i for i, p in enumerate(p for group in self.param_groups for p in group["params"])}
+        return [index[id(p)] for p in params]
+
+    def _kernel_items(self, params, grads, counts, backend):
         """``(param, group, state)`` for the kernel backends, validated, and the key of the plan
         that holds their addresses, at a few attribute reads per tensor when nothing changed.
 
@@ -167,23 +219,22 @@ class _FusedOptimizer(torch.optim.Optimizer):
         (``_state.StateTable``): when any of them changed, everything is checked again and the
         states are initialised, before anything is modified.
         """
-        from . import _fused
-
         cache = self._step_cache
         grad_refs = None
         if cache is not None and cache.same_grads(grads):
             grad_refs = cache.grad_refs
-        elif cache is None or not cache.grads_match_params(grads):
+        elif cache is None or not cache.grads_like_last_step(grads):
             # The precise checks, and their error messages, before any address is read.
-            for param in params:
-                self._check_param(param)
-                _fused.check_grad(param)
+            for (param, group), grad in zip(self._with_groups(params, counts), grads):
+                self._check_param(param, grad, group)
+                _fused.check_grad(param, grad)
         key = [p.data_ptr() for p in params]
         key += [g.data_ptr() for g in grads]
         key += [p.numel() for p in params]
         key += counts
         key += [id(group) for group in self.param_groups]
-        key += [bool(group.get("amsgrad")) for group in self.param_groups]
+        key += [_structure(group) for group in self.param_groups]
+        key.append(backend)
         key.append(getattr(self.state, "version", None))
         if cache is not None and cache.key == key:
             if grad_refs is None:
@@ -193,12 +244,16 @@ class _FusedOptimizer(torch.optim.Optimizer):
             if not isinstance(self.state, _StateTable):  # replaced, or copied: track it again
                 self.state = _StateTable(self.state)
             pairs = self._with_groups(params, counts)
-            for param, _ in pairs:
-                self._check_param(param)
-            _fused.check_inputs(pairs, {p.device for p in params}, self.state)
+            for (param, group), grad in zip(pairs, grads):
+                self._check_param(param, grad, group)
+            _fused.check_inputs(pairs, grads, {p.device for p in params}, self.state)
+            if backend == "cuda":
+                from . import _cuda
+
+                _cuda.check_supported(pairs, grads)
             items = [(p, group, self._init_state(p, group)) for p, group in pairs]
             key[-1] = self.state.version  # after the states were made
-        self._step_cache = _StepCache(key, items, grads, params)
+        self._step_cache = _StepCache(key, items, grads)
         return items
 
     def _schedule_on_host(self) -> tuple[float, float]:
@@ -224,11 +279,12 @@ class _FusedOptimizer(torch.optim.Optimizer):
         device = params[0].device
         backend = _backends.choose(self.backend, device)
         if backend in ("triton", "cuda"):
-            items = self._kernel_items(params, grads, counts)
+            items = self._kernel_items(params, grads, counts, backend)
         else:
             pairs = self._with_groups(params, counts)
-            for param, _ in pairs:
-                self._check_param(param)
+            for (param, group), grad in zip(pairs, grads):
+                self._check_param(param, grad, group)
+            _fused.check_states(pairs, self.state)
             items = [(p, group, self._init_state(p, group)) for p, group in pairs]
         if self._schedule_step.device != device:  # the model moved after the optimizer was made
             self._schedule_step = self._schedule_step.to(device)
@@ -242,12 +298,13 @@ class _FusedOptimizer(torch.optim.Optimizer):
             device_schedule = isinstance(self.schedule, Schedule) or self.schedule is None
             host_multiplier = None if device_schedule else self._schedule_on_host()[0]
             active_groups = [group for group, count in zip(self.param_groups, counts) if count]
-            self.last_grad_norm = fused_step_(self, items, host_multiplier, self._step_cache.key, active_groups)
+            self.last_grad_norm = fused_step_(self, items, grads, host_multiplier, self._step_cache.key, active_groups)
         else:
             scale, offset = self._schedule_on_host()
             self.last_grad_norm, applied = reference.step_(
-                self._kind, items, scale, offset, self.max_grad_norm, grad_scale=getattr(self, "grad_scale", None),
-                found_inf=getattr(self, "found_inf", None), skip_nonfinite=self.skip_nonfinite,
+                self._kind, items, grads, scale, offset, self.max_grad_norm,
+                grad_scale=getattr(self, "grad_scale", None), found_inf=getattr(self, "found_inf", None),
+                skip_nonfinite=self.skip_nonfinite, positions=self._positions(params), counter=self._schedule_step,
             )  # fmt: skip
             if applied:
                 self._schedule_step += 1
@@ -269,6 +326,14 @@ class _FusedOptimizer(torch.optim.Optimizer):
         state_dict = dict(state_dict)
         counter = state_dict.pop("schedule_step", None)
         super().load_state_dict(state_dict)
+        # torch casts every floating state to its param's dtype on load; an fp32 master copy
+        # and fp32 or bf16 moments beside bf16 params keep the dtype they were saved in.
+        saved_ids = [i for group in state_dict["param_groups"] for i in group["params"]]
+        params = [p for group in self.param_groups for p in group["params"]]
+        for index, param in zip(saved_ids, params):
+            for name, saved in state_dict["state"].get(index, {}).items():
+                if name != "step" and isinstance(saved, torch.Tensor) and saved.dtype != param.dtype:
+                    self.state[param][name] = saved.to(device=param.device, copy=True)
         for param, state in self.state.items():
             if "step" in state:
                 # torch keeps a non-capturable step on the CPU; the kernels read it on the
@@ -296,6 +361,7 @@ class AdamW(_FusedOptimizer):
     """
 
     _kind = "adamw"
+    _state_names = ("exp_avg", "exp_avg_sq")
 
     def __init__(
         self,
@@ -312,6 +378,11 @@ class AdamW(_FusedOptimizer):
         agc_clip_factor: float | None = None,
         agc_eps: float = 1e-3,
         skip_nonfinite: bool = False,
+        master_weights: bool = False,
+        stochastic_rounding: bool = False,
+        state_dtype: torch.dtype | None = None,
+        seed: int = 0,
+        grad_attribute: str = "grad",
         backend: str = "auto",
     ):
         defaults = dict(
@@ -323,8 +394,13 @@ class AdamW(_FusedOptimizer):
             maximize=bool(maximize),
             agc_clip_factor=agc_clip_factor,
             agc_eps=agc_eps,
+            master_weights=bool(master_weights),
+            stochastic_rounding=bool(stochastic_rounding),
+            state_dtype=state_dtype,
+            seed=seed,
         )
         _check_group_hypers(defaults)
+        _precision.check_group_options(defaults)
         super().__init__(
             params,
             defaults,
@@ -332,17 +408,8 @@ class AdamW(_FusedOptimizer):
             max_grad_norm=max_grad_norm,
             skip_nonfinite=skip_nonfinite,
             backend=backend,
+            grad_attribute=grad_attribute,
         )
-
-    def _init_state(self, param, group):
-        state = self.state[param]
-        if not state:
-            state["step"] = torch.zeros((), dtype=torch.float32, device=param.device)
-            state["exp_avg"] = torch.zeros_like(param, memory_format=torch.preserve_format)
-            state["exp_avg_sq"] = torch.zeros_like(param, memory_format=torch.preserve_format)
-        if group["amsgrad"] and "max_exp_avg_sq" not in state:
-            state["max_exp_avg_sq"] = torch.zeros_like(param, memory_format=torch.preserve_format)
-        return state
 
 
 class Lion(_FusedOptimizer):
@@ -352,6 +419,7 @@ class Lion(_FusedOptimizer):
     """
 
     _kind = "lion"
+    _state_names = ("exp_avg",)
 
     def __init__(
         self,
@@ -366,6 +434,11 @@ class Lion(_FusedOptimizer):
         agc_clip_factor: float | None = None,
         agc_eps: float = 1e-3,
         skip_nonfinite: bool = False,
+        master_weights: bool = False,
+        stochastic_rounding: bool = False,
+        state_dtype: torch.dtype | None = None,
+        seed: int = 0,
+        grad_attribute: str = "grad",
         backend: str = "auto",
     ):
         defaults = dict(
@@ -375,8 +448,13 @@ class Lion(_FusedOptimizer):
             maximize=bool(maximize),
             agc_clip_factor=agc_clip_factor,
             agc_eps=agc_eps,
+            master_weights=bool(master_weights),
+            stochastic_rounding=bool(stochastic_rounding),
+            state_dtype=state_dtype,
+            seed=seed,
         )
         _check_group_hypers(defaults)
+        _precision.check_group_options(defaults)
         super().__init__(
             params,
             defaults,
@@ -384,10 +462,5 @@ class Lion(_FusedOptimizer):
             max_grad_norm=max_grad_norm,
             skip_nonfinite=skip_nonfinite,
             backend=backend,
+            grad_attribute=grad_attribute,
         )
-
-    def _init_state(self, param, group):
-        state = self.state[param]
-        if not state:
-            state["exp_avg"] = torch.zeros_like(param, memory_format=torch.preserve_format)
-        return state

@@ -13,6 +13,9 @@ import math
 
 import torch
 
+from . import _precision
+
+_LOW = _precision.LOW_PRECISION
 # The same constant torch.nn.utils.clip_grad_norm_ and the AGC rule add to a norm.
 NORM_EPS = 1e-6
 
@@ -30,12 +33,14 @@ def grad_scales(grads, groups, max_grad_norm, need_norm=False):
 
     scales, post_agc_norms = [], []
     for grad, (group, param) in zip(grads, groups):
-        g_norm = torch.linalg.vector_norm(grad)
+        # float32 sums for low-precision grads, as the kernels accumulate.
+        g_norm = torch.linalg.vector_norm(grad, dtype=torch.float32 if grad.dtype in _LOW else None)
         scale = torch.ones_like(g_norm)
         factor = group["agc_clip_factor"]
         if factor is not None:
             # Seed guide, "Adaptive Gradient Clipping": max_norm = max(||p||, eps) * clip_factor.
-            max_norm = torch.clamp(torch.linalg.vector_norm(param), min=group["agc_eps"]) * factor
+            p_norm = torch.linalg.vector_norm(param, dtype=torch.float32 if param.dtype in _LOW else None)
+            max_norm = torch.clamp(p_norm, min=group["agc_eps"]) * factor
             scale = torch.where(g_norm > max_norm, max_norm / (g_norm + NORM_EPS), scale)
         scales.append(scale)
         post_agc_norms.append(g_norm * scale)
@@ -90,23 +95,54 @@ def lion_update_(param, grad, state, group, lr: float) -> None:
 
 
 _UPDATES = {"adamw": adamw_update_, "lion": lion_update_}
+_STATE_KEYS = ("exp_avg", "exp_avg_sq", "max_exp_avg_sq")
+
+
+def _in_fp32(param, grad, state) -> bool:
+    """Whether this tensor's step runs on float32 copies and rounds once, as the kernels do:
+    any low-precision param, grad or state, or an fp32 master copy."""
+    tensors = [param, grad] + [state[k] for k in _STATE_KEYS if k in state]
+    return "master_param" in state or any(t.dtype in _precision.LOW_PRECISION for t in tensors)
+
+
+def update_in_fp32_(kind, param, grad, state, group, lr, key=None) -> None:
+    """One update computed on float32 working copies (from the fp32 master when there is one),
+    then each stored value rounded once: states and the param to nearest-even, or the param
+    stochastically when ``key`` (the random stream's key) is given."""
+    master = state.get("master_param")
+    p32 = master.clone() if master is not None else param.float()
+    work = {k: v.float() for k, v in state.items() if k in _STATE_KEYS}
+    if "step" in state:
+        work["step"] = state["step"]
+    _UPDATES[kind](p32, grad, work, group, lr)
+    for k in _STATE_KEYS:
+        if k in state:
+            state[k].copy_(work[k])
+    if master is not None:
+        master.copy_(p32)
+    if key is not None:
+        param.copy_(_precision.round_stochastically(p32, key))
+    else:
+        param.copy_(p32)
 
 
 @torch.no_grad()
-def step_(kind: str, items, lr_scale: float, lr_offset: float, max_grad_norm, *, grad_scale=None, found_inf=None,
-          skip_nonfinite=False):  # fmt: skip
-    """Apply one step to ``items``: a list of ``(param, group, state)`` for params with grads.
+def step_(kind: str, items, grads, lr_scale: float, lr_offset: float, max_grad_norm, *, grad_scale=None,
+          found_inf=None, skip_nonfinite=False, positions=None, counter=None):  # fmt: skip
+    """Apply one step to ``items``: a list of ``(param, group, state)`` for params with grads,
+    and their ``grads``.
 
     The schedule gives each group the lr ``group["lr"] * lr_scale + lr_offset``. ``grad_scale``
     and ``found_inf`` are what torch.amp.GradScaler hands the optimizer: grads are divided by
     the scale (in copies) and a step with ``found_inf`` set is skipped; ``skip_nonfinite``
-    skips a step whose global grad norm is not finite.
+    skips a step whose global grad norm is not finite. ``positions`` (each param's index among
+    all the optimizer's params) and ``counter`` (updates applied so far, a device tensor) key
+    the random stream of stochastic rounding.
 
     Returns ``(norm, applied)``: the global grad norm after AGC and before clipping (``None``
     when nothing needed it), and whether the update was applied.
     """
     update = _UPDATES[kind]
-    grads = [param.grad for param, _, _ in items]
     if grad_scale is not None:
         inverse = grad_scale.double().reciprocal().float()  # as GradScaler.unscale_ computes it
         grads = [g * inverse.to(g.device) for g in grads]
@@ -117,7 +153,13 @@ def step_(kind: str, items, lr_scale: float, lr_offset: float, max_grad_norm, *,
         skip = True
     if skip:
         return total_norm, False
-    for (param, group, state), grad, scale in zip(items, grads, scales):
+    for i, ((param, group, state), grad, scale) in enumerate(zip(items, grads, scales)):
         lr = group["lr"] * lr_scale + lr_offset
-        update(param, _effective_grad(grad, group, scale), state, group, lr)
+        if _in_fp32(param, grad, state):
+            key = None
+            if _precision.rounds_stochastically(param, group):
+                key = _precision.stream_key(group["seed"], positions[i], counter.to(param.device))
+            update_in_fp32_(kind, param, _effective_grad(grad.float(), group, scale), state, group, lr, key)
+        else:
+            update(param, _effective_grad(grad, group, scale), state, group, lr)
     return total_norm, True

@@ -4,6 +4,7 @@
 import csv
 
 import pytest
+import torch
 
 from fusedlr import bench, bench_report
 
@@ -55,3 +56,24 @@ def test_readme_table_and_plot_come_from_the_rows(tmp_path):
     png = tmp_path / "plot.png"
     bench_report.plot(run, png)
     assert png.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_bf16_rows_check_each_variant_against_an_fp32_run():
+    """bf16: torch's fused AdamW on bf16 params, then fusedlr's master, master + bf16 states and
+    stochastic-rounding variants, each checked for drift from an fp32 run (a lost update fails)."""
+    rows = bench.run(bench.parse_args(["--quick", "--dtype", "bfloat16", "--case", "gpt2_cpu", "--case",
+                                       "many_small_cpu", "--no-record"]))  # fmt: skip
+    assert [r["contender"] for r in rows] == [
+        "torch-adamw-fused+clip",
+        "fusedlr-torch-master",
+        "fusedlr-torch-master+bf16-states",
+        "fusedlr-torch-stochastic",
+    ]  # fmt: skip  (many_small has no bf16 rows)
+    assert {r["dtype"] for r in rows} == {"bfloat16"}
+
+
+def test_bf16_drift_measures_lost_updates():
+    start = [torch.zeros(1000)]
+    reference = [torch.linspace(-1, 1, 1000)]
+    assert bench._drift(reference, start, reference) == 0.0
+    assert bench._drift(start, start, reference) == pytest.approx(-1.0)

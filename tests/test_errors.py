@@ -178,9 +178,9 @@ def test_state_replaced_by_a_wrong_tensor_is_refused_before_any_change(triton_ba
 
 @pytest.mark.parametrize(
     "name, bad",
-    [("exp_avg", torch.zeros(4)), ("exp_avg_sq", torch.zeros(8, dtype=torch.float64)),
+    [("exp_avg", torch.zeros(4)), ("exp_avg_sq", torch.zeros(8, dtype=torch.int32)),
      ("step", torch.tensor(1.0, dtype=torch.float64))],
-    ids=["short", "wrong-dtype", "float64-step"],
+    ids=["short", "integer", "float64-step"],
 )  # fmt: skip
 def test_state_of_wrong_size_or_dtype_is_refused_before_any_change(triton_backend, name, bad):
     params = make_params([(8,)])
@@ -192,3 +192,19 @@ def test_state_of_wrong_size_or_dtype_is_refused_before_any_change(triton_backen
     with pytest.raises(RuntimeError, match=f"state '{name}'"):
         opt.step()
     assert torch.equal(params[0].detach(), before)
+
+
+def test_state_of_another_float_dtype_is_cast_to_the_state_dtype(backend):
+    """A float64 moment assigned to an fp32 param's state is cast (as a changed state_dtype is),
+    and the step goes on as torch's, which computes with whatever dtype it finds."""
+    ours, ref = make_params([(8,)]), make_params([(8,)])
+    opt = fusedlr.AdamW(ours, lr=0.1, backend=backend)
+    ref_opt = torch.optim.AdamW(ref, lr=0.1, foreach=False)
+    for p in ours + ref:
+        p.grad = torch.linspace(-1, 1, 8)
+    for o, p in ((opt, ours[0]), (ref_opt, ref[0])):
+        o.step()
+        o.state[p]["exp_avg_sq"] = o.state[p]["exp_avg_sq"].double()
+        o.step()
+    assert opt.state[ours[0]]["exp_avg_sq"].dtype == torch.float32
+    torch.testing.assert_close(ours[0].detach(), ref[0].detach())

@@ -26,9 +26,9 @@ FINALIZE_BLOCK = 1024  # tensors per vector operation in the finalize launch
 REDUCE_BLOCK = 256  # chunk partials per vector operation in the per-tensor reduction
 
 
-def step_(opt, items, host_multiplier, key, active_groups):
+def step_(opt, items, grads, host_multiplier, key, active_groups):
     """One fused step of ``opt`` over ``items`` (``(param, group, state)``); returns the norm."""
-    plan, flags = _fused.prepare(opt, items, host_multiplier, key, active_groups)
+    plan, flags = _fused.prepare(opt, items, grads, host_multiplier, key, active_groups)
     has_agc, has_clip, has_norms, is_adamw = flags.has_agc, flags.has_clip, flags.has_norms, flags.is_adamw
     counter = opt._schedule_step
     norm = torch.empty((), dtype=torch.float32, device=plan.device) if has_norms else None
@@ -41,7 +41,8 @@ def step_(opt, items, host_multiplier, key, active_groups):
             elem = TRITON_DTYPES[bucket.dtype]
             kernels._grad_sumsq_kernel[(bucket.num_chunks,)](
                 plan.tensor_table, T, plan.chunk_table, C, bucket.chunk_begin, plan.partial_grad, plan.partial_param,
-                ELEM=elem, COMPUTE=_compute_dtype(bucket.dtype), WITH_PARAM=has_agc, ALIGNED=bucket.aligned,
+                ELEM=elem, GRAD_ELEM=TRITON_DTYPES[bucket.grad_dtype], COMPUTE=_compute_dtype(bucket.dtype),
+                WITH_PARAM=has_agc, ALIGNED=bucket.aligned,
                 CHUNK=_plan.CHUNK_SIZE, BLOCK=BLOCK,
             )  # fmt: skip
         kernels._tensor_sumsq_kernel[(T,)](
@@ -64,8 +65,10 @@ def step_(opt, items, host_multiplier, key, active_groups):
             continue
         kernels._update_kernel[(bucket.num_chunks,)](
             plan.tensor_table, T, plan.chunk_table, C, bucket.chunk_begin, plan.coef, plan.status,
-            ELEM=TRITON_DTYPES[bucket.dtype], COMPUTE=_compute_dtype(bucket.dtype),
-            IS_FP64=bucket.dtype == torch.float64, IS_ADAMW=is_adamw, ALIGNED=bucket.aligned,
+            ELEM=TRITON_DTYPES[bucket.dtype], GRAD_ELEM=TRITON_DTYPES[bucket.grad_dtype],
+            STATE_ELEM=TRITON_DTYPES[bucket.state_dtype], COMPUTE=_compute_dtype(bucket.dtype),
+            IS_FP64=bucket.dtype == torch.float64, IS_ADAMW=is_adamw, HAS_MAX=bucket.has_max, MASTER=bucket.master,
+            STOCHASTIC=bucket.stochastic, ALIGNED=bucket.aligned,
             CHUNK=_plan.CHUNK_SIZE, BLOCK=BLOCK,
         )  # fmt: skip
     return norm

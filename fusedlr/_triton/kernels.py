@@ -22,7 +22,7 @@ finalize runs in float64, like torch's host-side Python floats; element maths ru
 import triton
 import triton.language as tl
 
-from .. import _plan
+from .. import _plan, _precision
 from ..schedules import program
 
 # Column and slot indices of the tables in fusedlr/_plan.py, as compile-time constants.
@@ -36,6 +36,8 @@ T_NUMEL = tl.constexpr(_plan.TENSOR_COLUMNS.index("numel"))
 T_GROUP = tl.constexpr(_plan.TENSOR_COLUMNS.index("group"))
 T_CHUNK_BEGIN = tl.constexpr(_plan.TENSOR_COLUMNS.index("chunk_begin"))
 T_NUM_CHUNKS = tl.constexpr(_plan.TENSOR_COLUMNS.index("num_chunks"))
+T_MASTER = tl.constexpr(_plan.TENSOR_COLUMNS.index("master"))
+T_POSITION = tl.constexpr(_plan.TENSOR_COLUMNS.index("position"))
 G_LR = tl.constexpr(_plan.GROUP_COLUMNS.index("lr"))
 G_WEIGHT_DECAY = tl.constexpr(_plan.GROUP_COLUMNS.index("weight_decay"))
 G_BETA1 = tl.constexpr(_plan.GROUP_COLUMNS.index("beta1"))
@@ -44,6 +46,7 @@ G_EPS = tl.constexpr(_plan.GROUP_COLUMNS.index("eps"))
 G_AGC_CLIP_FACTOR = tl.constexpr(_plan.GROUP_COLUMNS.index("agc_clip_factor"))
 G_AGC_EPS = tl.constexpr(_plan.GROUP_COLUMNS.index("agc_eps"))
 G_GRAD_SIGN = tl.constexpr(_plan.GROUP_COLUMNS.index("grad_sign"))
+G_SEED = tl.constexpr(_plan.GROUP_COLUMNS.index("seed"))
 S_HOST_MULTIPLIER = tl.constexpr(_plan.SCHEDULE_SLOTS.index("host_multiplier"))
 S_MAX_GRAD_NORM = tl.constexpr(_plan.SCHEDULE_SLOTS.index("max_grad_norm"))
 S_NUM_INSTRUCTIONS = tl.constexpr(_plan.SCHEDULE_SLOTS.index("num_instructions"))
@@ -58,6 +61,9 @@ C_ONE_MINUS_BETA1 = tl.constexpr(_plan.COEF_COLUMNS.index("one_minus_beta1"))
 C_BETA2 = tl.constexpr(_plan.COEF_COLUMNS.index("beta2"))
 C_ONE_MINUS_BETA2 = tl.constexpr(_plan.COEF_COLUMNS.index("one_minus_beta2"))
 C_EPS = tl.constexpr(_plan.COEF_COLUMNS.index("eps"))
+C_SR_KEY = tl.constexpr(_plan.COEF_COLUMNS.index("sr_key"))
+HASH_MUL1 = tl.constexpr(_precision.HASH_MUL1)
+HASH_MUL2 = tl.constexpr(_precision.HASH_MUL2)
 G_NUM_COLUMNS = tl.constexpr(len(_plan.GROUP_COLUMNS))
 
 NUM_SCHEDULE_SLOTS = tl.constexpr(len(_plan.SCHEDULE_SLOTS))
@@ -106,6 +112,7 @@ def _grad_sumsq_kernel(
     partial_grad,
     partial_param,
     ELEM: tl.constexpr,
+    GRAD_ELEM: tl.constexpr,
     COMPUTE: tl.constexpr,
     WITH_PARAM: tl.constexpr,
     ALIGNED: tl.constexpr,
@@ -114,7 +121,7 @@ def _grad_sumsq_kernel(
 ):
     c = chunk_base + tl.program_id(0)
     t, start, length = _chunk_extent(tensor_table, num_tensors, chunk_table, num_chunks, c, CHUNK)
-    grad = _address(tensor_table, T_GRAD, num_tensors, t, ELEM) + start
+    grad = _address(tensor_table, T_GRAD, num_tensors, t, GRAD_ELEM) + start
     param = _address(tensor_table, T_PARAM, num_tensors, t, ELEM) + start
     if ALIGNED:  # the launcher checked every address of the bucket (inline: a helper loses the hint)
         grad = tl.multiple_of(grad, 16)
@@ -362,6 +369,11 @@ def _finalize_kernel(
         tl.store(out + C_ONE_MINUS_BETA2 * num_tensors, (1.0 - beta2), mask=mask)
         eps = tl.load(hyper + G_EPS * num_groups + group, mask=mask, other=0.0)
         tl.store(out + C_EPS * num_tensors, eps, mask=mask)
+        # The key of this update's stochastic-rounding stream: hash(hash(hash(seed) ^ position) + k).
+        seed = tl.load(hyper + G_SEED * num_groups + group, mask=mask, other=0.0).to(tl.uint32)
+        position = tl.load(tensor_table + T_POSITION * num_tensors + t, mask=mask, other=0).to(tl.uint32)
+        key = _hash32(_hash32(_hash32(seed) ^ position) + (step_count & 0xFFFFFFFF).to(tl.uint32))
+        tl.store(out + C_SR_KEY * num_tensors, key.to(tl.float64), mask=mask)
     tl.store(counter, step_count + 1 - skip.to(tl.int64))
 
 
@@ -378,23 +390,64 @@ def _load(ptr, offs, mask, COMPUTE: tl.constexpr, MASKED: tl.constexpr):
 
 
 @triton.jit
+def _hash32(x):
+    """lowbias32 on uint32 (fusedlr/_precision.py has the torch twin): products wrap mod 2**32."""
+    x = x ^ (x >> 16)
+    x = x * tl.full([], HASH_MUL1, tl.uint32)
+    x = x ^ (x >> 15)
+    x = x * tl.full([], HASH_MUL2, tl.uint32)
+    return x ^ (x >> 16)
+
+
+@triton.jit
+def _bf16_from_bits(bits, value):
+    """The upper 16 bits of ``bits`` as bfloat16; NaN ``value``s give the canonical quiet NaN."""
+    bits = tl.where(value != value, 0x7FC00000, bits)
+    return (bits >> 16).to(tl.uint16).to(tl.bfloat16, bitcast=True)
+
+
+@triton.jit
+def _round(value, ELEM: tl.constexpr):
+    """float32 -> storage, to nearest even. bfloat16 through integer bits (c10's own rule):
+    exact in the CPU interpreter too, whose float -> bfloat16 conversion is not."""
+    if ELEM == tl.bfloat16:
+        bits = value.to(tl.uint32, bitcast=True)
+        return _bf16_from_bits(bits + 0x7FFF + ((bits >> 16) & 1), value)
+    else:
+        return value.to(ELEM)
+
+
+@triton.jit
+def _round_stochastically(value, key, index):
+    """float32 -> bfloat16, rounded up with probability equal to the dropped bits' fraction;
+    the 16 random bits come from the (key, element index) hash, as in fusedlr/_precision.py."""
+    inner = _hash32(key + (index >> 32).to(tl.uint32))
+    noise = _hash32(index.to(tl.uint32) ^ inner) & 0xFFFF
+    return _bf16_from_bits(value.to(tl.uint32, bitcast=True) + noise, value)
+
+
+@triton.jit
 def _store(ptr, offs, value, mask, MASKED: tl.constexpr):
     if MASKED:
-        tl.store(ptr + offs, value.to(ptr.dtype.element_ty), mask=mask)
+        tl.store(ptr + offs, _round(value, ptr.dtype.element_ty), mask=mask)
     else:
-        tl.store(ptr + offs, value.to(ptr.dtype.element_ty))
+        tl.store(ptr + offs, _round(value, ptr.dtype.element_ty))
 
 
 @triton.jit
 def _update_block(
-    param, grad, exp_avg, exp_avg_sq, max_sq, offs, mask,
+    param, master, grad, exp_avg, exp_avg_sq, max_sq, offs, mask, index, sr_key,
     grad_scale, decay, step_size, bc2_sqrt, beta1, w1, beta2, w2, eps,
     COMPUTE: tl.constexpr, IS_FP64: tl.constexpr, IS_ADAMW: tl.constexpr, HAS_MAX: tl.constexpr,
-    MASKED: tl.constexpr,
+    MASTER: tl.constexpr, STOCHASTIC: tl.constexpr, MASKED: tl.constexpr,
 ):  # fmt: skip
-    """One block of the AdamW or LION update (unmasked for the full blocks of a chunk)."""
+    """One block of the AdamW or LION update (unmasked for the full blocks of a chunk): loads
+    widened to COMPUTE, one rounding per stored value."""
     g = _load(grad, offs, mask, COMPUTE, MASKED) * grad_scale
-    p = _load(param, offs, mask, COMPUTE, MASKED) * decay
+    if MASTER:
+        p = _load(master, offs, mask, COMPUTE, MASKED) * decay
+    else:
+        p = _load(param, offs, mask, COMPUTE, MASKED) * decay
     m = _load(exp_avg, offs, mask, COMPUTE, MASKED)
     if IS_ADAMW:
         v = _load(exp_avg_sq, offs, mask, COMPUTE, MASKED)
@@ -416,7 +469,16 @@ def _update_block(
         direction = tl.where(update > 0.0, 1.0, tl.where(update < 0.0, -1.0, 0.0)).to(COMPUTE)
         p = p - step_size * direction
         m = m * beta2 + w2 * g
-    _store(param, offs, p, mask, MASKED)
+    if MASTER:
+        _store(master, offs, p, mask, MASKED)
+    if STOCHASTIC:
+        rounded = _round_stochastically(p, sr_key, index)
+        if MASKED:
+            tl.store(param + offs, rounded, mask=mask)
+        else:
+            tl.store(param + offs, rounded)
+    else:
+        _store(param, offs, p, mask, MASKED)
     _store(exp_avg, offs, m, mask, MASKED)
 
 
@@ -430,28 +492,37 @@ def _update_kernel(
     coef,
     status,
     ELEM: tl.constexpr,
+    GRAD_ELEM: tl.constexpr,
+    STATE_ELEM: tl.constexpr,
     COMPUTE: tl.constexpr,
     IS_FP64: tl.constexpr,
     IS_ADAMW: tl.constexpr,
+    HAS_MAX: tl.constexpr,
+    MASTER: tl.constexpr,
+    STOCHASTIC: tl.constexpr,
     ALIGNED: tl.constexpr,
     CHUNK: tl.constexpr,
     BLOCK: tl.constexpr,
 ):
-    """The AdamW (IS_ADAMW) or LION update of one chunk, with the finalize's coefficients."""
+    """The AdamW (IS_ADAMW) or LION update of one chunk, with the finalize's coefficients.
+    HAS_MAX: amsgrad's running maximum; MASTER: the update runs on the fp32 master copy and
+    writes the param rounded from it; STOCHASTIC: the bfloat16 param is written with stochastic
+    rounding. A bucket holds tensors alike in all of these."""
     c = chunk_base + tl.program_id(0)
     t, start, length = _chunk_extent(tensor_table, num_tensors, chunk_table, num_chunks, c, CHUNK)
     length = tl.where(tl.load(status) != 0.0, 0, length)  # the finalize skipped this step
     param = _address(tensor_table, T_PARAM, num_tensors, t, ELEM) + start
-    grad = _address(tensor_table, T_GRAD, num_tensors, t, ELEM) + start
-    exp_avg = _address(tensor_table, T_EXP_AVG, num_tensors, t, ELEM) + start
-    exp_avg_sq = _address(tensor_table, T_EXP_AVG_SQ, num_tensors, t, ELEM) + start  # AdamW only
-    max_sq_address = tl.load(tensor_table + T_MAX_EXP_AVG_SQ * num_tensors + t)  # 0 unless amsgrad
-    max_sq = max_sq_address.to(tl.pointer_type(ELEM)) + start
+    master = _address(tensor_table, T_MASTER, num_tensors, t, tl.float32) + start  # MASTER only
+    grad = _address(tensor_table, T_GRAD, num_tensors, t, GRAD_ELEM) + start
+    exp_avg = _address(tensor_table, T_EXP_AVG, num_tensors, t, STATE_ELEM) + start
+    exp_avg_sq = _address(tensor_table, T_EXP_AVG_SQ, num_tensors, t, STATE_ELEM) + start  # AdamW only
+    max_sq = _address(tensor_table, T_MAX_EXP_AVG_SQ, num_tensors, t, STATE_ELEM) + start  # HAS_MAX only
     if ALIGNED:
         # Every address of the bucket is a multiple of 16 bytes (checked by the launcher): with
         # the unmasked full blocks below, loads and stores move 16 bytes. Inline on purpose: the
         # hint does not survive being returned from a helper.
         param = tl.multiple_of(param, 16)
+        master = tl.multiple_of(master, 16)
         grad = tl.multiple_of(grad, 16)
         exp_avg = tl.multiple_of(exp_avg, 16)
         exp_avg_sq = tl.multiple_of(exp_avg_sq, 16)
@@ -465,27 +536,17 @@ def _update_kernel(
     beta2 = _coef(coef, C_BETA2, num_tensors, t, COMPUTE)
     w2 = _coef(coef, C_ONE_MINUS_BETA2, num_tensors, t, COMPUTE)
     eps = _coef(coef, C_EPS, num_tensors, t, COMPUTE)
+    sr_key = tl.load(coef + C_SR_KEY * num_tensors + t).to(tl.uint32)
     full = (length // BLOCK) * BLOCK
-    if max_sq_address != 0:
-        for i in range(0, full, BLOCK):
-            offs = i + tl.arange(0, BLOCK).to(tl.int64)
-            _update_block(param, grad, exp_avg, exp_avg_sq, max_sq, offs, offs < length,
-                          grad_scale, decay, step_size, bc2_sqrt, beta1, w1, beta2, w2, eps,
-                          COMPUTE, IS_FP64, IS_ADAMW, True, False)  # fmt: skip
-        offs = full + tl.arange(0, BLOCK).to(tl.int64)
-        _update_block(param, grad, exp_avg, exp_avg_sq, max_sq, offs, offs < length,
+    for i in range(0, full, BLOCK):
+        offs = i + tl.arange(0, BLOCK).to(tl.int64)
+        _update_block(param, master, grad, exp_avg, exp_avg_sq, max_sq, offs, offs < length, start + offs, sr_key,
                       grad_scale, decay, step_size, bc2_sqrt, beta1, w1, beta2, w2, eps,
-                      COMPUTE, IS_FP64, IS_ADAMW, True, True)  # fmt: skip
-    else:
-        for i in range(0, full, BLOCK):
-            offs = i + tl.arange(0, BLOCK).to(tl.int64)
-            _update_block(param, grad, exp_avg, exp_avg_sq, max_sq, offs, offs < length,
-                          grad_scale, decay, step_size, bc2_sqrt, beta1, w1, beta2, w2, eps,
-                          COMPUTE, IS_FP64, IS_ADAMW, False, False)  # fmt: skip
-        offs = full + tl.arange(0, BLOCK).to(tl.int64)
-        _update_block(param, grad, exp_avg, exp_avg_sq, max_sq, offs, offs < length,
-                      grad_scale, decay, step_size, bc2_sqrt, beta1, w1, beta2, w2, eps,
-                      COMPUTE, IS_FP64, IS_ADAMW, False, True)  # fmt: skip
+                      COMPUTE, IS_FP64, IS_ADAMW, HAS_MAX, MASTER, STOCHASTIC, False)  # fmt: skip
+    offs = full + tl.arange(0, BLOCK).to(tl.int64)
+    _update_block(param, master, grad, exp_avg, exp_avg_sq, max_sq, offs, offs < length, start + offs, sr_key,
+                  grad_scale, decay, step_size, bc2_sqrt, beta1, w1, beta2, w2, eps,
+                  COMPUTE, IS_FP64, IS_ADAMW, HAS_MAX, MASTER, STOCHASTIC, True)  # fmt: skip
 
 
 @triton.jit

@@ -44,7 +44,7 @@ def _variants():
             f"grad_sumsq-{elem}-agc{with_param}",
             kernels._grad_sumsq_kernel,
             sig,
-            dict(_chunk_constexprs(elem), WITH_PARAM=with_param, ALIGNED=True),
+            dict(_chunk_constexprs(elem), GRAD_ELEM=ELEMS[elem], WITH_PARAM=with_param, ALIGNED=True),
         )
     for with_param in (False, True):
         sig = dict(tensor_table="*i64", num_tensors="i32", partial_grad="*fp64", partial_param="*fp64",
@@ -64,9 +64,23 @@ def _variants():
                                                                    out_offset="*fp64"), dict(REGISTERS=64)  # fmt: skip
     for elem, name in itertools.product(ELEMS, ("adamw", "lion")):
         for aligned in (True, False):
-            flags = dict(_chunk_constexprs(elem), IS_FP64=elem == "fp64", IS_ADAMW=name == "adamw", ALIGNED=aligned)
+            flags = dict(_chunk_constexprs(elem), GRAD_ELEM=ELEMS[elem], STATE_ELEM=ELEMS[elem],
+                         IS_FP64=elem == "fp64", IS_ADAMW=name == "adamw", HAS_MAX=name == "adamw",
+                         MASTER=False, STOCHASTIC=False, ALIGNED=aligned)  # fmt: skip
             yield (f"{name}-{elem}" + ("" if aligned else "-unaligned"), kernels._update_kernel,
                    dict(CHUNKED, coef="*fp64", status="*fp32"), flags)  # fmt: skip
+    # Mixed precision: fp32 master + fp32 grads (main_grad), stochastic rounding, bf16 states.
+    mixed = {
+        "master": dict(ELEM=tl.bfloat16, GRAD_ELEM=tl.float32, STATE_ELEM=tl.float32, MASTER=True, STOCHASTIC=False),
+        "stochastic": dict(ELEM=tl.bfloat16, GRAD_ELEM=tl.bfloat16, STATE_ELEM=tl.bfloat16, MASTER=False,
+                           STOCHASTIC=True),
+        "bf16-states": dict(ELEM=tl.float32, GRAD_ELEM=tl.float32, STATE_ELEM=tl.bfloat16, MASTER=False,
+                            STOCHASTIC=False),
+    }  # fmt: skip
+    for (label, storage), name in itertools.product(mixed.items(), ("adamw", "lion")):
+        flags = dict(_chunk_constexprs("bf16"), **storage, IS_FP64=False, IS_ADAMW=name == "adamw", HAS_MAX=False,
+                     ALIGNED=True)  # fmt: skip
+        yield f"{name}-{label}", kernels._update_kernel, dict(CHUNKED, coef="*fp64", status="*fp32"), flags
 
 
 VARIANTS = list(_variants())

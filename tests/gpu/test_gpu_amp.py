@@ -3,7 +3,7 @@ graph that skips non-finite steps on the device exactly as eager steps do."""
 
 import pytest
 import torch
-from helpers import assert_states_close, clone_params, make_grads, make_params, run_steps
+from helpers import assert_states_close, capture_step, clone_params, make_grads, make_params, run_steps
 
 import fusedlr
 from fusedlr import schedules
@@ -59,14 +59,7 @@ def test_captured_step_skips_nonfinite_steps_like_eager(kernel_backend):
                         backend=kernel_backend)  # fmt: skip
     for p, g in zip(graphed, grads[0]):
         p.grad = g.clone()
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):
-        opt.step()
-    torch.cuda.current_stream().wait_stream(side)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        opt.step()
+    graph = capture_step(opt)  # after an eager warm-up step: step 0
     for step_grads in grads[1:]:
         for p, g in zip(graphed, step_grads):
             p.grad.copy_(g)

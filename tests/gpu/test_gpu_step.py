@@ -4,7 +4,7 @@ Skipped without a GPU."""
 
 import pytest
 import torch
-from helpers import assert_states_close, clone_params, make_grads, make_params, run_steps
+from helpers import assert_states_close, capture_step, clone_params, make_grads, make_params, run_steps
 from oracles import hf_cosine_with_min_lr, hf_inverse_sqrt, hf_linear, run_by_hand
 
 import fusedlr
@@ -220,14 +220,7 @@ def test_cuda_graph_capture_and_replay_match_eager(kernel_backend):
     opt = fusedlr.AdamW(graphed, lr=1e-2, max_grad_norm=1.0, schedule=schedule, backend=kernel_backend)
     for p, g in zip(graphed, grads[0]):
         p.grad = g.clone()  # static grad buffers, refilled before every replay
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):
-        opt.step()  # warm-up step 0, eager: builds the plan and uploads the tables
-    torch.cuda.current_stream().wait_stream(side)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        opt.step()
+    graph = capture_step(opt)  # after an eager warm-up step: step 0
     captured_norm = opt.last_grad_norm
     norms = [None]
     for step_grads in grads[1:]:
