@@ -55,6 +55,17 @@ std::pair<double, double> schedule_on_cpu(const std::vector<double>& program, in
   return {scale, offset};
 }
 
+void mixed_update_on_cpu_checked(bool is_adamw, int param_dtype, int grad_dtype, int state_dtype, uint64_t param,
+                                 uint64_t master, uint64_t grad, uint64_t exp_avg, uint64_t exp_avg_sq,
+                                 uint64_t max_sq, int64_t numel, int64_t first_index, const std::vector<double>& coef,
+                                 bool stochastic) {
+  if (coef.size() != static_cast<size_t>(kCoefColumns)) {
+    throw std::invalid_argument("fusedlr: mixed_update_on_cpu takes one value per coef column");
+  }
+  mixed_update_on_cpu(is_adamw, param_dtype, grad_dtype, state_dtype, param, master, grad, exp_avg, exp_avg_sq,
+                      max_sq, numel, first_index, coef.data(), stochastic);
+}
+
 }  // namespace
 
 PYBIND11_MODULE(_C, m) {
@@ -63,7 +74,8 @@ PYBIND11_MODULE(_C, m) {
   m.def("schedule_on_cpu", &schedule_on_cpu, "The CUDA schedule interpreter's logic, run on the CPU (for tests)",
         py::arg("program"), py::arg("num_instructions"), py::arg("scale_register"), py::arg("offset_register"),
         py::arg("k"));
-  m.def("grad_sumsq", &grad_sumsq, py::arg("dtype"), py::arg("tensor_table"), py::arg("num_tensors"),
+  m.def("grad_sumsq", &grad_sumsq, py::arg("dtype"), py::arg("grad_dtype"), py::arg("tensor_table"),
+        py::arg("num_tensors"),
         py::arg("chunk_table"), py::arg("num_chunks"), py::arg("chunk_begin"), py::arg("chunk_count"),
         py::arg("chunk_size"), py::arg("partial_grad"), py::arg("partial_param"), py::arg("with_param"),
         py::arg("found_inf"), py::arg("stream"));
@@ -81,4 +93,13 @@ PYBIND11_MODULE(_C, m) {
   m.def("lion_update", &lion_update, py::arg("dtype"), py::arg("tensor_table"), py::arg("num_tensors"),
         py::arg("chunk_table"), py::arg("num_chunks"), py::arg("chunk_begin"), py::arg("chunk_count"),
         py::arg("chunk_size"), py::arg("coef"), py::arg("found_inf"), py::arg("stream"));
+  m.def("mixed_update", &mixed_update, py::arg("is_adamw"), py::arg("param_dtype"), py::arg("grad_dtype"),
+        py::arg("state_dtype"), py::arg("tensor_table"), py::arg("num_tensors"), py::arg("chunk_table"),
+        py::arg("num_chunks"), py::arg("chunk_begin"), py::arg("chunk_count"), py::arg("chunk_size"),
+        py::arg("coef"), py::arg("found_inf"), py::arg("stochastic"), py::arg("stream"));
+  m.def("mixed_update_on_cpu", &mixed_update_on_cpu_checked,
+        "The mixed-precision update's element code run on host memory (CPU tensors), for tests",
+        py::arg("is_adamw"), py::arg("param_dtype"), py::arg("grad_dtype"), py::arg("state_dtype"), py::arg("param"),
+        py::arg("master"), py::arg("grad"), py::arg("exp_avg"), py::arg("exp_avg_sq"), py::arg("max_sq"),
+        py::arg("numel"), py::arg("first_index"), py::arg("coef"), py::arg("stochastic"));
 }

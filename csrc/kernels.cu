@@ -10,8 +10,10 @@
 
 #include <cmath>
 #include <cstdint>
+#include <cstring>
 #include <stdexcept>
 #include <string>
+#include <type_traits>
 
 #include "kernels.h"
 #include "layout.h"
@@ -112,6 +114,54 @@ __device__ bool aligned16(const void* a, const void* b = nullptr, const void* c 
   return (bits & 15) == 0;
 }
 
+// ----- mixed precision: storage by tag, bf16 rounding on integer bits, stochastic rounding -----
+// Host and device alike, so that tests without a GPU run the same element code
+// (mixed_update_on_cpu). The hash and the roundings are fusedlr/_precision.py's, bit for bit.
+
+__host__ __device__ inline uint32_t hash32(uint32_t x) {  // lowbias32
+  x ^= x >> 16;
+  x *= 0x7FEB352Du;
+  x ^= x >> 15;
+  x *= 0x846CA68Bu;
+  return x ^ (x >> 16);
+}
+
+__host__ __device__ inline uint16_t bf16_from_bits(uint32_t bits, float value) {
+  return value != value ? uint16_t(0x7FC0) : static_cast<uint16_t>(bits >> 16);  // NaN: the quiet NaN
+}
+
+struct F32 {
+  using T = float;
+  __host__ __device__ static float load(float x) { return x; }
+  __host__ __device__ static float store(float x) { return x; }
+};
+struct F16 {
+  using T = __half;
+  __host__ __device__ static float load(__half x) { return __half2float(x); }
+  __host__ __device__ static __half store(float x) { return __float2half_rn(x); }
+};
+struct BF16 {  // bfloat16 held as its 16 bits
+  using T = uint16_t;
+  __host__ __device__ static float load(uint16_t x) {
+    const uint32_t bits = static_cast<uint32_t>(x) << 16;
+    float value;
+    memcpy(&value, &bits, 4);
+    return value;
+  }
+  __host__ __device__ static uint16_t store(float x) {  // round to nearest even, c10's rule
+    uint32_t bits;
+    memcpy(&bits, &x, 4);
+    return bf16_from_bits(bits + 0x7FFFu + ((bits >> 16) & 1u), x);
+  }
+  __host__ __device__ static uint16_t store_stochastic(float x, uint32_t key, int64_t index) {
+    uint32_t bits;
+    memcpy(&bits, &x, 4);
+    const uint32_t inner = hash32(key + static_cast<uint32_t>(static_cast<uint64_t>(index) >> 32));
+    const uint32_t noise = hash32(static_cast<uint32_t>(index) ^ inner) & 0xFFFFu;
+    return bf16_from_bits(bits + noise, x);
+  }
+};
+
 // ----- 1. norm pass: per-chunk partial sums of squares -------------------------------------------
 
 template <typename T>
@@ -145,6 +195,36 @@ __global__ void grad_sumsq_kernel(const int64_t* tensor_table, int64_t num_tenso
       acc_grad += g * g;
       if (with_param) {
         const Acc p = S::load(param[i]);
+        acc_param += p * p;
+      }
+    }
+    const double total_grad = block_sum(static_cast<double>(acc_grad), shared);
+    const double total_param = with_param ? block_sum(static_cast<double>(acc_param), shared) : 0.0;
+    if (threadIdx.x == 0) {
+      partial_grad[c] = total_grad;
+      if (with_param) partial_param[c] = total_param;
+    }
+  }
+}
+
+// Grads stored apart from their params (fp32 main_grad beside bf16/fp16 params): scalar loads.
+template <typename P, typename G>
+__global__ void mixed_grad_sumsq_kernel(const int64_t* tensor_table, int64_t num_tensors, const int64_t* chunk_table,
+                                        int64_t num_chunks, int64_t chunk_begin, int64_t chunk_count,
+                                        int64_t chunk_size, double* partial_grad, double* partial_param,
+                                        bool with_param, const float* found_inf) {
+  if (skipped(found_inf)) return;
+  __shared__ double shared[kThreads];
+  for (int64_t c = chunk_begin + blockIdx.x; c < chunk_begin + chunk_count; c += gridDim.x) {
+    const Chunk chunk = chunk_at(tensor_table, num_tensors, chunk_table, num_chunks, c, chunk_size);
+    const auto* grad = address<typename G::T>(tensor_table, kGrad, num_tensors, chunk.tensor) + chunk.start;
+    const auto* param = address<typename P::T>(tensor_table, kParam, num_tensors, chunk.tensor) + chunk.start;
+    float acc_grad = 0, acc_param = 0;
+    for (int64_t i = threadIdx.x; i < chunk.length; i += blockDim.x) {
+      const float g = G::load(grad[i]);
+      acc_grad += g * g;
+      if (with_param) {
+        const float p = P::load(param[i]);
         acc_param += p * p;
       }
     }
@@ -318,6 +398,11 @@ __global__ void finalize_kernel(const int64_t* tensor_table, int64_t num_tensors
     coef[kCoefBeta2 * num_tensors + t] = beta2;
     coef[kOneMinusBeta2 * num_tensors + t] = 1.0 - beta2;
     coef[kCoefEps * num_tensors + t] = hyper[kEps * num_groups + group];
+    // The key of this update's stochastic-rounding stream: hash(hash(hash(seed) ^ position) + k).
+    const uint32_t seed = static_cast<uint32_t>(hyper[kSeed * num_groups + group]);
+    const uint32_t position = static_cast<uint32_t>(tensor_table[kPosition * num_tensors + t]);
+    const uint32_t key = hash32(hash32(hash32(seed) ^ position) + static_cast<uint32_t>(step_count));
+    coef[kSrKey * num_tensors + t] = static_cast<double>(key);
   }
   __syncthreads();  // every thread has read the counter before it moves
   if (threadIdx.x == 0 && !skip) *counter = step_count + 1;
@@ -327,7 +412,8 @@ __global__ void finalize_kernel(const int64_t* tensor_table, int64_t num_tensors
 
 template <typename Acc> struct Coefs {
   Acc grad_scale, decay, step_size, bc2_sqrt, beta1, w1, beta2, w2, eps;
-  __device__ Coefs(const double* coef, int64_t num_tensors, int64_t t)
+  // From the finalize's table (stride num_tensors), or from kCoefColumns values (stride 1, t 0).
+  __host__ __device__ Coefs(const double* coef, int64_t num_tensors, int64_t t)
       : grad_scale(static_cast<Acc>(coef[kGradScale * num_tensors + t])),
         decay(static_cast<Acc>(coef[kDecay * num_tensors + t])),
         step_size(static_cast<Acc>(coef[kStepSize * num_tensors + t])),
@@ -341,7 +427,7 @@ template <typename Acc> struct Coefs {
 
 struct AdamW {
   template <typename Acc>
-  __device__ static void apply(const Coefs<Acc>& k, Acc& p, Acc g, Acc& m, Acc& v, Acc* v_max) {
+  __host__ __device__ static void apply(const Coefs<Acc>& k, Acc& p, Acc g, Acc& m, Acc& v, Acc* v_max) {
     g = g * k.grad_scale;
     p = p * k.decay;
     // torch's lerp(m, g, w): two forms, picked by |w| < 0.5.
@@ -358,7 +444,7 @@ struct AdamW {
 
 struct Lion {
   template <typename Acc>
-  __device__ static void apply(const Coefs<Acc>& k, Acc& p, Acc g, Acc& m, Acc&, Acc*) {
+  __host__ __device__ static void apply(const Coefs<Acc>& k, Acc& p, Acc g, Acc& m, Acc&, Acc*) {
     g = g * k.grad_scale;
     p = p * k.decay;
     const Acc update = m * k.beta1 + k.w1 * g;
@@ -423,6 +509,56 @@ __global__ void update_kernel(const int64_t* tensor_table, int64_t num_tensors, 
   }
 }
 
+// Buckets whose tensors are not all stored alike (fp32 master, stochastic rounding, moments or
+// grads in another dtype than the param): scalar accesses, maths in float, one rounding per
+// stored value; the same function runs on the host for tests.
+template <typename P, typename G, typename S, typename Rule>
+__host__ __device__ void mixed_element(const Coefs<float>& k, typename P::T* param, float* master,
+                                       const typename G::T* grad, typename S::T* exp_avg, typename S::T* exp_avg_sq,
+                                       typename S::T* max_sq, int64_t i, bool stochastic, uint32_t key,
+                                       int64_t index) {
+  float p = master != nullptr ? master[i] : P::load(param[i]);
+  float m = S::load(exp_avg[i]);
+  float v = exp_avg_sq != nullptr ? S::load(exp_avg_sq[i]) : 0.0f;
+  float v_max = max_sq != nullptr ? S::load(max_sq[i]) : 0.0f;
+  Rule::apply(k, p, G::load(grad[i]), m, v, max_sq != nullptr ? &v_max : nullptr);
+  if (master != nullptr) master[i] = p;
+  if constexpr (std::is_same_v<P, BF16>) {
+    param[i] = stochastic ? BF16::store_stochastic(p, key, index) : BF16::store(p);
+  } else {
+    param[i] = P::store(p);
+  }
+  exp_avg[i] = S::store(m);
+  if (exp_avg_sq != nullptr) exp_avg_sq[i] = S::store(v);
+  if (max_sq != nullptr) max_sq[i] = S::store(v_max);
+}
+
+template <typename P, typename G, typename S, typename Rule, bool kHasSecondMoment>
+__global__ void mixed_update_kernel(const int64_t* tensor_table, int64_t num_tensors, const int64_t* chunk_table,
+                                    int64_t num_chunks, int64_t chunk_begin, int64_t chunk_count, int64_t chunk_size,
+                                    const double* coef, const float* found_inf, bool stochastic) {
+  if (skipped(found_inf)) return;
+  for (int64_t c = chunk_begin + blockIdx.x; c < chunk_begin + chunk_count; c += gridDim.x) {
+    const Chunk chunk = chunk_at(tensor_table, num_tensors, chunk_table, num_chunks, c, chunk_size);
+    const int64_t t = chunk.tensor;
+    auto* param = address<typename P::T>(tensor_table, kParam, num_tensors, t) + chunk.start;
+    float* master = address<float>(tensor_table, kMaster, num_tensors, t);
+    if (master != nullptr) master += chunk.start;
+    const auto* grad = address<typename G::T>(tensor_table, kGrad, num_tensors, t) + chunk.start;
+    auto* exp_avg = address<typename S::T>(tensor_table, kExpAvg, num_tensors, t) + chunk.start;
+    typename S::T* exp_avg_sq = nullptr;
+    if (kHasSecondMoment) exp_avg_sq = address<typename S::T>(tensor_table, kExpAvgSq, num_tensors, t) + chunk.start;
+    auto* max_sq = address<typename S::T>(tensor_table, kMaxExpAvgSq, num_tensors, t);
+    if (max_sq != nullptr) max_sq += chunk.start;
+    const Coefs<float> k(coef, num_tensors, t);
+    const uint32_t key = static_cast<uint32_t>(coef[kSrKey * num_tensors + t]);
+    for (int64_t i = threadIdx.x; i < chunk.length; i += blockDim.x) {
+      mixed_element<P, G, S, Rule>(k, param, master, grad, exp_avg, exp_avg_sq, max_sq, i, stochastic, key,
+                                   chunk.start + i);
+    }
+  }
+}
+
 template <typename T> const T* as_ptr(uint64_t address) { return reinterpret_cast<const T*>(address); }
 template <typename T> T* as_mut(uint64_t address) { return reinterpret_cast<T*>(address); }
 cudaStream_t as_stream(uint64_t stream) { return reinterpret_cast<cudaStream_t>(stream); }
@@ -440,10 +576,25 @@ template <typename Launch> void dispatch(int dtype, Launch&& launch) {
 
 }  // namespace
 
-void grad_sumsq(int dtype, uint64_t tensor_table, int64_t num_tensors, uint64_t chunk_table, int64_t num_chunks,
-                int64_t chunk_begin, int64_t chunk_count, int64_t chunk_size, uint64_t partial_grad,
-                uint64_t partial_param, bool with_param, uint64_t found_inf, uint64_t stream) {
+void grad_sumsq(int dtype, int grad_dtype, uint64_t tensor_table, int64_t num_tensors, uint64_t chunk_table,
+                int64_t num_chunks, int64_t chunk_begin, int64_t chunk_count, int64_t chunk_size,
+                uint64_t partial_grad, uint64_t partial_param, bool with_param, uint64_t found_inf, uint64_t stream) {
   if (chunk_count == 0) return;
+  if (grad_dtype != dtype) {  // fp32 grads beside bf16/fp16 params
+    if (grad_dtype != kFloat32 || (dtype != kBFloat16 && dtype != kFloat16)) {
+      throw std::invalid_argument("fusedlr: grads of dtype code " + std::to_string(grad_dtype) +
+                                  " for params of dtype code " + std::to_string(dtype));
+    }
+    auto launch = [&](auto param_tag) {
+      mixed_grad_sumsq_kernel<decltype(param_tag), F32><<<chunk_grid(chunk_count), kThreads, 0, as_stream(stream)>>>(
+          as_ptr<int64_t>(tensor_table), num_tensors, as_ptr<int64_t>(chunk_table), num_chunks, chunk_begin,
+          chunk_count, chunk_size, as_mut<double>(partial_grad), as_mut<double>(partial_param), with_param,
+          as_ptr<float>(found_inf));
+    };
+    if (dtype == kBFloat16) launch(BF16{}); else launch(F16{});
+    check(cudaGetLastError(), "mixed_grad_sumsq_kernel");
+    return;
+  }
   dispatch(dtype, [&](auto tag) {
     using T = decltype(tag);
     grad_sumsq_kernel<T><<<chunk_grid(chunk_count), kThreads, 0, as_stream(stream)>>>(
@@ -506,6 +657,68 @@ void lion_update(int dtype, uint64_t tensor_table, int64_t num_tensors, uint64_t
                  uint64_t stream) {
   launch_update<Lion, false>(dtype, tensor_table, num_tensors, chunk_table, num_chunks, chunk_begin, chunk_count,
                              chunk_size, coef, found_inf, stream);
+}
+
+namespace {
+
+// Calls launch(P{}, G{}, S{}) for the storage tags of a mixed bucket; the combinations the
+// Python side can produce (fusedlr/_precision.py), nothing else.
+template <typename Launch> void dispatch_mixed(int p, int g, int s, Launch&& launch) {
+  const auto is = [=](int a, int b, int c) { return p == a && g == b && s == c; };
+  if (is(kFloat32, kFloat32, kFloat32)) return launch(F32{}, F32{}, F32{});
+  if (is(kFloat32, kFloat32, kBFloat16)) return launch(F32{}, F32{}, BF16{});
+  if (is(kBFloat16, kBFloat16, kFloat32)) return launch(BF16{}, BF16{}, F32{});
+  if (is(kBFloat16, kBFloat16, kBFloat16)) return launch(BF16{}, BF16{}, BF16{});
+  if (is(kBFloat16, kFloat32, kFloat32)) return launch(BF16{}, F32{}, F32{});
+  if (is(kBFloat16, kFloat32, kBFloat16)) return launch(BF16{}, F32{}, BF16{});
+  if (is(kFloat16, kFloat16, kFloat32)) return launch(F16{}, F16{}, F32{});
+  if (is(kFloat16, kFloat16, kBFloat16)) return launch(F16{}, F16{}, BF16{});
+  if (is(kFloat16, kFloat16, kFloat16)) return launch(F16{}, F16{}, F16{});
+  if (is(kFloat16, kFloat32, kFloat32)) return launch(F16{}, F32{}, F32{});
+  if (is(kFloat16, kFloat32, kBFloat16)) return launch(F16{}, F32{}, BF16{});
+  if (is(kFloat16, kFloat32, kFloat16)) return launch(F16{}, F32{}, F16{});
+  throw std::invalid_argument("fusedlr: no mixed-precision kernel for param/grad/state dtype codes " +
+                              std::to_string(p) + "/" + std::to_string(g) + "/" + std::to_string(s));
+}
+
+}  // namespace
+
+void mixed_update(bool is_adamw, int param_dtype, int grad_dtype, int state_dtype, uint64_t tensor_table,
+                  int64_t num_tensors, uint64_t chunk_table, int64_t num_chunks, int64_t chunk_begin,
+                  int64_t chunk_count, int64_t chunk_size, uint64_t coef, uint64_t found_inf, bool stochastic,
+                  uint64_t stream) {
+  if (chunk_count == 0) return;
+  dispatch_mixed(param_dtype, grad_dtype, state_dtype, [&](auto p, auto g, auto s) {
+    using P = decltype(p);
+    using G = decltype(g);
+    using S = decltype(s);
+    const auto launch = [&](auto kernel) {
+      kernel<<<chunk_grid(chunk_count), kThreads, 0, as_stream(stream)>>>(
+          as_ptr<int64_t>(tensor_table), num_tensors, as_ptr<int64_t>(chunk_table), num_chunks, chunk_begin,
+          chunk_count, chunk_size, as_ptr<double>(coef), as_ptr<float>(found_inf), stochastic);
+    };
+    if (is_adamw) launch(mixed_update_kernel<P, G, S, AdamW, true>);
+    else launch(mixed_update_kernel<P, G, S, Lion, false>);
+  });
+  check(cudaGetLastError(), "mixed_update_kernel");
+}
+
+void mixed_update_on_cpu(bool is_adamw, int param_dtype, int grad_dtype, int state_dtype, uint64_t param,
+                         uint64_t master, uint64_t grad, uint64_t exp_avg, uint64_t exp_avg_sq, uint64_t max_sq,
+                         int64_t numel, int64_t first_index, const double* coef, bool stochastic) {
+  dispatch_mixed(param_dtype, grad_dtype, state_dtype, [&](auto p, auto g, auto s) {
+    using P = decltype(p);
+    using G = decltype(g);
+    using S = decltype(s);
+    const Coefs<float> k(coef, 1, 0);
+    const uint32_t key = static_cast<uint32_t>(coef[kSrKey]);
+    for (int64_t i = 0; i < numel; ++i) {
+      auto element = is_adamw ? mixed_element<P, G, S, AdamW> : mixed_element<P, G, S, Lion>;
+      element(k, as_mut<typename P::T>(param), as_mut<float>(master), as_ptr<typename G::T>(grad),
+              as_mut<typename S::T>(exp_avg), as_mut<typename S::T>(exp_avg_sq), as_mut<typename S::T>(max_sq), i,
+              stochastic, key, first_index + i);
+    }
+  });
 }
 
 void run_schedule_program(const double* program, int num_instructions, int scale_register, int offset_register,

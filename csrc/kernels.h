@@ -9,9 +9,10 @@
 
 namespace fusedlr {
 
-void grad_sumsq(int dtype, uint64_t tensor_table, int64_t num_tensors, uint64_t chunk_table, int64_t num_chunks,
-                int64_t chunk_begin, int64_t chunk_count, int64_t chunk_size, uint64_t partial_grad,
-                uint64_t partial_param, bool with_param, uint64_t found_inf, uint64_t stream);
+// `grad_dtype` differs from `dtype` only for float32 grads beside bf16/fp16 params.
+void grad_sumsq(int dtype, int grad_dtype, uint64_t tensor_table, int64_t num_tensors, uint64_t chunk_table,
+                int64_t num_chunks, int64_t chunk_begin, int64_t chunk_count, int64_t chunk_size,
+                uint64_t partial_grad, uint64_t partial_param, bool with_param, uint64_t found_inf, uint64_t stream);
 
 void tensor_sumsq(uint64_t tensor_table, int64_t num_tensors, uint64_t partial_grad, uint64_t partial_param,
                   uint64_t grad_sumsq, uint64_t param_sumsq, bool with_param, uint64_t found_inf, uint64_t stream);
@@ -32,6 +33,22 @@ void adamw_update(int dtype, uint64_t tensor_table, int64_t num_tensors, uint64_
 void lion_update(int dtype, uint64_t tensor_table, int64_t num_tensors, uint64_t chunk_table, int64_t num_chunks,
                  int64_t chunk_begin, int64_t chunk_count, int64_t chunk_size, uint64_t coef, uint64_t found_inf,
                  uint64_t stream);
+
+// A bucket whose tensors are not all stored in the param's dtype: an fp32 master copy (the
+// tensor table's master column, 0 where none), moments in `state_dtype`, grads in `grad_dtype`,
+// and for bfloat16 params without a master optionally stochastic rounding keyed by the
+// finalize's sr_key column. Scalar accesses; maths in float.
+void mixed_update(bool is_adamw, int param_dtype, int grad_dtype, int state_dtype, uint64_t tensor_table,
+                  int64_t num_tensors, uint64_t chunk_table, int64_t num_chunks, int64_t chunk_begin,
+                  int64_t chunk_count, int64_t chunk_size, uint64_t coef, uint64_t found_inf, bool stochastic,
+                  uint64_t stream);
+
+// The element code of mixed_update run on host memory (CPU tensors' addresses), for tests
+// without a GPU: `coef` holds the kCoefColumns values of one tensor; `first_index` is the
+// offset of element 0 in its tensor (the stochastic-rounding stream's index).
+void mixed_update_on_cpu(bool is_adamw, int param_dtype, int grad_dtype, int state_dtype, uint64_t param,
+                         uint64_t master, uint64_t grad, uint64_t exp_avg, uint64_t exp_avg_sq, uint64_t max_sq,
+                         int64_t numel, int64_t first_index, const double* coef, bool stochastic);
 
 // Runs a schedule program on the host side of this library (a CPU twin of the device
 // interpreter, compiled from the same source), for tests without a GPU.

@@ -56,27 +56,8 @@ def available() -> bool:
     return load() is not None and torch.cuda.is_available()
 
 
-def check_supported(pairs, grads) -> None:
-    """The CUDA kernels store every tensor of a bucket in the param's dtype: refuse, before
-    anything is modified, what only the Triton kernels implement."""
-    from . import _precision
-
-    for (param, group), grad in zip(pairs, grads):
-        wanted = [
-            name
-            for name, on in (
-                ("master_weights", _precision.has_master(param, group)),
-                ("stochastic_rounding", _precision.rounds_stochastically(param, group)),
-                ("state_dtype", _precision.state_dtype(param, group) != param.dtype),
-                (f"{grad.dtype} grads for {param.dtype} params", grad.dtype != param.dtype),
-            )
-            if on
-        ]
-        if wanted:
-            raise RuntimeError(
-                f"fusedlr: the cuda backend does not implement {', '.join(wanted)} yet; use backend='triton' "
-                "(the default on CUDA) or 'torch'"
-            )
+def _stored_alike(bucket) -> bool:
+    return bucket.grad_dtype == bucket.dtype == bucket.state_dtype and not bucket.master and not bucket.stochastic
 
 
 def step_(opt, items, grads, host_multiplier, key, active_groups):
@@ -96,7 +77,8 @@ def step_(opt, items, grads, host_multiplier, key, active_groups):
         stream = torch.cuda.current_stream(device).cuda_stream
         if flags.has_norms:
             for bucket in plan.buckets:
-                ext.grad_sumsq(DTYPE_CODES[bucket.dtype], *tables, *chunks, bucket.chunk_begin, bucket.num_chunks,
+                ext.grad_sumsq(DTYPE_CODES[bucket.dtype], DTYPE_CODES[bucket.grad_dtype], *tables, *chunks,
+                               bucket.chunk_begin, bucket.num_chunks,
                                _plan.CHUNK_SIZE, plan.partial_grad.data_ptr(), plan.partial_param.data_ptr(),
                                flags.has_agc, 0, stream)  # fmt: skip
             ext.tensor_sumsq(*tables, plan.partial_grad.data_ptr(), plan.partial_param.data_ptr(),
@@ -109,15 +91,11 @@ def step_(opt, items, grads, host_multiplier, key, active_groups):
                      flags.skip_nonfinite, stream)  # fmt: skip
         update = ext.adamw_update if flags.is_adamw else ext.lion_update
         for bucket in plan.buckets:
-            update(
-                DTYPE_CODES[bucket.dtype],
-                *tables,
-                *chunks,
-                bucket.chunk_begin,
-                bucket.num_chunks,
-                _plan.CHUNK_SIZE,
-                plan.coef.data_ptr(),
-                status,
-                stream,
-            )  # the finalize's skip flag
+            chunk_range = (bucket.chunk_begin, bucket.num_chunks, _plan.CHUNK_SIZE)
+            if _stored_alike(bucket):  # the vectorised kernels: everything in the param's dtype
+                update(DTYPE_CODES[bucket.dtype], *tables, *chunks, *chunk_range, plan.coef.data_ptr(), status, stream)
+            else:  # master copy, stochastic rounding, or grads/moments in another dtype
+                ext.mixed_update(flags.is_adamw, DTYPE_CODES[bucket.dtype], DTYPE_CODES[bucket.grad_dtype],
+                                 DTYPE_CODES[bucket.state_dtype], *tables, *chunks, *chunk_range,
+                                 plan.coef.data_ptr(), status, bucket.stochastic, stream)  # fmt: skip
     return norm

@@ -14,7 +14,7 @@ from numbers import Real
 
 import torch
 
-from . import _backends, _fused, _precision, reference
+from . import _backends, _compile, _fused, _precision, reference
 from ._state import StateTable as _StateTable
 from .schedules import Schedule, check_schedule
 
@@ -112,6 +112,7 @@ class _FusedOptimizer(torch.optim.Optimizer):
         self._step_cache = None  # _StepCache of the last kernel-backend step
         super().__init__(params, defaults)
         self.state = _StateTable(self.state)
+        self._compile_handle = _compile.register(self)  # names this optimizer inside compiled graphs
         device = self.param_groups[0]["params"][0].device
         # The schedule counter: updates applied so far. It lives on the device so that the
         # kernels read and advance it without the host; `_host_step` mirrors it for schedules
@@ -126,12 +127,15 @@ class _FusedOptimizer(torch.optim.Optimizer):
         super().add_param_group(param_group)
         _check_group_hypers(self.param_groups[-1])
         _precision.check_group_options(self.param_groups[-1])
+        self._flat_params = [p for group in self.param_groups for p in group["params"]]
         self._plan_cache = None
         self._step_cache = None
 
     def __setstate__(self, state: dict) -> None:
         super().__setstate__(state)
         self.state = _StateTable(self.state)
+        self._flat_params = [p for group in self.param_groups for p in group["params"]]
+        self._compile_handle = _compile.register(self)
         # Groups loaded from a torch.optim state dict lack our keys: fill them from defaults.
         for group in self.param_groups:
             for key, value in self.defaults.items():
@@ -247,10 +251,6 @@ class _FusedOptimizer(torch.optim.Optimizer):
             for (param, group), grad in zip(pairs, grads):
                 self._check_param(param, grad, group)
             _fused.check_inputs(pairs, grads, {p.device for p in params}, self.state)
-            if backend == "cuda":
-                from . import _cuda
-
-                _cuda.check_supported(pairs, grads)
             items = [(p, group, self._init_state(p, group)) for p, group in pairs]
             key[-1] = self.state.version  # after the states were made
         self._step_cache = _StepCache(key, items, grads)
@@ -271,11 +271,17 @@ class _FusedOptimizer(torch.optim.Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
+        if torch.compiler.is_compiling():
+            _compile.step_in_graph(self)  # one opaque op in the graph; it runs _eager_step
+        else:
+            self._eager_step()
+        return loss
 
+    def _eager_step(self) -> None:
         # Everything is checked before anything is modified: a failed step changes nothing.
         params, grads, counts = self._active()
         if not params:
-            return loss
+            return
         device = params[0].device
         backend = _backends.choose(self.backend, device)
         if backend in ("triton", "cuda"):
@@ -310,9 +316,8 @@ class _FusedOptimizer(torch.optim.Optimizer):
                 self._schedule_step += 1
             else:
                 self.skipped_steps += 1
-                return loss
+                return
         self._host_step += 1
-        return loss
 
     # ----- state dict ---------------------------------------------------------------------
     def state_dict(self) -> dict:
@@ -357,7 +362,10 @@ class AdamW(_FusedOptimizer):
     """AdamW with decoupled weight decay, fused global-norm/AGC clipping and device schedules.
 
     Same update as ``torch.optim.AdamW`` preceded by ``clip_grad_norm_`` (after AGC, when both
-    are on), with the lr of update ``k`` multiplied by ``schedule(k)``.
+    are on), with the lr of update ``k`` multiplied by ``schedule(k)``. For bf16/fp16 params:
+    ``master_weights`` (an fp32 copy in the state), ``stochastic_rounding`` (bf16, keyed on
+    ``seed``), ``state_dtype`` (the moments' dtype) and ``grad_attribute`` (e.g. fp32
+    ``main_grad`` buffers); see the README, "bf16 and fp16 parameters".
     """
 
     _kind = "adamw"
@@ -416,6 +424,7 @@ class Lion(_FusedOptimizer):
     """LION (Chen et al. 2023) as in lion-pytorch, with fused clipping and device schedules.
 
     ``p *= 1 - lr * wd; p -= lr * sign(b1 * m + (1 - b1) * g); m = b2 * m + (1 - b2) * g``.
+    The bf16/fp16 options are AdamW's.
     """
 
     _kind = "lion"

@@ -77,7 +77,7 @@ def assert_same_storage(ours, theirs, atol=0.0):
         torch.testing.assert_close(ours.float(), theirs.float(), rtol=2**-6, atol=atol)
         assert (ours != theirs).float().mean().item() <= 1e-3
     else:
-        torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-7)
+        torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=max(atol, 1e-7))
 
 
 def capture_step(opt):

@@ -257,16 +257,3 @@ def test_options_a_param_cannot_take_are_refused_before_any_change(backend, dtyp
         opt.step()
     assert all(torch.equal(p.detach(), b) for p, b in zip(params, before))
     assert not any(opt.state[p] for p in params)
-
-
-def test_cuda_backend_refuses_what_only_triton_implements():
-    from fusedlr import _cuda
-
-    param = torch.ones(4, dtype=torch.bfloat16)
-    group = dict(master_weights=True, stochastic_rounding=False, state_dtype=None)
-    with pytest.raises(RuntimeError, match="does not implement master_weights"):
-        _cuda.check_supported([(param, group)], [param])
-    group = dict(master_weights=False, stochastic_rounding=False, state_dtype=None)
-    with pytest.raises(RuntimeError, match="float32 grads"):
-        _cuda.check_supported([(param, group)], [param.float()])
-    _cuda.check_supported([(param, group)], [param])  # same dtype everywhere: the CUDA kernels' case

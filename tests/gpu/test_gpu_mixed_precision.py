@@ -1,4 +1,4 @@
-"""bf16 training on the GPU: the Triton kernels against the torch backend for master weights,
+"""bf16 training on the GPU: both kernel backends against the torch backend for master weights,
 stochastic rounding and bf16 states; a small GPT-style model trained in bf16 tracking the
 fp32-master reference loss curve; CUDA-graph replays of a mixed-precision step. Skipped
 without a GPU."""
@@ -15,6 +15,7 @@ CUDA = "cuda"
 SHAPES = [(1,), (4097,), (3, 5, 7), (70_000,), (300, 257)] + [(64,)] * 20
 OPTIONS = {
     "master": dict(master_weights=True),
+    "master-fp32-main-grad": dict(master_weights=True, grad_attribute="main_grad"),
     "master-bf16-states": dict(master_weights=True, state_dtype=torch.bfloat16),
     "stochastic": dict(stochastic_rounding=True, seed=3),
     "bf16-states": dict(state_dtype=torch.bfloat16),
@@ -27,16 +28,21 @@ def _bf16(base):
 
 @pytest.mark.parametrize("kind", ["adamw", "lion"])
 @pytest.mark.parametrize("option", list(OPTIONS))
-def test_triton_matches_the_torch_backend_on_cuda(kind, option):
+def test_kernel_backends_match_the_torch_backend_on_cuda(kernel_backend, kind, option):
     base = make_params(SHAPES, dtype=torch.float64, device=CUDA)
-    grads = [[g.to(torch.bfloat16) for g in step] for step in make_grads(base, 8, scale=2.0)]
+    options = OPTIONS[option]
+    grad_dtype = torch.float32 if options.get("grad_attribute") else torch.bfloat16
+    grads = [[g.to(grad_dtype) for g in step] for step in make_grads(base, 8, scale=2.0)]
     results = []
-    for backend in ("torch", "triton"):
+    for backend in ("torch", kernel_backend):
         params = _bf16(base)
         cls = fusedlr.AdamW if kind == "adamw" else fusedlr.Lion
         opt = cls(params, lr=1e-2, weight_decay=0.1, max_grad_norm=1.0, schedule=schedules.WarmupCosine(2, 8),
-                  backend=backend, **OPTIONS[option])  # fmt: skip
-        run_steps(opt, params, grads)
+                  backend=backend, **options)  # fmt: skip
+        for step_grads in grads:
+            for p, g in zip(params, step_grads):
+                setattr(p, options.get("grad_attribute", "grad"), g.clone())
+            opt.step()
         results.append((params, opt))
     (theirs, ref), (ours, opt) = results
     for p, q in zip(ours, theirs):
