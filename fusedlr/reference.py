@@ -20,6 +20,14 @@ _LOW = _precision.LOW_PRECISION
 NORM_EPS = 1e-6
 
 
+def _norm(tensor):
+    """clip_grad_norm_'s per-tensor norm; for bf16/fp16 tensors summed in float64 and reported in
+    float32 (torch would report it in the tensor's dtype, 8 bits of mantissa for bf16)."""
+    if tensor.dtype in _LOW:
+        return torch.linalg.vector_norm(tensor, dtype=torch.float64).float()
+    return torch.linalg.vector_norm(tensor)
+
+
 def grad_scales(grads, groups, max_grad_norm, need_norm=False):
     """AGC then global-norm clipping, as per-tensor 0-dim scale tensors.
 
@@ -33,14 +41,12 @@ def grad_scales(grads, groups, max_grad_norm, need_norm=False):
 
     scales, post_agc_norms = [], []
     for grad, (group, param) in zip(grads, groups):
-        # float32 sums for low-precision grads, as the kernels accumulate.
-        g_norm = torch.linalg.vector_norm(grad, dtype=torch.float32 if grad.dtype in _LOW else None)
+        g_norm = _norm(grad)
         scale = torch.ones_like(g_norm)
         factor = group["agc_clip_factor"]
         if factor is not None:
             # Seed guide, "Adaptive Gradient Clipping": max_norm = max(||p||, eps) * clip_factor.
-            p_norm = torch.linalg.vector_norm(param, dtype=torch.float32 if param.dtype in _LOW else None)
-            max_norm = torch.clamp(p_norm, min=group["agc_eps"]) * factor
+            max_norm = torch.clamp(_norm(param), min=group["agc_eps"]) * factor
             scale = torch.where(g_norm > max_norm, max_norm / (g_norm + NORM_EPS), scale)
         scales.append(scale)
         post_agc_norms.append(g_norm * scale)

@@ -55,7 +55,9 @@ def test_triton_matches_the_torch_backend(triton_backend, kind, option):
         assert_same_storage(p.detach(), q.detach(), atol=1e-2 * 2**-6)  # lr = 1e-2
         assert opt.state[p].keys() == ref.state[q].keys()
         for name, value in ref.state[q].items():
-            assert_same_storage(opt.state[p][name], value)
+            # A moment one unit off at some step stays off, decaying: near zero that is far in
+            # relative terms, so the absolute slack is half a unit at the largest moment.
+            assert_same_storage(opt.state[p][name], value, atol=2**-8 * value.abs().max().item())
 
 
 def _fp32_master_reference(params, grads):
@@ -104,6 +106,15 @@ def test_fp32_main_grads_for_low_precision_params(backend, param_dtype):
     for p, m in zip(params, masters):
         assert p.grad is None
         torch.testing.assert_close(opt.state[p]["master_param"], m, rtol=2e-5, atol=2e-6)
+
+
+def test_bf16_gpt_training_tracks_the_fp32_master_reference():
+    """A 2-layer GPT (width 32) trained 150 steps in bf16 on the CPU with the torch backend: master
+    weights follow the hand-written fp32-master loop, stochastic rounding ends where it ends.
+    (tests/gpu runs 300 steps, width 64, on the kernel backends.)"""
+    import tiny_gpt
+
+    tiny_gpt.check_tracking(tiny_gpt.train_all(device="cpu", steps=150, width=32, backend="torch"))
 
 
 def test_stochastic_rounding_is_unbiased():
