@@ -164,6 +164,17 @@ struct BF16 {  // bfloat16 held as its 16 bits
 
 // ----- 1. norm pass: per-chunk partial sums of squares -------------------------------------------
 
+// One chunk's sums of squares, added over the block in a fixed tree, written by thread 0.
+__device__ void store_partials(int64_t c, double acc_grad, double acc_param, bool with_param, double* shared,
+                               double* partial_grad, double* partial_param) {
+  const double total_grad = block_sum(acc_grad, shared);
+  const double total_param = with_param ? block_sum(acc_param, shared) : 0.0;
+  if (threadIdx.x == 0) {
+    partial_grad[c] = total_grad;
+    if (with_param) partial_param[c] = total_param;
+  }
+}
+
 template <typename T>
 __global__ void grad_sumsq_kernel(const int64_t* tensor_table, int64_t num_tensors, const int64_t* chunk_table,
                                   int64_t num_chunks, int64_t chunk_begin, int64_t chunk_count, int64_t chunk_size,
@@ -198,12 +209,7 @@ __global__ void grad_sumsq_kernel(const int64_t* tensor_table, int64_t num_tenso
         acc_param += p * p;
       }
     }
-    const double total_grad = block_sum(static_cast<double>(acc_grad), shared);
-    const double total_param = with_param ? block_sum(static_cast<double>(acc_param), shared) : 0.0;
-    if (threadIdx.x == 0) {
-      partial_grad[c] = total_grad;
-      if (with_param) partial_param[c] = total_param;
-    }
+    store_partials(c, acc_grad, acc_param, with_param, shared, partial_grad, partial_param);
   }
 }
 
@@ -228,12 +234,7 @@ __global__ void mixed_grad_sumsq_kernel(const int64_t* tensor_table, int64_t num
         acc_param += p * p;
       }
     }
-    const double total_grad = block_sum(static_cast<double>(acc_grad), shared);
-    const double total_param = with_param ? block_sum(static_cast<double>(acc_param), shared) : 0.0;
-    if (threadIdx.x == 0) {
-      partial_grad[c] = total_grad;
-      if (with_param) partial_param[c] = total_param;
-    }
+    store_partials(c, acc_grad, acc_param, with_param, shared, partial_grad, partial_param);
   }
 }
 
