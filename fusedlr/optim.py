@@ -93,6 +93,8 @@ class _FusedOptimizer(torch.optim.Optimizer):
 
     def __init__(self, params, defaults: dict, *, schedule, max_grad_norm, skip_nonfinite, backend: str,
                  grad_attribute: str = "grad"):  # fmt: skip
+        _check_group_hypers(defaults)
+        _precision.check_group_options(defaults)
         check_schedule(schedule)
         if not isinstance(grad_attribute, str) or not grad_attribute.isidentifier():
             raise ValueError(f"Invalid grad_attribute: {grad_attribute!r}")
@@ -310,7 +312,8 @@ class _FusedOptimizer(torch.optim.Optimizer):
             self.last_grad_norm, applied = reference.step_(
                 self._kind, items, grads, scale, offset, self.max_grad_norm,
                 grad_scale=getattr(self, "grad_scale", None), found_inf=getattr(self, "found_inf", None),
-                skip_nonfinite=self.skip_nonfinite, positions=self._positions(params), counter=self._schedule_step,
+                skip_nonfinite=self.skip_nonfinite, counter=self._schedule_step,
+                positions=self._positions(params) if any(g["stochastic_rounding"] for g in self.param_groups) else None,
             )  # fmt: skip
             if applied:
                 self._schedule_step += 1
@@ -407,8 +410,6 @@ class AdamW(_FusedOptimizer):
             state_dtype=state_dtype,
             seed=seed,
         )
-        _check_group_hypers(defaults)
-        _precision.check_group_options(defaults)
         super().__init__(
             params,
             defaults,
@@ -462,8 +463,6 @@ class Lion(_FusedOptimizer):
             state_dtype=state_dtype,
             seed=seed,
         )
-        _check_group_hypers(defaults)
-        _precision.check_group_options(defaults)
         super().__init__(
             params,
             defaults,
