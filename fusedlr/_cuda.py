@@ -84,10 +84,11 @@ def step_(opt, items, grads, host_multiplier, key, active_groups):
             ext.tensor_sumsq(*tables, plan.partial_grad.data_ptr(), plan.partial_param.data_ptr(),
                              plan.tensor_grad_sumsq.data_ptr(), plan.tensor_param_sumsq.data_ptr(), flags.has_agc,
                              0, stream)  # fmt: skip
+        found_inf = _fused.reduce_norms(plan, flags)  # across ranks, where the step is distributed
         ext.finalize(*tables, plan.hyper.data_ptr(), plan.num_groups, plan.tensor_grad_sumsq.data_ptr(),
                      plan.tensor_param_sumsq.data_ptr(), plan.coef.data_ptr(), opt._schedule_step.data_ptr(),
                      address(norm), flags.has_norms, flags.has_clip, flags.has_agc, flags.is_adamw,
-                     address(flags.grad_scale), address(flags.found_inf), status, opt.skipped_steps.data_ptr(),
+                     address(flags.grad_scale), address(found_inf), status, opt.skipped_steps.data_ptr(),
                      flags.skip_nonfinite, stream)  # fmt: skip
         update = ext.adamw_update if flags.is_adamw else ext.lion_update
         for bucket in plan.buckets:

@@ -38,6 +38,26 @@ def _param_strides(param):
     return strides
 
 
+# The classes whose data_ptr() is where their elements are. A subclass (a quantised tensor, a
+# DTensor that reached here unwrapped, a wrapper of several tensors) may hold them elsewhere.
+_ADDRESSABLE = (torch.Tensor, torch.nn.Parameter)
+
+
+def check_addressable(*tensors, what="a parameter or its grad") -> None:
+    """Refuse, before any launch, a tensor the kernels cannot address by ``data_ptr()``."""
+    for tensor in tensors:
+        if type(tensor) not in _ADDRESSABLE:
+            raise RuntimeError(
+                f"fusedlr: the fused backends cannot address {what} of type {type(tensor).__name__} (a tensor "
+                "subclass); DTensors are supported as parameters, other subclasses need backend='torch'"
+            )
+        if tensor.numel() and tensor.data_ptr() == 0:
+            raise RuntimeError(
+                f"fusedlr: {what} of shape {tuple(tensor.shape)} on {tensor.device} has no memory the kernels can "
+                "address (data_ptr() is 0); use backend='torch'"
+            )
+
+
 def check_grad(param, grad) -> None:
     """The per-step check of a grad tensor the kernels have not seen: layout against its param."""
     if param.numel() > 0:
@@ -58,6 +78,8 @@ def check_states(pairs, state, *, kernels=False) -> None:
         for name, value in state.get(param, {}).items():
             if not isinstance(value, torch.Tensor):
                 raise RuntimeError(f"fusedlr: state {name!r} of a parameter is a {type(value).__name__}, not a tensor")
+            if kernels:
+                check_addressable(value, what=f"state {name!r}")
             if value.device != param.device:
                 raise RuntimeError(
                     f"fusedlr: state {name!r} is on {value.device}, its parameter on {param.device}; "
@@ -88,6 +110,7 @@ def check_inputs(pairs, grads, devices, state) -> None:
             "Use one optimizer per device, or backend='torch'."
         )
     for (param, _), grad in zip(pairs, grads):
+        check_addressable(param, grad)
         if param.dtype not in SUPPORTED_DTYPES:
             raise RuntimeError(f"fusedlr: the fused backends do not support parameters of dtype {param.dtype}")
         check_grad(param, grad)
@@ -102,6 +125,7 @@ class StepFlags:
     skip_nonfinite: bool
     grad_scale: torch.Tensor | None  # set by torch.amp.GradScaler.step, None once unscaled
     found_inf: torch.Tensor | None
+    reduction: object | None  # _distributed.NormReduction: the norms' collective, or None
 
     @property
     def has_norms(self) -> bool:
@@ -124,8 +148,17 @@ def prepare(opt, items, grads, host_multiplier, key, active_groups):
         skip_nonfinite=opt.skip_nonfinite,
         grad_scale=_on(getattr(opt, "grad_scale", None), plan.device),
         found_inf=_on(getattr(opt, "found_inf", None), plan.device),
+        reduction=opt._reduction([opt._step_cache.sources[i] for i in plan.order]),
     )
     return plan, flags
+
+
+def reduce_norms(plan, flags):
+    """Between the per-tensor sums and the finalize: complete the sums across ranks (one
+    collective) when the step is distributed. Returns the found_inf the finalize reads."""
+    if flags.reduction is None or not (flags.has_norms or flags.found_inf is not None):
+        return flags.found_inf
+    return flags.reduction.reduce_(plan.sumsq, plan.num_tensors, flags.found_inf, norms=flags.has_norms)
 
 
 def _on(tensor, device):

@@ -91,11 +91,21 @@ class Plan:
     hyper: torch.Tensor
     partial_grad: torch.Tensor
     partial_param: torch.Tensor
-    tensor_grad_sumsq: torch.Tensor
-    tensor_param_sumsq: torch.Tensor
+    # Per-tensor sums of squares, [grads (T) | params (T) | one free slot]: one buffer, so that a
+    # distributed step completes all of them (and a found_inf flag) in one collective.
+    sumsq: torch.Tensor
+    order: list[int]  # items' indices in table order
     coef: torch.Tensor
     status: torch.Tensor  # float32 [1]: 1 when the finalize skipped this step (found_inf, non-finite)
     hyper_key: tuple | None = field(default=None)
+
+    @property
+    def tensor_grad_sumsq(self) -> torch.Tensor:
+        return self.sumsq[: self.num_tensors]
+
+    @property
+    def tensor_param_sumsq(self) -> torch.Tensor:
+        return self.sumsq[self.num_tensors : 2 * self.num_tensors]
 
 
 def storage(param, grad, group) -> tuple:
@@ -156,8 +166,8 @@ def build_plan(items, grads, groups, key, positions) -> Plan:
         hyper=torch.zeros(0, **f64),  # sized by upload_hyper: the schedule program's length varies
         partial_grad=torch.zeros(max(num_chunks, 1), **f64),
         partial_param=torch.zeros(max(num_chunks, 1), **f64),
-        tensor_grad_sumsq=torch.zeros(num_tensors, **f64),
-        tensor_param_sumsq=torch.zeros(num_tensors, **f64),
+        sumsq=torch.zeros(2 * num_tensors + 1, **f64),
+        order=order,
         coef=torch.zeros(len(COEF_COLUMNS), num_tensors, **f64),
         status=torch.zeros(1, dtype=torch.float32, device=device),
     )

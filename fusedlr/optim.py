@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import math
 import operator
+import sys
 import weakref
 from numbers import Real
 
 import torch
 
-from . import _backends, _compile, _fused, _precision, reference
+from . import _backends, _compile, _distributed, _fused, _precision, reference
 from ._state import StateTable as _StateTable
 from .schedules import Schedule, check_schedule
 
@@ -46,8 +47,9 @@ def _check_group_hypers(group: dict) -> None:
     _check_real("agc_eps", group["agc_eps"], low=0.0, low_inclusive=False)
 
 
-# What the kernels' tables assume of a grad, beside its address.
-_LAYOUT = operator.attrgetter("layout", "dtype", "device", "shape")
+# What the kernels' tables assume of a grad, beside its address (its class: a tensor subclass
+# may not hold its data at its address).
+_LAYOUT = operator.attrgetter("__class__", "layout", "dtype", "device", "shape")
 
 
 def _structure(group) -> tuple:
@@ -58,11 +60,12 @@ def _structure(group) -> tuple:
 class _StepCache:
     """What a kernel-backend step leaves for the next one to reuse."""
 
-    __slots__ = ("key", "items", "grad_refs", "grad_layouts", "grad_strides")
+    __slots__ = ("key", "items", "sources", "grad_refs", "grad_layouts", "grad_strides")
 
-    def __init__(self, key, items, grads):
+    def __init__(self, key, items, grads, sources):
         self.key = key  # a list: compared whole, at C speed
         self.items = items
+        self.sources = sources  # the optimizer's params of items (DTensors where sharded)
         # Weak references: holding last step's grads would keep zero_grad()'s old ones alive.
         self.grad_refs = [weakref.ref(g) for g in grads]
         # Layouts of grads that passed the precise checks: a new grad laid out the same passes too
@@ -83,6 +86,20 @@ class _StepCache:
         )
 
 
+def _called_to_make_states() -> bool:
+    """Whether step() was called by torch.distributed.checkpoint's ``_init_optim_state``, which
+    steps an optimizer with zero grads and lr 0 only to make its states before (re)loading them."""
+    frame = sys._getframe(2)
+    for _ in range(4):  # step's callers: torch's hook wrappers, then DCP
+        if frame is None:
+            return False
+        code = frame.f_code
+        if code.co_name == "_init_optim_state" and "checkpoint" in code.co_filename:
+            return True
+        frame = frame.f_back
+    return False
+
+
 class _FusedOptimizer(torch.optim.Optimizer):
     """Shared machinery of AdamW and Lion: everything but the per-kind state and checks."""
 
@@ -92,7 +109,9 @@ class _FusedOptimizer(torch.optim.Optimizer):
     _step_supports_amp_scaling = True
 
     def __init__(self, params, defaults: dict, *, schedule, max_grad_norm, skip_nonfinite, backend: str,
-                 grad_attribute: str = "grad"):  # fmt: skip
+                 grad_attribute: str = "grad", norm_group=None):  # fmt: skip
+        # Params that are the same on every rank of norm_group: counted once in the norm.
+        defaults.setdefault("replicated", False)
         _check_group_hypers(defaults)
         _precision.check_group_options(defaults)
         check_schedule(schedule)
@@ -109,6 +128,10 @@ class _FusedOptimizer(torch.optim.Optimizer):
         self.max_grad_norm = None if max_grad_norm is None else float(max_grad_norm)
         self.backend = backend
         self.skip_nonfinite = bool(skip_nonfinite)
+        # Ranks over which the norm's total is summed as well (pipeline stages, plain-tensor
+        # model parallelism); see fusedlr/_distributed.py.
+        self.norm_group = _distributed.resolve_norm_group(norm_group)
+        self._reduction_cache = None  # (key, NormReduction) of the last step that needed one
         self.last_grad_norm: torch.Tensor | None = None
         self._plan_cache = None  # owned by the kernel backends; dropped on load_state_dict
         self._step_cache = None  # _StepCache of the last kernel-backend step
@@ -130,13 +153,26 @@ class _FusedOptimizer(torch.optim.Optimizer):
         _check_group_hypers(self.param_groups[-1])
         _precision.check_group_options(self.param_groups[-1])
         self._flat_params = [p for group in self.param_groups for p in group["params"]]
+        self._sharded = any(map(_distributed.is_dtensor, self._flat_params))
         self._plan_cache = None
         self._step_cache = None
+        if hasattr(self, "norm_group"):  # (not yet while the base __init__ adds the first groups)
+            self._check_norm_group()
+
+    def _check_norm_group(self) -> None:
+        if self.norm_group is not None and any(g["agc_clip_factor"] is not None for g in self.param_groups):
+            raise ValueError(
+                "AGC (agc_clip_factor) cannot be combined with norm_group: AGC needs each tensor's full norm, "
+                "and norm_group sums only the stages' totals"
+            )
 
     def __setstate__(self, state: dict) -> None:
         super().__setstate__(state)
+        self.__dict__.setdefault("norm_group", None)
+        self._reduction_cache = None
         self.state = _StateTable(self.state)
         self._flat_params = [p for group in self.param_groups for p in group["params"]]
+        self._sharded = any(map(_distributed.is_dtensor, self._flat_params))
         self._compile_handle = _compile.register(self)
         # Groups loaded from a torch.optim state dict lack our keys: fill them from defaults.
         for group in self.param_groups:
@@ -210,14 +246,56 @@ class _FusedOptimizer(torch.optim.Optimizer):
         return list(zip(params, owners))
 
     def _positions(self, params) -> list[int]:
-        """Each param's index among all of the optimizer's params: with the seed and the update
-        index it keys stochastic rounding's random stream, whichever params have grads."""
-        index = {id(p): i for i, p in enumerate(p for group in self.param_groups for p in group["params"])}
+        """Each param's index among all of the optimizer's params (or their local shards): with
+        the seed and the update index it keys stochastic rounding's random stream, whichever
+        params have grads."""
+        flat = [p for group in self.param_groups for p in group["params"]]
+        index = {id(p): i for i, p in enumerate(flat)}
+        if self._sharded:
+            index.update({id(_distributed.local(p)): i for i, p in enumerate(flat)})
         return [index[id(p)] for p in params]
 
-    def _kernel_items(self, params, grads, counts, backend):
+    def _local_items(self, params, grads, counts):
+        """``(param, group, state)`` and grads as the kernels and reference.py see them: the local
+        shards of DTensors (states included), checked against their params' placements first."""
+        pairs = self._with_groups(params, counts)
+        if not self._sharded:
+            return pairs, grads, None
+        name = type(self).__name__
+        for (param, _), grad in zip(pairs, grads):
+            if _distributed.is_dtensor(param):
+                _distributed.check_sharded(param, grad, self.state.get(param, {}), name)
+            elif _distributed.is_dtensor(grad):
+                raise RuntimeError(f"{name}: a plain parameter has a DTensor {self.grad_attribute}")
+        local = _distributed.local
+        return [(local(p), group) for p, group in pairs], [local(g) for g in grads], params
+
+    def _local_state(self, param, group) -> dict:
+        """The param's state made ready (``_init_state``); for a DTensor param, a dict of its
+        states' local shards (``step`` is a plain tensor, shared)."""
+        state = self._init_state(param, group)
+        if not _distributed.is_dtensor(param):
+            return state
+        return {name: _distributed.local(value) for name, value in state.items()}
+
+    def _reduction(self, params):
+        """The NormReduction for ``params`` (sums' row order), or None on one process."""
+        if not self._sharded and self.norm_group is None:
+            return None
+        key = [id(p) for p in params] + [bool(g["replicated"]) for g in self.param_groups]
+        if self._reduction_cache is None or self._reduction_cache[0] != key:
+            owners = {id(p): g for g in self.param_groups for p in g["params"]}
+            replicated = [bool(owners[id(p)]["replicated"]) for p in params]
+            device = _distributed.local(params[0]).device
+            reduction = _distributed.NormReduction(params, replicated, self.norm_group, device)
+            self._reduction_cache = (key, reduction)
+        return self._reduction_cache[1]
+
+    def _kernel_items(self, pairs, grads, counts, backend, sources):
         """``(param, group, state)`` for the kernel backends, validated, and the key of the plan
         that holds their addresses, at a few attribute reads per tensor when nothing changed.
+        ``pairs`` and ``grads`` are what the kernels address (local shards of DTensors, whose
+        optimizer params are ``sources``; None when nothing is sharded).
 
         Grads that are not last step's objects (``zero_grad()`` makes new ones each step) are
         compared with their params' layouts in a few C-speed list comparisons. The key holds
@@ -227,12 +305,14 @@ class _FusedOptimizer(torch.optim.Optimizer):
         """
         cache = self._step_cache
         grad_refs = None
+        params = [p for p, _ in pairs]
         if cache is not None and cache.same_grads(grads):
             grad_refs = cache.grad_refs
         elif cache is None or not cache.grads_like_last_step(grads):
             # The precise checks, and their error messages, before any address is read.
-            for (param, group), grad in zip(self._with_groups(params, counts), grads):
+            for (param, group), grad in zip(pairs, grads):
                 self._check_param(param, grad, group)
+                _fused.check_addressable(param, grad)
                 _fused.check_grad(param, grad)
         key = [p.data_ptr() for p in params]
         key += [g.data_ptr() for g in grads]
@@ -249,14 +329,23 @@ class _FusedOptimizer(torch.optim.Optimizer):
         else:
             if not isinstance(self.state, _StateTable):  # replaced, or copied: track it again
                 self.state = _StateTable(self.state)
-            pairs = self._with_groups(params, counts)
             for (param, group), grad in zip(pairs, grads):
                 self._check_param(param, grad, group)
-            _fused.check_inputs(pairs, grads, {p.device for p in params}, self.state)
-            items = [(p, group, self._init_state(p, group)) for p, group in pairs]
+            _fused.check_inputs(pairs, grads, {p.device for p in params}, self._state_view(pairs, sources))
+            items = [(p, group, self._local_state(s, group)) for (p, group), s in zip(pairs, sources or params)]
             key[-1] = self.state.version  # after the states were made
-        self._step_cache = _StepCache(key, items, grads)
+        self._step_cache = _StepCache(key, items, grads, sources or params)
         return items
+
+    def _state_view(self, pairs, sources):
+        """The states the checks read, keyed by what the kernels address."""
+        if sources is None:
+            return self.state
+        local = _distributed.local
+        return {
+            p: {name: local(value) for name, value in self.state.get(s, {}).items()}
+            for (p, _), s in zip(pairs, sources)
+        }
 
     def _schedule_on_host(self) -> tuple[float, float]:
         """(scale, offset) of this update's lr, evaluated on the host (torch backend, callables)."""
@@ -275,9 +364,23 @@ class _FusedOptimizer(torch.optim.Optimizer):
                 loss = closure()
         if torch.compiler.is_compiling():
             _compile.step_in_graph(self)  # one opaque op in the graph; it runs _eager_step
+        elif closure is None and _called_to_make_states():
+            self._make_states()
         else:
             self._eager_step()
         return loss
+
+    def _make_states(self) -> None:
+        """The states of the params with grads, as the first step makes them, with no update:
+        what torch.distributed.checkpoint asks of a step with zero grads and lr 0 (a real step
+        would advance the schedule counter, and an absolute schedule would move the params)."""
+        params, grads, counts = self._active()
+        pairs, grads, sources = self._local_items(params, grads, counts)
+        for (param, group), grad in zip(pairs, grads):
+            self._check_param(param, grad, group)
+        _fused.check_states(pairs, self._state_view(pairs, sources))
+        for (_, group), source in zip(pairs, sources or params):
+            self._init_state(source, group)
 
     def _eager_step(self) -> None:
         # Everything is checked before anything is modified: a failed step changes nothing.
@@ -286,14 +389,16 @@ class _FusedOptimizer(torch.optim.Optimizer):
             return
         device = params[0].device
         backend = _backends.choose(self.backend, device)
+        if self.norm_group is not None:
+            self._check_norm_group()  # groups may have been edited since
+        pairs, grads, sources = self._local_items(params, grads, counts)
         if backend in ("triton", "cuda"):
-            items = self._kernel_items(params, grads, counts, backend)
+            items = self._kernel_items(pairs, grads, counts, backend, sources)
         else:
-            pairs = self._with_groups(params, counts)
             for (param, group), grad in zip(pairs, grads):
                 self._check_param(param, grad, group)
-            _fused.check_states(pairs, self.state)
-            items = [(p, group, self._init_state(p, group)) for p, group in pairs]
+            _fused.check_states(pairs, self._state_view(pairs, sources))
+            items = [(p, group, self._local_state(s, group)) for (p, group), s in zip(pairs, sources or params)]
         if self._schedule_step.device != device:  # the model moved after the optimizer was made
             self._schedule_step = self._schedule_step.to(device)
             self.skipped_steps = self.skipped_steps.to(device)
@@ -314,6 +419,7 @@ class _FusedOptimizer(torch.optim.Optimizer):
                 grad_scale=getattr(self, "grad_scale", None), found_inf=getattr(self, "found_inf", None),
                 skip_nonfinite=self.skip_nonfinite, counter=self._schedule_step,
                 positions=self._positions(params) if any(g["stochastic_rounding"] for g in self.param_groups) else None,
+                reduction=self._reduction(params),
             )  # fmt: skip
             if applied:
                 self._schedule_step += 1
@@ -328,11 +434,20 @@ class _FusedOptimizer(torch.optim.Optimizer):
         # Plain dicts, as torch's: a state dict holds no fusedlr type (weights_only loads).
         state_dict["state"] = {index: dict(state) for index, state in state_dict["state"].items()}
         state_dict["schedule_step"] = self._schedule_step.clone()
+        # torch.distributed.checkpoint keeps only "state" and "param_groups": the counter travels
+        # in every group too (a plain int, the same in each; removed again on load).
+        counter = int(self._schedule_step.item())
+        state_dict["param_groups"] = [dict(group, schedule_step=counter) for group in state_dict["param_groups"]]
         return state_dict
 
     def load_state_dict(self, state_dict: dict) -> None:
         state_dict = dict(state_dict)
         counter = state_dict.pop("schedule_step", None)
+        groups = [dict(group) for group in state_dict["param_groups"]]
+        group_counters = [group.pop("schedule_step") for group in groups if "schedule_step" in group]
+        state_dict["param_groups"] = groups
+        if counter is None and group_counters:
+            counter = max(group_counters)
         super().load_state_dict(state_dict)
         # torch casts every floating state to its param's dtype on load; an fp32 master copy
         # and fp32 or bf16 moments beside bf16 params keep the dtype they were saved in.
@@ -394,6 +509,7 @@ class AdamW(_FusedOptimizer):
         state_dtype: torch.dtype | None = None,
         seed: int = 0,
         grad_attribute: str = "grad",
+        norm_group=None,
         backend: str = "auto",
     ):
         defaults = dict(
@@ -418,6 +534,7 @@ class AdamW(_FusedOptimizer):
             skip_nonfinite=skip_nonfinite,
             backend=backend,
             grad_attribute=grad_attribute,
+            norm_group=norm_group,
         )
 
 
@@ -449,6 +566,7 @@ class Lion(_FusedOptimizer):
         state_dtype: torch.dtype | None = None,
         seed: int = 0,
         grad_attribute: str = "grad",
+        norm_group=None,
         backend: str = "auto",
     ):
         defaults = dict(
@@ -471,4 +589,5 @@ class Lion(_FusedOptimizer):
             skip_nonfinite=skip_nonfinite,
             backend=backend,
             grad_attribute=grad_attribute,
+            norm_group=norm_group,
         )

@@ -28,25 +28,52 @@ def _norm(tensor):
     return torch.linalg.vector_norm(tensor)
 
 
-def grad_scales(grads, groups, max_grad_norm, need_norm=False):
+def _sumsq(tensor):
+    return torch.linalg.vector_norm(tensor, dtype=torch.float64).square()
+
+
+def reduced_norms(grads, params, reduction, found_inf):
+    """Per-tensor norms of whole tensors from local shards: float64 sums of squares, completed
+    across ranks by ``reduction`` (``_distributed.NormReduction``, one collective), as the
+    kernel backends do. Returns ``(grad_norms, param_norms, found_inf)`` (``params`` None: no
+    param norms); each norm in the dtype ``_norm`` reports."""
+    count = len(grads)
+    sumsq = torch.zeros(2 * count + 1, dtype=torch.float64, device=grads[0].device)
+    sumsq[:count] = torch.stack([_sumsq(g) for g in grads])
+    if params is not None:
+        sumsq[count : 2 * count] = torch.stack([_sumsq(p) for p in params])
+    found_inf = reduction.reduce_(sumsq, count, found_inf)
+
+    def norms(row, like):
+        return [row[i].sqrt().to(torch.float32 if t.dtype in _LOW else t.dtype) for i, t in enumerate(like)]
+
+    grad_norms = norms(sumsq[:count], grads)
+    param_norms = None if params is None else norms(sumsq[count : 2 * count], params)
+    return grad_norms, param_norms, found_inf
+
+
+def grad_scales(grads, groups, max_grad_norm, need_norm=False, norms=None):
     """AGC then global-norm clipping, as per-tensor 0-dim scale tensors.
 
     Returns ``(scales, total_norm)``: ``scales[i]`` multiplies ``grads[i]`` (``None`` when no
     clipping of any kind is on); ``total_norm`` is the global norm ``clip_grad_norm_`` would
-    report, that is after AGC and before clipping (``None`` when neither is on).
+    report, that is after AGC and before clipping (``None`` when neither is on). ``norms``:
+    per-tensor ``(grad_norms, param_norms)`` already known (a distributed step's), else each
+    is computed here as ``clip_grad_norm_`` does.
     """
     any_agc = any(group["agc_clip_factor"] is not None for group, _ in groups)
     if max_grad_norm is None and not any_agc and not need_norm:
         return [None] * len(grads), None
 
     scales, post_agc_norms = [], []
-    for grad, (group, param) in zip(grads, groups):
-        g_norm = _norm(grad)
+    for i, (grad, (group, param)) in enumerate(zip(grads, groups)):
+        g_norm = _norm(grad) if norms is None else norms[0][i]
         scale = torch.ones_like(g_norm)
         factor = group["agc_clip_factor"]
         if factor is not None:
             # Seed guide, "Adaptive Gradient Clipping": max_norm = max(||p||, eps) * clip_factor.
-            max_norm = torch.clamp(_norm(param), min=group["agc_eps"]) * factor
+            p_norm = _norm(param) if norms is None else norms[1][i]
+            max_norm = torch.clamp(p_norm, min=group["agc_eps"]) * factor
             scale = torch.where(g_norm > max_norm, max_norm / (g_norm + NORM_EPS), scale)
         scales.append(scale)
         post_agc_norms.append(g_norm * scale)
@@ -134,7 +161,7 @@ def update_in_fp32_(kind, param, grad, state, group, lr, key=None) -> None:
 
 @torch.no_grad()
 def step_(kind: str, items, grads, lr_scale: float, lr_offset: float, max_grad_norm, *, grad_scale=None,
-          found_inf=None, skip_nonfinite=False, positions=None, counter=None):  # fmt: skip
+          found_inf=None, skip_nonfinite=False, positions=None, counter=None, reduction=None):  # fmt: skip
     """Apply one step to ``items``: a list of ``(param, group, state)`` for params with grads,
     and their ``grads``.
 
@@ -143,7 +170,8 @@ def step_(kind: str, items, grads, lr_scale: float, lr_offset: float, max_grad_n
     the scale (in copies) and a step with ``found_inf`` set is skipped; ``skip_nonfinite``
     skips a step whose global grad norm is not finite. ``positions`` (each param's index among
     all the optimizer's params) and ``counter`` (updates applied so far, a device tensor) key
-    the random stream of stochastic rounding.
+    the random stream of stochastic rounding. ``reduction`` (``_distributed.NormReduction``)
+    completes the norms of local shards across ranks, in one collective.
 
     Returns ``(norm, applied)``: the global grad norm after AGC and before clipping (``None``
     when nothing needed it), and whether the update was applied.
@@ -153,7 +181,16 @@ def step_(kind: str, items, grads, lr_scale: float, lr_offset: float, max_grad_n
         inverse = grad_scale.double().reciprocal().float()  # as GradScaler.unscale_ computes it
         grads = [g * inverse.to(g.device) for g in grads]
     groups = [(group, param) for param, group, _ in items]
-    scales, total_norm = grad_scales(grads, groups, max_grad_norm, need_norm=skip_nonfinite)
+    any_agc = any(group["agc_clip_factor"] is not None for group, _ in groups)
+    norms = None
+    if reduction is not None and (max_grad_norm is not None or any_agc or skip_nonfinite):
+        params = [param for param, _, _ in items] if any_agc else None
+        grad_norms, param_norms, found_inf = reduced_norms(grads, params, reduction, found_inf)
+        norms = (grad_norms, param_norms)
+    elif reduction is not None and found_inf is not None:  # no norms: agree on found_inf only
+        slot = torch.zeros(1, dtype=torch.float64, device=grads[0].device)
+        found_inf = reduction.reduce_(slot, 0, found_inf, norms=False)
+    scales, total_norm = grad_scales(grads, groups, max_grad_norm, need_norm=skip_nonfinite, norms=norms)
     skip = found_inf is not None and bool(found_inf.item())
     if skip_nonfinite and not bool(torch.isfinite(total_norm)):
         skip = True

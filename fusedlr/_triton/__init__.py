@@ -49,11 +49,12 @@ def step_(opt, items, grads, host_multiplier, key, active_groups):
             plan.tensor_table, T, plan.partial_grad, plan.partial_param,
             plan.tensor_grad_sumsq, plan.tensor_param_sumsq, WITH_PARAM=has_agc, BLOCK=REDUCE_BLOCK,
         )  # fmt: skip
+    found_inf = _fused.reduce_norms(plan, flags)  # across ranks, where the step is distributed
     kernels._finalize_kernel[(1,)](
         plan.tensor_table, T, plan.hyper, plan.num_groups, plan.tensor_grad_sumsq, plan.tensor_param_sumsq,
         plan.coef, counter, norm if has_norms else plan.coef,
         flags.grad_scale if flags.grad_scale is not None else plan.status,
-        flags.found_inf if flags.found_inf is not None else plan.status,
+        found_inf if found_inf is not None else plan.status,
         plan.status, opt.skipped_steps,
         HAS_NORMS=has_norms, HAS_CLIP=has_clip, HAS_AGC=has_agc, IS_ADAMW=is_adamw,
         HAS_GRAD_SCALE=flags.grad_scale is not None, HAS_FOUND_INF=flags.found_inf is not None,

@@ -1,0 +1,243 @@
+"""Multi-process scenarios for tests/test_distributed.py: each rank of a gloo group trains a small
+MLP with fusedlr under one of torch's engines (DDP, FSDP2, HSDP, tensor parallel, FSDP2 + TP,
+pipeline-style stages with ``norm_group``) and compares itself with an unsharded single-process
+reference that every rank computes on its own: ``torch.optim.AdamW(foreach=False)`` (or
+lion-pytorch's Lion) + ``clip_grad_norm_`` + ``LambdaLR`` on the full batch. Results go to one
+JSON file per rank; the test asserts on them.
+
+Run by ``torch.multiprocessing.spawn(run, ...)``; nothing here runs at import.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import traceback
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+STEPS = 4
+BATCH = 16
+MAX_GRAD_NORM = 0.5
+SETTINGS = {
+    "adamw": dict(lr=0.05, betas=(0.9, 0.99), weight_decay=0.1),
+    "lion": dict(lr=0.01, betas=(0.9, 0.99), weight_decay=0.1),
+}
+
+
+def make_model() -> nn.Sequential:
+    torch.manual_seed(0)
+    # 5 outputs: the last layer's rows do not split evenly over 2 or 4 ranks.
+    return nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 12), nn.ReLU(), nn.Linear(12, 5))
+
+
+def batch(step: int):
+    generator = torch.Generator().manual_seed(100 + step)
+    return torch.randn(BATCH, 8, generator=generator), torch.randn(BATCH, 5, generator=generator)
+
+
+def lr_lambda(step: int) -> float:  # Hugging Face's cosine with 2 warmup steps over 8, written out
+    import math
+
+    if step < 2:
+        return step / 2
+    return max(0.0, 0.5 * (1.0 + math.cos(math.pi * (step - 2) / 6)))
+
+
+def schedule():
+    from fusedlr.schedules import WarmupCosine
+
+    return WarmupCosine(warmup_steps=2, total_steps=8)
+
+
+def reference(kind: str, steps: int = STEPS):
+    """The unsharded run: full params by name and the norm clip_grad_norm_ reported each step."""
+    model = make_model()
+    params = list(model.parameters())
+    if kind == "adamw":
+        opt = torch.optim.AdamW(params, eps=1e-8, foreach=False, **SETTINGS[kind])
+    else:
+        from lion_pytorch import Lion
+
+        opt = Lion(params, **SETTINGS[kind])
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda)
+    norms = []
+    for step in range(steps):
+        x, y = batch(step)
+        nn.functional.mse_loss(model(x), y).backward()
+        norms.append(float(torch.nn.utils.clip_grad_norm_(params, MAX_GRAD_NORM, foreach=False)))
+        opt.step()
+        sched.step()
+        opt.zero_grad()
+    return {name: p.detach().clone() for name, p in model.named_parameters()}, norms
+
+
+def fused(kind, params, backend, **options):
+    import fusedlr
+
+    cls = fusedlr.AdamW if kind == "adamw" else fusedlr.Lion
+    return cls(params, schedule=schedule(), max_grad_norm=MAX_GRAD_NORM, backend=backend, **SETTINGS[kind], **options)
+
+
+def full(tensor) -> torch.Tensor:
+    from fusedlr._distributed import is_dtensor
+
+    return (tensor.full_tensor() if is_dtensor(tensor) else tensor).detach()
+
+
+def train(model, opt, rows, steps=range(STEPS), after_step=None):
+    """Steps of ``model`` on this rank's ``rows`` of each batch; per step the norm and the number
+    of collectives that opt.step() issued."""
+    from torch.distributed.tensor.debug import CommDebugMode
+
+    norms, collectives = [], []
+    for step in steps:
+        x, y = batch(step)
+        nn.functional.mse_loss(model(x[rows]), y[rows]).backward()
+        with CommDebugMode() as comm:
+            opt.step()
+        collectives.append(comm.get_total_counts())
+        norms.append(float(opt.last_grad_norm))
+        opt.zero_grad()
+        if after_step is not None:
+            after_step()
+    return norms, collectives
+
+
+def compare(kind, model, norms, collectives, names=None, agree=None):
+    """What the test asserts: errors against the reference and agreement across ranks."""
+    ref_params, ref_norms = reference(kind)
+    ours = {name: full(p) for name, p in model.named_parameters()}
+    names = names or list(ours)
+    param_err = max(float((ours[n] - ref_params[n]).abs().max()) for n in names)
+    gathered = [None] * dist.get_world_size()
+    fingerprint = ([n.hex() for n in norms], {n: ours[n].numpy().tobytes().hex() for n in agree or names})
+    dist.all_gather_object(gathered, fingerprint)
+    return {
+        "param_err": param_err,
+        "norm_err": max(abs(a - b) / b for a, b in zip(norms, ref_norms)),
+        "collectives": collectives,
+        "ranks_agree": all(g == gathered[0] for g in gathered),
+    }
+
+
+# ----- scenarios: each returns a dict of results --------------------------------------------------
+
+
+def ddp(kind, backend):
+    from torch.nn.parallel import DistributedDataParallel
+
+    rank, world = dist.get_rank(), dist.get_world_size()
+    model = DistributedDataParallel(make_model())
+    opt = fused(kind, model.parameters(), backend)
+    rows = slice(rank * BATCH // world, (rank + 1) * BATCH // world)
+    norms, collectives = train(model, opt, rows)
+    return compare(kind, model.module, norms, collectives)
+
+
+def _mesh(shape, names):
+    from torch.distributed.device_mesh import init_device_mesh
+
+    return init_device_mesh("cpu", shape, mesh_dim_names=names)
+
+
+def fsdp(kind, backend):
+    from torch.distributed.fsdp import fully_shard
+
+    rank, world = dist.get_rank(), dist.get_world_size()
+    model = make_model()
+    for layer in model:
+        if isinstance(layer, nn.Linear):
+            fully_shard(layer, mesh=_mesh((world,), ("dp",)))
+    fully_shard(model, mesh=_mesh((world,), ("dp",)))
+    opt = fused(kind, model.parameters(), backend)
+    rows = slice(rank * BATCH // world, (rank + 1) * BATCH // world)
+    norms, collectives = train(model, opt, rows)
+    result = compare(kind, model, norms, collectives)
+    state = opt.state[next(model.parameters())]
+    result["states_are_dtensors"] = all(type(v).__name__ == "DTensor" for k, v in state.items() if k != "step")
+    return result
+
+
+def hsdp(kind, backend):
+    from torch.distributed.fsdp import fully_shard
+
+    mesh = _mesh((2, 2), ("replicate", "shard"))
+    model = make_model()
+    fully_shard(model, mesh=mesh)  # a 2-D mesh: HSDP (replicate over dim 0, shard over dim 1)
+    opt = fused(kind, model.parameters(), backend)
+    rank = dist.get_rank()
+    rows = slice(rank * BATCH // 4, (rank + 1) * BATCH // 4)
+    norms, collectives = train(model, opt, rows)
+    return compare(kind, model, norms, collectives)
+
+
+def _tensor_parallel(model, mesh):
+    from torch.distributed.tensor.parallel import ColwiseParallel, RowwiseParallel, parallelize_module
+
+    # Layer 0: weight and bias Shard(0); layer 2: weight Shard(1), bias Replicate; layer 4 stays plain.
+    return parallelize_module(model, mesh, {"0": ColwiseParallel(), "2": RowwiseParallel()})
+
+
+def tp(kind, backend):
+    model = _tensor_parallel(make_model(), _mesh((dist.get_world_size(),), ("tp",)))
+    opt = fused(kind, model.parameters(), backend)
+    norms, collectives = train(model, opt, slice(None))
+    return compare(kind, model, norms, collectives)
+
+
+def fsdp_tp(kind, backend):
+    from torch.distributed.fsdp import fully_shard
+
+    mesh = _mesh((2, 2), ("dp", "tp"))
+    model = _tensor_parallel(make_model(), mesh["tp"])
+    fully_shard(model, mesh=mesh["dp"])
+    opt = fused(kind, model.parameters(), backend)
+    dp = mesh.get_coordinate()[0]
+    norms, collectives = train(model, opt, slice(dp * BATCH // 2, (dp + 1) * BATCH // 2))
+    return compare(kind, model, norms, collectives)
+
+
+def pipeline(kind, backend):
+    """Two pipeline-style stages: rank 0 steps layers 0 and 2, rank 1 layer 4, each with its own
+    optimizer, the norm summed over both (``norm_group``); layer 2's bias is also held and
+    stepped by rank 1, a duplicate marked ``replicated`` so that it counts once."""
+    rank = dist.get_rank()
+    model = make_model()
+    named = dict(model.named_parameters())
+    stage = ["0.weight", "0.bias", "2.weight"] if rank == 0 else ["4.weight", "4.bias"]
+    groups = [{"params": [named[n] for n in stage]}, {"params": [named["2.bias"]], "replicated": True}]
+    opt = fused(kind, groups, backend, norm_group=dist.group.WORLD)
+
+    def pass_stages_on():  # what a pipeline's forward would carry: each stage's new weights
+        with torch.no_grad():
+            for name, p in named.items():
+                dist.broadcast(p, src=0 if name.startswith(("0.", "2.")) else 1)
+
+    norms, collectives = train(model, opt, slice(None), after_step=pass_stages_on)
+    return compare(kind, model, norms, collectives, names=stage + ["2.bias"], agree=["2.bias"])
+
+
+SCENARIOS = {"ddp": ddp, "fsdp": fsdp, "hsdp": hsdp, "tp": tp, "fsdp_tp": fsdp_tp, "pipeline": pipeline}
+
+
+def run(rank, world, port, out_dir, names, backends):
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=world, timeout=datetime.timedelta(seconds=120))
+    torch.set_num_threads(1)
+    results = {}
+    try:
+        for name in names:
+            for backend in backends:
+                for kind in ("adamw", "lion"):
+                    try:
+                        results[f"{name}-{kind}-{backend}"] = SCENARIOS[name](kind, backend)
+                    except Exception:
+                        results[f"{name}-{kind}-{backend}"] = {"error": traceback.format_exc()}
+    finally:
+        with open(os.path.join(out_dir, f"rank{rank}.json"), "w") as f:
+            json.dump(results, f)
+        dist.destroy_process_group()
