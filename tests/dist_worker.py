@@ -144,18 +144,26 @@ def _mesh(shape, names):
     return init_device_mesh("cpu", shape, mesh_dim_names=names)
 
 
-def fsdp(kind, backend):
+def _fsdp_model():
     from torch.distributed.fsdp import fully_shard
 
-    rank, world = dist.get_rank(), dist.get_world_size()
+    mesh = _mesh((dist.get_world_size(),), ("dp",))
     model = make_model()
     for layer in model:
         if isinstance(layer, nn.Linear):
-            fully_shard(layer, mesh=_mesh((world,), ("dp",)))
-    fully_shard(model, mesh=_mesh((world,), ("dp",)))
+            fully_shard(layer, mesh=mesh)
+    return fully_shard(model, mesh=mesh)
+
+
+def _own_rows():
+    rank, world = dist.get_rank(), dist.get_world_size()
+    return slice(rank * BATCH // world, (rank + 1) * BATCH // world)
+
+
+def fsdp(kind, backend):
+    model = _fsdp_model()
     opt = fused(kind, model.parameters(), backend)
-    rows = slice(rank * BATCH // world, (rank + 1) * BATCH // world)
-    norms, collectives = train(model, opt, rows)
+    norms, collectives = train(model, opt, _own_rows())
     result = compare(kind, model, norms, collectives)
     state = opt.state[next(model.parameters())]
     result["states_are_dtensors"] = all(type(v).__name__ == "DTensor" for k, v in state.items() if k != "step")
@@ -221,10 +229,171 @@ def pipeline(kind, backend):
     return compare(kind, model, norms, collectives, names=stage + ["2.bias"], agree=["2.bias"])
 
 
-SCENARIOS = {"ddp": ddp, "fsdp": fsdp, "hsdp": hsdp, "tp": tp, "fsdp_tp": fsdp_tp, "pipeline": pipeline}
+# ----- checkpoints through torch.distributed.checkpoint ---------------------------------------------
+
+SHARED = {}  # "dir": a folder every world size's run sees (set by run)
 
 
-def run(rank, world, port, out_dir, names, backends):
+def _full_states(opt, model):
+    return {
+        f"{name}.{key}": full(value).clone()
+        for name, p in model.named_parameters()
+        for key, value in opt.state[p].items()
+    }
+
+
+def _save(model, opt, path):
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import get_state_dict
+
+    model_sd, optim_sd = get_state_dict(model, opt)
+    dcp.save({"model": model_sd, "optim": optim_sd}, checkpoint_id=path)
+
+
+def _load(model, opt, path):
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
+
+    model_sd, optim_sd = get_state_dict(model, opt)  # makes the states (no step) to load into
+    made_without_step = int(opt._schedule_step) == 0 and all(
+        float(s["step"]) == 0 for s in opt.state.values() if "step" in s
+    )
+    assert opt.state and made_without_step, "get_state_dict must make the states without stepping"
+    state = {"model": model_sd, "optim": optim_sd}
+    dcp.load(state, checkpoint_id=path)
+    set_state_dict(model, opt, model_state_dict=state["model"], optim_state_dict=state["optim"])
+
+
+def dcp_save(kind, backend):
+    """Save after 2 steps on this world size, go on 2 more; then a fresh model and optimizer
+    resume from the checkpoint: the same 2 steps must give the same bits."""
+    path = os.path.join(SHARED["dir"], f"{kind}-{backend}")
+    model = _fsdp_model()
+    opt = fused(kind, model.parameters(), backend)
+    train(model, opt, _own_rows(), steps=range(2))
+    _save(model, opt, path)
+    saved_states = _full_states(opt, model)
+    norms, _ = train(model, opt, _own_rows(), steps=range(2, STEPS))
+    uninterrupted = {name: full(p).clone() for name, p in model.named_parameters()}
+    if dist.get_rank() == 0:
+        torch.save({"states": saved_states, "params": uninterrupted, "norms": norms}, path + ".pt")
+
+    model = _fsdp_model()
+    opt = fused(kind, model.parameters(), backend)
+    _load(model, opt, path)
+    counter = int(opt._schedule_step)
+    resumed_norms, _ = train(model, opt, _own_rows(), steps=range(2, STEPS))
+    resumed = {name: full(p) for name, p in model.named_parameters()}
+    return {
+        "counter": counter,
+        "bitwise": all(torch.equal(resumed[n], uninterrupted[n]) for n in resumed) and resumed_norms == norms,
+    }
+
+
+def dcp_load(kind, backend):
+    """Resume on this world size from dcp_save's checkpoint (saved on 2 ranks): the states as
+    saved, the counter, and the next 2 steps as the 2-rank run took them (to rounding)."""
+    path = os.path.join(SHARED["dir"], f"{kind}-{backend}")
+    expected = torch.load(path + ".pt")
+    model = _fsdp_model()
+    opt = fused(kind, model.parameters(), backend)
+    _load(model, opt, path)
+    states = _full_states(opt, model)
+    counter = int(opt._schedule_step)
+    norms, _ = train(model, opt, _own_rows(), steps=range(2, STEPS))
+    params = {name: full(p) for name, p in model.named_parameters()}
+    return {
+        "counter": counter,
+        "states_equal": states.keys() == expected["states"].keys()
+        and all(torch.equal(states[k], expected["states"][k]) for k in states),
+        "param_err": max(float((params[n] - expected["params"][n]).abs().max()) for n in params),
+        "norm_err": max(abs(a - b) / b for a, b in zip(norms, expected["norms"])),
+    }
+
+
+# ----- inputs that must be refused before anything changes ---------------------------------------
+
+
+def _refused(opt, model, error, match, make_bad):
+    """``make_bad()`` spoils an input; the step must raise ``error`` and change nothing."""
+    import re
+
+    before = {n: full(p).clone() for n, p in model.named_parameters()}
+    states = _full_states(opt, model)
+    counter = int(opt._schedule_step)
+    make_bad()
+    try:
+        opt.step()
+    except error as e:
+        ok = re.search(match, str(e)) is not None
+    else:
+        ok = False
+    after = {n: full(p) for n, p in model.named_parameters()}
+    unchanged = all(torch.equal(after[n], before[n]) for n in after) and int(opt._schedule_step) == counter
+    unchanged = unchanged and all(torch.equal(v, states[k]) for k, v in _full_states(opt, model).items())
+    return ok and unchanged
+
+
+def errors(kind, backend):
+    from torch.distributed.tensor import DTensor, Partial
+
+    model = _fsdp_model()
+    params = list(model.parameters())
+    opt = fused(kind, params, backend)
+    train(model, opt, _own_rows(), steps=range(1))
+    x, y = batch(1)
+    results = {}
+
+    def backward():
+        opt.zero_grad()
+        nn.functional.mse_loss(model(x[_own_rows()]), y[_own_rows()]).backward()
+
+    backward()
+    grad = params[0].grad
+    results["plain_grad"] = _refused(
+        opt, model, RuntimeError, "must be a DTensor", lambda: setattr(params[0], "grad", grad.full_tensor())
+    )
+    backward()
+    partial = DTensor.from_local(params[0].grad.full_tensor(), params[0].device_mesh, [Partial()])
+    results["partial_grad"] = _refused(
+        opt, model, RuntimeError, "placements", lambda: setattr(params[0], "grad", partial)
+    )
+    backward()
+    exp_avg = opt.state[params[1]]["exp_avg"]
+    results["plain_state"] = _refused(
+        opt,
+        model,
+        RuntimeError,
+        "must be a DTensor",
+        lambda: opt.state[params[1]].update(exp_avg=exp_avg.full_tensor()),
+    )
+    opt.state[params[1]]["exp_avg"] = exp_avg
+    try:
+        fused(kind, [{"params": params, "agc_clip_factor": 0.01}], backend, norm_group=dist.group.WORLD)
+        results["agc_with_norm_group"] = False
+    except ValueError:
+        results["agc_with_norm_group"] = True
+    # The optimizer still works after every refusal.
+    opt.step()
+    results["steps_after"] = bool(torch.isfinite(opt.last_grad_norm))
+    return results
+
+
+SCENARIOS = {
+    "errors": errors,
+    "ddp": ddp,
+    "fsdp": fsdp,
+    "hsdp": hsdp,
+    "tp": tp,
+    "fsdp_tp": fsdp_tp,
+    "pipeline": pipeline,
+    "dcp_save": dcp_save,
+    "dcp_load": dcp_load,
+}
+
+
+def run(rank, world, port, out_dir, names, backends, shared_dir):
+    SHARED["dir"] = shared_dir
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=world, timeout=datetime.timedelta(seconds=120))
     torch.set_num_threads(1)

@@ -17,8 +17,8 @@ from fusedlr import available_backends
 
 pytestmark = pytest.mark.skipif(not dist.is_available() or not dist.is_gloo_available(), reason="needs gloo")
 BACKENDS = [b for b in ("torch", "triton") if b in available_backends()]
-TWO_RANKS = ["ddp", "fsdp", "tp", "pipeline"]
-FOUR_RANKS = ["hsdp", "fsdp_tp"]
+TWO_RANKS = ["errors", "ddp", "fsdp", "tp", "pipeline", "dcp_save"]
+FOUR_RANKS = ["hsdp", "fsdp_tp", "dcp_load"]
 # Collectives per opt.step(): DDP needs none (its grads are already the same everywhere); one
 # all_reduce for the per-tensor sums of sharded params, or for the stages' total.
 EXPECTED_COLLECTIVES = {"ddp": 0, "fsdp": 1, "tp": 1, "pipeline": 1, "hsdp": 1, "fsdp_tp": 1}
@@ -30,18 +30,25 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _spawn(tmp_path_factory, world, names):
+def _spawn(tmp_path_factory, world, names, shared):
     out = tmp_path_factory.mktemp(f"world{world}")
-    mp.spawn(dist_worker.run, args=(world, _free_port(), str(out), names, BACKENDS), nprocs=world)
+    mp.spawn(dist_worker.run, args=(world, _free_port(), str(out), names, BACKENDS, str(shared)), nprocs=world)
     return [json.loads((out / f"rank{r}.json").read_text()) for r in range(world)]
 
 
 @pytest.fixture(scope="module")
 def results(tmp_path_factory):
-    return {2: _spawn(tmp_path_factory, 2, TWO_RANKS), 4: _spawn(tmp_path_factory, 4, FOUR_RANKS)}
+    """Every scenario's results per world size and rank. The 2-rank run saves the checkpoints
+    that the 4-rank and 1-rank runs resume from."""
+    shared = tmp_path_factory.mktemp("checkpoints")
+    return {
+        2: _spawn(tmp_path_factory, 2, TWO_RANKS, shared),
+        4: _spawn(tmp_path_factory, 4, FOUR_RANKS, shared),
+        1: _spawn(tmp_path_factory, 1, ["dcp_load"], shared),
+    }
 
 
-CASES = [(2, n) for n in TWO_RANKS] + [(4, n) for n in FOUR_RANKS]
+CASES = [(2, n) for n in TWO_RANKS if n not in ("dcp_save", "errors")] + [(4, n) for n in FOUR_RANKS if n != "dcp_load"]
 
 
 @pytest.mark.parametrize("kind", ["adamw", "lion"])
@@ -58,3 +65,46 @@ def test_matches_unsharded_reference(results, world, scenario, backend, kind):
         assert result["collectives"] == [EXPECTED_COLLECTIVES[scenario]] * len(result["collectives"]), result
         if "states_are_dtensors" in result:
             assert result["states_are_dtensors"]
+
+
+def _each_rank(results, world, name, backend, kind):
+    for rank, per_rank in enumerate(results[world]):
+        result = per_rank[f"{name}-{kind}-{backend}"]
+        assert "error" not in result, f"rank {rank}:\n{result.get('error')}"
+        yield result
+
+
+@pytest.mark.parametrize("kind", ["adamw", "lion"])
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_dcp_resume_is_bitwise_on_the_same_world_size(results, backend, kind):
+    for result in _each_rank(results, 2, "dcp_save", backend, kind):
+        assert result["counter"] == 2  # the schedule counter came back through DCP
+        assert result["bitwise"]
+
+
+@pytest.mark.parametrize("kind", ["adamw", "lion"])
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("world", [1, 4])
+def test_dcp_resume_on_another_world_size(results, world, backend, kind):
+    """Saved on 2 ranks: the states come back exactly, resharded; the next steps agree with the
+    2-rank run up to the norm's summation order."""
+    for result in _each_rank(results, world, "dcp_load", backend, kind):
+        assert result["counter"] == 2
+        assert result["states_equal"]
+        assert result["param_err"] < 2e-6, result
+        assert result["norm_err"] < 1e-6, result
+
+
+@pytest.mark.parametrize("kind", ["adamw", "lion"])
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_refuses_what_it_cannot_step(results, backend, kind):
+    """A plain grad or state for a DTensor param, a Partial grad: a clear RuntimeError and nothing
+    changed; AGC with norm_group: ValueError at construction."""
+    for result in _each_rank(results, 2, "errors", backend, kind):
+        assert result == {
+            "plain_grad": True,
+            "partial_grad": True,
+            "plain_state": True,
+            "agc_with_norm_group": True,
+            "steps_after": True,
+        }
