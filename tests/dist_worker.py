@@ -53,8 +53,12 @@ def schedule():
     return WarmupCosine(warmup_steps=2, total_steps=8)
 
 
-def reference(kind: str, steps: int = STEPS):
-    """The unsharded run: full params by name and the norm clip_grad_norm_ reported each step."""
+AGC_FACTOR = 0.05
+
+
+def reference(kind: str, steps: int = STEPS, agc: bool = False):
+    """The unsharded run: full params by name and the norm clip_grad_norm_ reported each step
+    (after the seed guide's AGC, with ``agc``)."""
     model = make_model()
     params = list(model.parameters())
     if kind == "adamw":
@@ -68,6 +72,10 @@ def reference(kind: str, steps: int = STEPS):
     for step in range(steps):
         x, y = batch(step)
         nn.functional.mse_loss(model(x), y).backward()
+        if agc:
+            from oracles import adaptive_clip_grad
+
+            adaptive_clip_grad(params, AGC_FACTOR)
         norms.append(float(torch.nn.utils.clip_grad_norm_(params, MAX_GRAD_NORM, foreach=False)))
         opt.step()
         sched.step()
@@ -107,9 +115,9 @@ def train(model, opt, rows, steps=range(STEPS), after_step=None):
     return norms, collectives
 
 
-def compare(kind, model, norms, collectives, names=None, agree=None):
+def compare(kind, model, norms, collectives, names=None, agree=None, agc=False):
     """What the test asserts: errors against the reference and agreement across ranks."""
-    ref_params, ref_norms = reference(kind)
+    ref_params, ref_norms = reference(kind, agc=agc)
     ours = {name: full(p) for name, p in model.named_parameters()}
     names = names or list(ours)
     param_err = max(float((ours[n] - ref_params[n]).abs().max()) for n in names)
@@ -168,6 +176,45 @@ def fsdp(kind, backend):
     state = opt.state[next(model.parameters())]
     result["states_are_dtensors"] = all(type(v).__name__ == "DTensor" for k, v in state.items() if k != "step")
     return result
+
+
+def fsdp_agc(kind, backend):
+    """AGC on sharded params: each tensor's AGC scale from its whole-tensor norms."""
+    model = _fsdp_model()
+    opt = fused(kind, model.parameters(), backend, agc_clip_factor=AGC_FACTOR)
+    norms, collectives = train(model, opt, _own_rows())
+    return compare(kind, model, norms, collectives, agc=True)
+
+
+def found_inf(kind, backend):
+    """A GradScaler's found_inf on one rank only, then a non-finite grad in one rank's shard with
+    skip_nonfinite: every rank skips the step alike, and steps alike afterwards."""
+    model = _fsdp_model()
+    opt = fused(kind, model.parameters(), backend, skip_nonfinite=True)
+    train(model, opt, _own_rows(), steps=range(1))
+    before = {n: full(p).clone() for n, p in model.named_parameters()}
+    rank = dist.get_rank()
+    x, y = batch(1)
+    nn.functional.mse_loss(model(x[_own_rows()]), y[_own_rows()]).backward()
+    opt.grad_scale, opt.found_inf = torch.ones(()), torch.full((1,), 1.0 if rank == 0 else 0.0)
+    opt.step()  # as GradScaler.step calls it, with the attributes set
+    del opt.grad_scale, opt.found_inf
+    skipped_found_inf = int(opt.skipped_steps)
+    if rank == 1:
+        next(model.parameters()).grad.to_local()[0, 0] = float("inf")
+    opt.step()
+    skipped_nonfinite = int(opt.skipped_steps) - skipped_found_inf
+    unchanged = all(torch.equal(full(p), before[n]) for n, p in model.named_parameters())
+    opt.zero_grad()
+    norms, _ = train(model, opt, _own_rows(), steps=range(2, 3))
+    gathered = [None] * dist.get_world_size()
+    dist.all_gather_object(gathered, (norms, {n: full(p).numpy().tobytes() for n, p in model.named_parameters()}))
+    return {
+        "skipped": [skipped_found_inf, skipped_nonfinite],
+        "unchanged": unchanged,
+        "counter": int(opt._schedule_step),
+        "ranks_agree": all(g == gathered[0] for g in gathered),
+    }
 
 
 def hsdp(kind, backend):
@@ -383,6 +430,8 @@ SCENARIOS = {
     "errors": errors,
     "ddp": ddp,
     "fsdp": fsdp,
+    "fsdp_agc": fsdp_agc,
+    "found_inf": found_inf,
     "hsdp": hsdp,
     "tp": tp,
     "fsdp_tp": fsdp_tp,

@@ -17,11 +17,11 @@ from fusedlr import available_backends
 
 pytestmark = pytest.mark.skipif(not dist.is_available() or not dist.is_gloo_available(), reason="needs gloo")
 BACKENDS = [b for b in ("torch", "triton") if b in available_backends()]
-TWO_RANKS = ["errors", "ddp", "fsdp", "tp", "pipeline", "dcp_save"]
+TWO_RANKS = ["errors", "found_inf", "ddp", "fsdp", "fsdp_agc", "tp", "pipeline", "dcp_save"]
 FOUR_RANKS = ["hsdp", "fsdp_tp", "dcp_load"]
 # Collectives per opt.step(): DDP needs none (its grads are already the same everywhere); one
 # all_reduce for the per-tensor sums of sharded params, or for the stages' total.
-EXPECTED_COLLECTIVES = {"ddp": 0, "fsdp": 1, "tp": 1, "pipeline": 1, "hsdp": 1, "fsdp_tp": 1}
+EXPECTED_COLLECTIVES = {"ddp": 0, "fsdp": 1, "fsdp_agc": 1, "tp": 1, "pipeline": 1, "hsdp": 1, "fsdp_tp": 1}
 
 
 def _free_port() -> int:
@@ -48,7 +48,9 @@ def results(tmp_path_factory):
     }
 
 
-CASES = [(2, n) for n in TWO_RANKS if n not in ("dcp_save", "errors")] + [(4, n) for n in FOUR_RANKS if n != "dcp_load"]
+CASES = [(2, n) for n in TWO_RANKS if n not in ("dcp_save", "errors", "found_inf")] + [
+    (4, n) for n in FOUR_RANKS if n != "dcp_load"
+]
 
 
 @pytest.mark.parametrize("kind", ["adamw", "lion"])
@@ -108,3 +110,11 @@ def test_refuses_what_it_cannot_step(results, backend, kind):
             "agc_with_norm_group": True,
             "steps_after": True,
         }
+
+
+@pytest.mark.parametrize("kind", ["adamw", "lion"])
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_skips_agree_on_every_rank(results, backend, kind):
+    """found_inf on rank 0 only, then an inf in rank 1's shard: both ranks skip both steps."""
+    for result in _each_rank(results, 2, "found_inf", backend, kind):
+        assert result == {"skipped": [1, 1], "unchanged": True, "counter": 2, "ranks_agree": True}
