@@ -154,6 +154,7 @@ class _FusedOptimizer(torch.optim.Optimizer):
         _precision.check_group_options(self.param_groups[-1])
         self._flat_params = [p for group in self.param_groups for p in group["params"]]
         self._sharded = any(map(_distributed.is_dtensor, self._flat_params))
+        self._checked_state_version = None
         self._plan_cache = None
         self._step_cache = None
         if hasattr(self, "norm_group"):  # (not yet while the base __init__ adds the first groups)
@@ -173,6 +174,7 @@ class _FusedOptimizer(torch.optim.Optimizer):
         self.state = _StateTable(self.state)
         self._flat_params = [p for group in self.param_groups for p in group["params"]]
         self._sharded = any(map(_distributed.is_dtensor, self._flat_params))
+        self._checked_state_version = None
         self._compile_handle = _compile.register(self)
         # Groups loaded from a torch.optim state dict lack our keys: fill them from defaults.
         for group in self.param_groups:
@@ -262,11 +264,17 @@ class _FusedOptimizer(torch.optim.Optimizer):
         if not self._sharded:
             return pairs, grads, None
         name = type(self).__name__
+        # States are checked again only when one changed (the state counts its changes).
+        version = getattr(self.state, "version", None)
+        check_states = version is None or version != self._checked_state_version
+        no_state = {}
         for (param, _), grad in zip(pairs, grads):
             if _distributed.is_dtensor(param):
-                _distributed.check_sharded(param, grad, self.state.get(param, {}), name)
+                state = self.state.get(param, no_state) if check_states else no_state
+                _distributed.check_sharded(param, grad, state, name)
             elif _distributed.is_dtensor(grad):
                 raise RuntimeError(f"{name}: a plain parameter has a DTensor {self.grad_attribute}")
+        self._checked_state_version = version
         local = _distributed.local
         return [(local(p), group) for p, group in pairs], [local(g) for g in grads], params
 
