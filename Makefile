@@ -1,7 +1,7 @@
 # The two commands of the README: `make bench` (the main job) and `make test`.
 PY = $$(cat .python-path)
 
-.PHONY: setup bench test test-cpu test-native lint wheel wheel-check clean
+.PHONY: setup bench test test-cpu test-native lint wheel wheel-check wheels sdist clean
 
 setup:
 	@bash tools/setup_env.sh
@@ -24,13 +24,26 @@ lint:
 	$(PY) -m ruff check fusedlr tests benchmarks examples
 	$(PY) -m ruff format --check fusedlr tests benchmarks examples
 
-# A wheel with the CUDA extension, for the architectures in FUSEDLR_CUDA_ARCHS (default 80;86;89;90).
+# A manylinux wheel for this Python with the CUDA extension, for the architectures in
+# FUSEDLR_CUDA_ARCHS (default 80;86;89;90) and the toolkit(s) in FUSEDLR_CUDA_HOMES (default:
+# the local one).
 wheel: setup
-	FUSEDLR_BUILD_CUDA=$${FUSEDLR_BUILD_CUDA:-1} $(PY) -m pip wheel . --no-deps -w dist
+	rm -rf dist/raw
+	FUSEDLR_BUILD_CUDA=$${FUSEDLR_BUILD_CUDA:-1} $(PY) -m pip wheel . --no-deps -w dist/raw
+	bash tools/repair_wheel.sh dist/raw dist
 
-# The wheel holds the requested architectures and imports next to torch.
+# The wheel's tag, architectures and import next to torch.
 wheel-check: wheel
 	bash tools/check_wheel.sh
 
+# Release builds: Python 3.10-3.13 (PYTHONS), each wheel with a CUDA 12.4 and a CUDA 13 extension.
+wheels: setup
+	bash tools/build_wheels.sh
+
+# The pure-Python source distribution (it builds the extension where a toolkit is found).
+sdist: setup
+	$(PY) -m pip install -q build
+	$(PY) -m build --sdist -o dist
+
 clean:
-	rm -rf .venv .python-path build dist *.egg-info .pytest_cache .ruff_cache fusedlr/_C*.so
+	rm -rf .venv .python-path build dist *.egg-info .pytest_cache .ruff_cache fusedlr/_C*.so .toolkits

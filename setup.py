@@ -5,14 +5,21 @@ toolkit is found and FUSEDLR_BUILD_CUDA is not 0. Environment:
 
   FUSEDLR_BUILD_CUDA   1: build (fail without nvcc); 0: never; unset: build if nvcc is found
   FUSEDLR_CUDA_ARCHS   "80;86;89;90" by default: SASS for each, plus PTX for the newest
-  CUDA_HOME            where the toolkit is (else CUDA_PATH, /usr/local/cuda, nvcc on PATH)
+  FUSEDLR_CUDA_HOMES   toolkit roots separated by ";" (e.g. one CUDA 12 and one CUDA 13): one
+                       extension per toolkit, fusedlr._C_cu<major>, all in the same wheel
+  CUDA_HOME            the one toolkit when FUSEDLR_CUDA_HOMES is unset (else CUDA_PATH,
+                       /usr/local/cuda, nvcc on PATH)
   MAX_JOBS             parallel jobs for ninja and for nvcc's per-architecture threads
 
 The extension includes no torch header and links cudart statically, so the wheel works with
-any torch and needs only an NVIDIA driver new enough for the toolkit it was built with.
+any torch and needs only an NVIDIA driver that supports the CUDA major version it was built
+with; fusedlr/_cuda.py loads the newest extension the driver can run. The nvcc part does not
+depend on Python: its object is kept in build/cuda-<version>-<archs>/ and reused when wheels
+are built for several Pythons.
 """
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -26,6 +33,31 @@ ROOT = Path(__file__).resolve().parent
 DEFAULT_ARCHS = "80;86;89;90"
 
 
+def _is_toolkit(root: Path) -> bool:
+    return (root / "bin" / "nvcc").is_file() and (root / "lib64" / "libcudart_static.a").is_file()
+
+
+def find_cuda_homes():
+    """The toolkit roots to build for: FUSEDLR_CUDA_HOMES, else the one find_cuda_home() finds."""
+    listed = [Path(r).resolve() for r in os.environ.get("FUSEDLR_CUDA_HOMES", "").split(";") if r.strip()]
+    for root in listed:
+        if not _is_toolkit(root):
+            raise SystemExit(f"FUSEDLR_CUDA_HOMES: {root} has no bin/nvcc and lib64/libcudart_static.a")
+    if listed:
+        return listed
+    home = find_cuda_home()
+    return [home] if home else []
+
+
+def cuda_version(home: Path) -> tuple[int, int]:
+    """(major, minor) of the toolkit at ``home``, from nvcc --version."""
+    out = subprocess.run([str(home / "bin" / "nvcc"), "--version"], capture_output=True, text=True, check=True)
+    match = re.search(r"release (\d+)\.(\d+)", out.stdout)
+    if not match:
+        raise SystemExit(f"cannot read the CUDA version from {home}/bin/nvcc --version:\n{out.stdout}")
+    return int(match.group(1)), int(match.group(2))
+
+
 def find_cuda_home():
     """The toolkit root: CUDA_HOME, CUDA_PATH, /usr/local/cuda, or nvcc's on PATH; it must hold
     bin/nvcc and the static cudart the extension links."""
@@ -35,21 +67,16 @@ def find_cuda_home():
         roots.append(str(Path(on_path).resolve().parent.parent))
     for root in filter(None, roots):
         root = Path(root).resolve()
-        if (root / "bin" / "nvcc").is_file() and (root / "lib64" / "libcudart_static.a").is_file():
+        if _is_toolkit(root):
             return root
     return None
-
-
-def find_nvcc():
-    home = find_cuda_home()
-    return home / "bin" / "nvcc" if home else None
 
 
 def want_cuda():
     flag = os.environ.get("FUSEDLR_BUILD_CUDA", "").strip()
     if flag == "0":
         return False
-    if find_nvcc() is None:
+    if not find_cuda_homes():
         if flag == "1":
             raise SystemExit("FUSEDLR_BUILD_CUDA=1 but no nvcc was found (set CUDA_HOME)")
         print("fusedlr: no CUDA toolkit found; building without the cuda backend", file=sys.stderr)
@@ -68,23 +95,30 @@ def gencode_flags(archs: str):
 
 
 class BuildWithNvcc(build_ext):
-    """Compiles fusedlr._C with nvcc and the host compiler through a generated build.ninja."""
+    """Compiles each fusedlr._C_cu<major> with nvcc and the host compiler through a generated
+    build.ninja: the nvcc object once per toolkit and architecture list, the binding per Python."""
 
     def build_extension(self, ext):
-        if ext.name != "fusedlr._C":
+        if not ext.name.startswith("fusedlr._C"):
             return super().build_extension(ext)
         import pybind11
 
-        cuda_home = find_cuda_home()
+        cuda_home = TOOLKITS[ext.name]
         nvcc = cuda_home / "bin" / "nvcc"
         jobs = os.environ.get("MAX_JOBS") or str(os.cpu_count() or 1)
         out = Path(self.get_ext_fullpath(ext.name)).resolve()
         out.parent.mkdir(parents=True, exist_ok=True)
-        temp = Path(self.build_temp).resolve()
+        temp = Path(self.build_temp).resolve() / ext.name
         temp.mkdir(parents=True, exist_ok=True)
+        archs = os.environ.get("FUSEDLR_CUDA_ARCHS", DEFAULT_ARCHS)
+        major, minor = cuda_version(cuda_home)
+        device_dir = ROOT / "build" / f"cuda-{major}.{minor}-{archs.replace(';', '_')}"
+        device_dir.mkdir(parents=True, exist_ok=True)
         cxx = os.environ.get("CXX", "c++")
         includes = f"-I{sysconfig.get_paths()['include']} -I{pybind11.get_include()} -I{ROOT / 'csrc'}"
-        gencode = " ".join(gencode_flags(os.environ.get("FUSEDLR_CUDA_ARCHS", DEFAULT_ARCHS)))
+        module = ext.name.rsplit(".", 1)[1]
+        gencode = " ".join(gencode_flags(archs))
+        sources = f"{ROOT / 'csrc' / 'kernels.h'} {ROOT / 'csrc' / 'layout.h'}"
         ninja_file = temp / "build.ninja"
         ninja_file.write_text(
             f"""ninja_required_version = 1.3
@@ -93,14 +127,14 @@ rule nvcc
   command = {nvcc} -O3 -std=c++17 --threads {jobs} -Xcompiler -fPIC -I{ROOT / "csrc"} {gencode} -c $in -o $out
   description = nvcc $in
 rule cxx
-  command = {cxx} -O2 -std=c++17 -fPIC -fvisibility=hidden {includes} -c $in -o $out
+  command = {cxx} -O2 -std=c++17 -fPIC -fvisibility=hidden -DFUSEDLR_MODULE_NAME={module} {includes} -c $in -o $out
   description = c++ $in
 rule link
   command = {cxx} -shared $in -L{cuda_home / "lib64"} -lcudart_static -ldl -lrt -lpthread -o $out
   description = link $out
-build {temp / "kernels.o"}: nvcc {ROOT / "csrc" / "kernels.cu"} | {ROOT / "csrc" / "kernels.h"} {ROOT / "csrc" / "layout.h"}
-build {temp / "binding.o"}: cxx {ROOT / "csrc" / "binding.cpp"} | {ROOT / "csrc" / "kernels.h"} {ROOT / "csrc" / "layout.h"}
-build {out}: link {temp / "binding.o"} {temp / "kernels.o"}
+build {device_dir / "kernels.o"}: nvcc {ROOT / "csrc" / "kernels.cu"} | {sources}
+build {temp / "binding.o"}: cxx {ROOT / "csrc" / "binding.cpp"} | {sources}
+build {out}: link {temp / "binding.o"} {device_dir / "kernels.o"}
 """
         )
         subprocess.run(_ninja() + ["-f", str(ninja_file), "-j", jobs], check=True)
@@ -118,5 +152,13 @@ def _ninja():
         return [found]
 
 
-ext_modules = [Extension("fusedlr._C", sources=["csrc/binding.cpp"])] if want_cuda() else []
+# fusedlr._C_cu<major> -> the toolkit it is built with.
+TOOLKITS = {}
+if want_cuda():
+    for home in find_cuda_homes():
+        name = f"fusedlr._C_cu{cuda_version(home)[0]}"
+        if name in TOOLKITS:
+            raise SystemExit(f"FUSEDLR_CUDA_HOMES lists two toolkits of one major version: {TOOLKITS[name]}, {home}")
+        TOOLKITS[name] = home
+ext_modules = [Extension(name, sources=["csrc/binding.cpp"]) for name in TOOLKITS]
 setup(ext_modules=ext_modules, cmdclass={"build_ext": BuildWithNvcc})

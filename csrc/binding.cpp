@@ -68,9 +68,16 @@ void mixed_update_on_cpu_checked(bool is_adamw, int param_dtype, int grad_dtype,
 
 }  // namespace
 
-PYBIND11_MODULE(_C, m) {
+// The module's name carries the CUDA major version it was built with (_C_cu12, _C_cu13): one
+// wheel may hold several, and fusedlr/_cuda.py loads the newest the driver can run.
+#ifndef FUSEDLR_MODULE_NAME
+#define FUSEDLR_MODULE_NAME _C
+#endif
+
+PYBIND11_MODULE(FUSEDLR_MODULE_NAME, m) {
   m.doc() = "fusedlr's CUDA kernels: addresses, sizes and the stream as integers; see csrc/kernels.h";
   m.def("layout", &layout, "Column, slot, opcode and dtype numbers, for the Python side's consistency check");
+  m.def("cuda_runtime_version", &fusedlr::cuda_runtime_version, "CUDART_VERSION this was compiled with");
   m.def("schedule_on_cpu", &schedule_on_cpu, "The CUDA schedule interpreter's logic, run on the CPU (for tests)",
         py::arg("program"), py::arg("num_instructions"), py::arg("scale_register"), py::arg("offset_register"),
         py::arg("k"));

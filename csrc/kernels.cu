@@ -727,4 +727,6 @@ void run_schedule_program(const double* program, int num_instructions, int scale
   run_program(program, num_instructions, scale_register, offset_register, k, scale, offset);
 }
 
+int cuda_runtime_version() { return CUDART_VERSION; }
+
 }  // namespace fusedlr

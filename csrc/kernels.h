@@ -50,6 +50,10 @@ void mixed_update_on_cpu(bool is_adamw, int param_dtype, int grad_dtype, int sta
                          uint64_t master, uint64_t grad, uint64_t exp_avg, uint64_t exp_avg_sq, uint64_t max_sq,
                          int64_t numel, int64_t first_index, const double* coef, bool stochastic);
 
+// CUDART_VERSION of the toolkit this was compiled with (e.g. 12040 for 12.4): the driver must
+// support that CUDA major version.
+int cuda_runtime_version();
+
 // Runs a schedule program on the host side of this library (a CPU twin of the device
 // interpreter, compiled from the same source), for tests without a GPU.
 void run_schedule_program(const double* program, int num_instructions, int scale_register, int offset_register,

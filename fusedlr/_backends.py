@@ -73,10 +73,7 @@ def choose(requested: str, device: torch.device) -> str:
         from . import _cuda
 
         if _cuda.load() is None:
-            raise RuntimeError(
-                "fusedlr: backend='cuda' requested but the compiled extension fusedlr._C is not installed "
-                "(build it with FUSEDLR_BUILD_CUDA=1 pip install .; see the README's 'Building wheels')"
-            )
+            raise RuntimeError(f"fusedlr: backend='cuda' cannot run: {_cuda.unavailable_reason()}")
         if device.type != "cuda":
             raise RuntimeError(f"fusedlr: backend='cuda' needs CUDA tensors; these parameters are on {device.type}")
     return name

@@ -2,13 +2,19 @@
 plan the Triton backend uses. The extension takes addresses, sizes and torch's current stream
 as integers, so this file is where torch tensors become numbers.
 
-``import fusedlr`` works without the extension: ``load()`` returns None and
-``available_backends()`` leaves "cuda" out.
+A wheel may hold one extension per CUDA major version (``_C_cu12``, ``_C_cu13``); ``load()``
+imports the newest one the installed driver can run, asking the driver for the CUDA version it
+supports (``cuDriverGetVersion``, which creates no context). ``import fusedlr`` works without
+any extension: ``load()`` returns None and ``available_backends()`` leaves "cuda" out; where an
+extension exists but the driver is too old for it, ``unavailable_reason()`` says so and
+``backend="cuda"`` raises with that message, while ``auto`` keeps choosing triton.
 """
 
 from __future__ import annotations
 
+import ctypes
 import functools
+import importlib
 
 import torch
 
@@ -37,19 +43,73 @@ def _expected_layout() -> dict:
     return expected
 
 
+# Newest first: the first one the driver supports is loaded.
+EXTENSION_MAJORS = (13, 12)
+
+
 @functools.cache
-def load():
-    """The extension module, or None when it was not built. Raises if it disagrees with Python."""
+def driver_cuda_version() -> tuple[int, int] | None:
+    """(major, minor) of the CUDA version the installed NVIDIA driver supports, or None when
+    there is no driver (no libcuda). Creates no CUDA context."""
     try:
-        from . import _C
+        libcuda = ctypes.CDLL("libcuda.so.1")
+    except OSError:
+        return None
+    version = ctypes.c_int(0)
+    if libcuda.cuDriverGetVersion(ctypes.byref(version)) != 0:
+        return None
+    return version.value // 1000, (version.value % 1000) // 10
+
+
+def _import(major):
+    try:
+        return importlib.import_module(f"{__package__}._C_cu{major}")
     except ImportError:
         return None
-    built = _C.layout()
+
+
+@functools.cache
+def _choose():
+    """(the extension to use or None, why none is usable or None)."""
+    built = [(major, module) for major in EXTENSION_MAJORS if (module := _import(major)) is not None]
+    if not built:
+        return None, (
+            "the compiled extension (fusedlr._C_cu12 / fusedlr._C_cu13) is not installed: build it with "
+            "FUSEDLR_BUILD_CUDA=1 pip install . (README: 'Installing and building wheels')"
+        )
+    driver = driver_cuda_version()
+    if driver is None:  # no driver: the newest, for its host-side code (tests on a CPU machine)
+        return _checked(built[0][1]), None
+    for major, module in built:
+        if major <= driver[0]:
+            return _checked(module), None
+    majors = ", ".join(f"CUDA {m}" for m, _ in built)
+    return None, (
+        f"this NVIDIA driver supports CUDA {driver[0]}.{driver[1]}, but fusedlr's extension was built for {majors} "
+        f"(needs a driver for CUDA {built[-1][0]} or newer: 525+ for CUDA 12, 580+ for CUDA 13). Update the driver, "
+        "or install/build fusedlr for your CUDA version (README: 'Installing and building wheels'); "
+        "backend='auto' uses triton meanwhile"
+    )
+
+
+def _checked(module):
+    built = module.layout()
     expected = _expected_layout()
     wrong = {k: (built.get(k), v) for k, v in expected.items() if built.get(k) != v}
     if wrong:
-        raise ImportError(f"fusedlr._C was built from another version of the tables (csrc vs Python): {wrong}")
-    return _C
+        raise ImportError(f"{module.__name__} was built from another version of the tables (csrc vs Python): {wrong}")
+    return module
+
+
+def load():
+    """The extension to launch: the newest built one the driver supports (with no driver, the
+    newest built one); None when there is none. Raises if it disagrees with the Python tables."""
+    return _choose()[0]
+
+
+def unavailable_reason() -> str | None:
+    """Why no extension can run here, or None when one can."""
+    return _choose()[1]
 
 
 def available() -> bool:
