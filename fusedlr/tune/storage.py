@@ -1,0 +1,53 @@
+"""Where studies live: Optuna's storages, nothing home-made.
+
+* a plain path (the default, ``fusedlr-tune.db``) is an embedded SQLite database: no server, and a
+  study killed half way resumes from it;
+* a path ending in ``.journal`` is Optuna's append-only journal file (``JournalFileBackend``);
+* a URL (``sqlite:///...``, ``postgresql://user@host/db``, ``mysql://...``) is an Optuna RDB
+  storage: point several processes or machines at one PostgreSQL database to tune in parallel
+  (Optuna's distributed mode).
+
+RDB storages get Optuna's heartbeat: a trial whose process died (killed, out of memory, machine
+lost) stops beating, is marked failed by the next worker after ``grace_period`` seconds and is
+queued again with the same parameters (``RetryFailedTrialCallback``), so a resumed study re-runs
+exactly the interrupted trial. The journal file has no heartbeat in Optuna: an interrupted trial
+stays ``RUNNING`` there and a fresh trial takes its place.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+
+import optuna
+
+DEFAULT_STORAGE = "fusedlr-tune.db"
+
+
+def storage_url(location: str | None) -> str:
+    """The storage URL for a path or URL (a path becomes an absolute ``sqlite:///`` URL)."""
+    location = location or DEFAULT_STORAGE
+    if "://" in location or location.endswith(".journal"):
+        return location
+    return "sqlite:///" + os.path.abspath(location)
+
+
+def open_storage(location: str | None = None, *, heartbeat_interval: int | None = 30, grace_period: int | None = None):
+    """An Optuna storage for ``location`` (see the module docstring)."""
+    url = storage_url(location)
+    if url.endswith(".journal") and "://" not in url:
+        from optuna.storages.journal import JournalFileBackend
+
+        return optuna.storages.JournalStorage(JournalFileBackend(os.path.abspath(url)))
+    engine_kwargs = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else None
+    if heartbeat_interval is None:
+        return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs)
+    with warnings.catch_warnings():  # the heartbeat is flagged experimental; it is Optuna's documented way
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        return optuna.storages.RDBStorage(
+            url,
+            engine_kwargs=engine_kwargs,
+            heartbeat_interval=heartbeat_interval,
+            grace_period=grace_period or 2 * heartbeat_interval,
+            heartbeat_stale_trial_callback=optuna.storages.RetryFailedTrialCallback(max_retry=2),
+        )
