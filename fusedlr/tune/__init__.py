@@ -24,8 +24,8 @@ try:
 except ImportError as error:  # pragma: no cover - exercised without the extra
     raise ImportError("fusedlr.tune needs Optuna: pip install 'fusedlr[tune]'") from error
 
-from .report import best_policy_text, best_schedule, best_trial, csv_table, markdown_table, ranked_rows, schedule_of
 from .repeats import run_repeats, summarize_repeats
+from .report import best_policy_text, best_schedule, best_trial, csv_table, markdown_table, ranked_rows, schedule_of
 from .runner import tune
 from .space import CATEGORIES, FAMILIES, Family, Param, select_families
 from .storage import DEFAULT_STORAGE, open_storage

@@ -108,8 +108,12 @@ def _parser():
     run.add_argument("--grid-lr-points", type=int, default=4)
     run.add_argument("--seed", type=int, default=0, help="training seed of every search trial")
     run.add_argument("--sampler-seed", type=int, default=None, help="fixes the sampler (one process)")
+    run.add_argument("--fixed-sweep", type=int, default=None, help="queue N fixed lrs first (digits: 8)")
+    run.add_argument("--balanced", action="store_true", help="categories take the trials in turn")
     run.add_argument("--repeats", type=int, default=0, help="then re-train each category's best with N seeds")
-    run.add_argument("--heartbeat", type=int, default=30, help="seconds; a dead worker's trial is retried after 2x")
+    run.add_argument(
+        "--heartbeat", type=int, default=30, help="seconds (0: off); a dead worker's trial is retried after 2x"
+    )
     run.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     run.add_argument("--out", default=None, help="write the report (tables, plots) to this folder")
     run.add_argument("--no-progress", action="store_true")
@@ -131,11 +135,13 @@ def main(argv=None) -> int:
         train = _load_train(args.train, args.optimizer)
         study_name = args.study or args.train.replace(":", ".")
         target = args.target if args.target is not None else (0.95 if args.train == "digits" else None)
+        sweep = args.fixed_sweep if args.fixed_sweep is not None else (8 if args.train == "digits" else 0)
         study = tune(train, steps=args.steps, families=args.families, n_trials=args.trials, sampler=args.sampler,
                      pruner=args.pruner, storage=args.storage, study_name=study_name, direction=args.direction,
                      target=target, lr_range=(args.lr_min, args.lr_max), grid_lr_points=args.grid_lr_points,
-                     seed=args.seed, sampler_seed=args.sampler_seed, heartbeat_interval=args.heartbeat,
-                     show_progress_bar=not args.no_progress)  # fmt: skip
+                     seed=args.seed, sampler_seed=args.sampler_seed, heartbeat_interval=args.heartbeat or None,
+                     show_progress_bar=not args.no_progress, balanced=args.balanced,
+                     fixed_sweep=sweep)  # fmt: skip
         if args.repeats:
             run_repeats(train, study, repeats=args.repeats, storage=args.storage, target=target,
                         show_progress_bar=not args.no_progress)  # fmt: skip

@@ -74,8 +74,8 @@ def summarize_repeats(rstudy) -> list[dict]:
     rows: dict = {}
     for t in rstudy.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)):
         a = t.user_attrs
-        row = rows.setdefault(a["category"], {"category": a["category"], "family": a["family"], "lr": a["lr"],
-                                              "schedule": a["schedule"], "finals": [], "to_target": [], "missed": 0})  # fmt: skip
+        first = dict(category=a["category"], family=a["family"], lr=a["lr"], schedule=a["schedule"])
+        row = rows.setdefault(a["category"], dict(first, finals=[], to_target=[], missed=0))
         row["finals"].append(a.get("final_metric") if t.state == TrialState.COMPLETE else float("nan"))
         if a.get("steps_to_target") is None:
             row["missed"] += 1

@@ -31,7 +31,11 @@ def ranked_rows(study) -> list[dict]:
         a = t.user_attrs
         if "family" not in a:
             continue
-        note = a.get("pruned_reason") or a.get("error") or ("interrupted (process died)" if t.state == TrialState.FAIL else "")
+        note = (
+            a.get("pruned_reason")
+            or a.get("error")
+            or ("interrupted (process died)" if t.state == TrialState.FAIL else "")
+        )
         rows.append({
             "trial": t.number, "state": t.state.name.lower(), "category": a.get("category"), "family": a["family"],
             "lr": a.get("lr"), "final_metric": a.get("final_metric"), "best_metric": a.get("best_metric"),
@@ -121,8 +125,10 @@ def best_policy_text(study) -> str:
 
 
 def repeats_markdown(summary: list[dict]) -> str:
-    lines = ["| category | family | lr | runs | final metric mean ± std (min-max) | steps to target mean ± std | missed |",
-             "|---|---|---|---|---|---|---|"]  # fmt: skip
+    lines = [
+        "| category | family | lr | runs | final metric mean ± std (min-max) | steps to target mean ± std | missed |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for r in summary:
         to_target = (
             f"{r['steps_to_target_mean']:.0f} ± {r['steps_to_target_std']:.0f}"

@@ -10,7 +10,7 @@ import traceback
 import optuna
 from optuna.trial import TrialState
 
-from .space import FAMILIES, grid_configs, select_families
+from .space import CATEGORIES, FAMILIES, grid_configs, lr_grid, select_families
 from .storage import open_storage
 from .trial import Diverged, TuneTrial
 
@@ -30,11 +30,12 @@ def make_sampler(kind: str, *, grid: list | None = None, seed: int | None = None
 
 def make_pruner(kind: str, steps: int):
     """Pruners judge the metric reported at a step against other trials at that step."""
-    first = max(1, steps // 8)  # nothing is pruned on its first eighth: every policy starts somewhere else
+    # nothing is pruned in its first quarter: cyclic and warmup policies start low on purpose
+    first = max(1, steps // 4)
     if kind == "none":
         return optuna.pruners.NopPruner()
     if kind == "median":
-        return optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=first)
+        return optuna.pruners.MedianPruner(n_startup_trials=8, n_warmup_steps=first)
     if kind == "halving":
         return optuna.pruners.SuccessiveHalvingPruner(min_resource=first, reduction_factor=3)
     if kind == "hyperband":
@@ -65,14 +66,22 @@ class _StopAtBudget:
             study.stop()
 
 
-def make_objective(train, *, families, steps: int, lr_range, grid, direction: str, target, seed: int):
+def make_objective(train, *, families, steps: int, lr_range, grid, direction: str, target, seed: int,
+                   balanced: bool = False):  # fmt: skip
+    categories = [c for c in CATEGORIES if any(f.category == c for f in families)]
+
     def draw(trial) -> dict:
         config = trial.user_attrs.get("config")  # an enqueued policy (repeats, re-evaluations)
         if config is not None:
             return config
         if grid is not None:
             return grid[trial.suggest_categorical("grid_point", list(range(len(grid))))]
-        family = FAMILIES[trial.suggest_categorical("family", [f.name for f in families])]
+        if balanced:  # categories in turn, so that each gets its share of the trials whatever the sampler likes
+            category = categories[trial.number % len(categories)]
+            names = [f.name for f in families if f.category == category]
+            family = FAMILIES[trial.suggest_categorical(f"family.{category}", names)]
+        else:
+            family = FAMILIES[trial.suggest_categorical("family", [f.name for f in families])]
         params = family.suggest(trial)
         lr = trial.suggest_float(f"{family.name}.lr", *lr_range, log=True)
         return {"family": family.name, "params": params, "lr": lr}
@@ -134,6 +143,8 @@ def tune(
     heartbeat_interval: int | None = 30,
     grace_period: int | None = None,
     show_progress_bar: bool = True,
+    fixed_sweep: int = 0,
+    balanced: bool = False,
 ):
     """Run (or resume, or join) a study of lr policies over ``train(trial)``; returns the Optuna study.
 
@@ -143,6 +154,10 @@ def tune(
     finished trials over every process sharing the study (None with the grid: the whole grid).
     ``seed`` is the training seed, the same for every trial; ``sampler_seed`` fixes the sampler
     (leave it None when several processes share a study, or give each its own).
+    ``fixed_sweep`` queues that many fixed-lr trials, log-spaced over ``lr_range``, before the
+    sampler's own draws: the baseline the seed compares with is then a tuned fixed lr.
+    ``balanced`` gives the categories (fixed, decaying, cyclic, composite) the trials in turn, so a
+    model-based sampler cannot starve a category that starts slowly.
     """
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
         raise ValueError(f"Invalid steps: {steps!r} (expected a positive int)")
@@ -168,10 +183,23 @@ def tune(
         if grid is None:
             raise ValueError("Invalid n_trials: None (only the grid sampler has a natural end)")
         n_trials = len(grid)
+    if fixed_sweep:
+        _enqueue_fixed_sweep(study, lr_range, fixed_sweep)
     remaining = n_trials - finished(study)
     if remaining > 0:
         objective = make_objective(train, families=chosen, steps=steps, lr_range=lr_range, grid=grid,
-                                   direction=direction, target=target, seed=seed)  # fmt: skip
+                                   direction=direction, target=target, seed=seed, balanced=balanced)  # fmt: skip
         study.optimize(objective, n_trials=remaining, catch=(Exception,), callbacks=[_StopAtBudget(n_trials)],
                        show_progress_bar=show_progress_bar)  # fmt: skip
     return study
+
+
+def _enqueue_fixed_sweep(study, lr_range, points: int) -> None:
+    queued = {
+        t.user_attrs["config"]["lr"]
+        for t in study.get_trials(deepcopy=False)
+        if "config" in t.user_attrs and t.user_attrs["config"]["family"] == "fixed"
+    }
+    for lr in lr_grid(lr_range, points):
+        if lr not in queued:
+            study.enqueue_trial({}, user_attrs={"config": {"family": "fixed", "params": {}, "lr": lr}})

@@ -67,7 +67,9 @@ class Family:
 
     def grid(self) -> list[dict]:
         names = list(self.params)
-        return [dict(zip(names, values)) for values in itertools.product(*(self.params[n].grid_values() for n in names))]
+        return [
+            dict(zip(names, values)) for values in itertools.product(*(self.params[n].grid_values() for n in names))
+        ]
 
 
 def _at_least_1(x) -> int:
