@@ -43,10 +43,12 @@ def claim_text(summary: list[dict]) -> str:
     ]
     for r in others:
         if r["steps_to_target_mean"] and fixed["steps_to_target_mean"]:
+            ratio = fixed["steps_to_target_mean"] / r["steps_to_target_mean"]
+            speed = f"{ratio:.2f}x fewer" if ratio >= 1 else f"{1 / ratio:.2f}x more"
             lines.append(
                 f"steps to target, {r['family']} ({r['category']}): {r['steps_to_target_mean']:.0f} vs fixed "
-                f"{fixed['steps_to_target_mean']:.0f} ({fixed['steps_to_target_mean'] / r['steps_to_target_mean']:.2f}x"
-                f" fewer; missed {r['missed']}/{r['runs']} vs {fixed['missed']}/{fixed['runs']})"
+                f"{fixed['steps_to_target_mean']:.0f} ({speed}; missed {r['missed']}/{r['runs']} vs "
+                f"{fixed['missed']}/{fixed['runs']})"
             )
     return "\n".join(lines) + "\n"
 
@@ -142,6 +144,8 @@ def main(argv=None) -> int:
                      seed=args.seed, sampler_seed=args.sampler_seed, heartbeat_interval=args.heartbeat or None,
                      show_progress_bar=not args.no_progress, balanced=args.balanced,
                      fixed_sweep=sweep)  # fmt: skip
+        if args.train == "digits":
+            study.set_user_attr("optimizer", "AdamW" if args.optimizer == "adamw" else "Lion")
         if args.repeats:
             run_repeats(train, study, repeats=args.repeats, storage=args.storage, target=target,
                         show_progress_bar=not args.no_progress)  # fmt: skip

@@ -113,6 +113,9 @@ def best_schedule(study, category: str | None = None) -> tuple[float, S.Schedule
 
 
 def best_policy_text(study) -> str:
+    """The best policy in words and as code (``fusedlr.AdamW`` unless the study recorded another
+    optimizer in its ``optimizer`` user attribute, as the digits benchmark does)."""
+    optimizer = study.user_attrs.get("optimizer", "AdamW")
     t = best_trial(study)
     lr, schedule = schedule_of(t)
     a = t.user_attrs
@@ -120,7 +123,7 @@ def best_policy_text(study) -> str:
         f"best trial {t.number}: {a['family']} ({a['category']}), final metric {t.value:.4f}, "
         f"steps to target {a.get('steps_to_target')}\n"
         f"params: {json.dumps(a['params'], sort_keys=True)}\n"
-        f"fusedlr.AdamW(model.parameters(), lr={lr!r}, schedule=fusedlr.schedules.{schedule!r})\n"
+        f"fusedlr.{optimizer}(model.parameters(), lr={lr!r}, schedule=fusedlr.schedules.{schedule!r})\n"
     )
 
 
