@@ -21,8 +21,10 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TESTS = os.path.join(ROOT, "tests")
 
 
-def _worker(storage, study, trials, *, heartbeat=30, sleep="0.3", cwd):
+def _worker(storage, study, trials, *, heartbeat=30, sleep="0.3", cwd, barrier=None):
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([ROOT, TESTS]), TOY_SLEEP=sleep)
+    if barrier:
+        env["TOY_BARRIER"] = barrier
     command = [sys.executable, "-m", "fusedlr.tune", "run", "--train", "tune_toy:slow_train", "--storage", storage,
                "--study", study, "--trials", str(trials), "--steps", "40", "--sampler", "random", "--pruner", "none",
                "--families", "fixed,sine,polynomial", "--heartbeat", str(heartbeat), "--no-progress"]  # fmt: skip
@@ -38,7 +40,8 @@ def _finish(process, timeout=120):
 def _two_workers(storage, tmp_path, trials=8):
     optuna.create_study(storage=open_storage(storage, heartbeat_interval=None), study_name="shared",
                         direction="maximize", load_if_exists=True)  # fmt: skip
-    workers = [_worker(storage, "shared", trials, sleep="0.25", cwd=tmp_path) for _ in range(2)]
+    barrier = str(tmp_path / "barrier")
+    workers = [_worker(storage, "shared", trials, sleep="0.25", cwd=tmp_path, barrier=barrier) for _ in range(2)]
     for w in workers:
         _finish(w)
     study = optuna.load_study(study_name="shared", storage=open_storage(storage, heartbeat_interval=None))

@@ -25,7 +25,22 @@ def train(trial):
     return metric
 
 
+def _meet(barrier: str, parties: int) -> None:
+    """Wait (once per process, at most a minute) until ``parties`` processes have reached here, so
+    that workers started together really overlap however slowly each one imports torch."""
+    os.makedirs(barrier, exist_ok=True)
+    mark = os.path.join(barrier, str(os.getpid()))
+    if os.path.exists(mark):
+        return
+    open(mark, "w").close()
+    deadline = time.time() + 60
+    while len(os.listdir(barrier)) < parties and time.time() < deadline:
+        time.sleep(0.05)
+
+
 def slow_train(trial):
     """``train`` that takes a while, so that processes overlap and can be killed mid-trial."""
+    if os.environ.get("TOY_BARRIER"):
+        _meet(os.environ["TOY_BARRIER"], int(os.environ.get("TOY_PARTIES", "2")))
     time.sleep(float(os.environ.get("TOY_SLEEP", "0.3")))
     return train(trial)
