@@ -38,8 +38,7 @@ def _finish(process, timeout=120):
 
 
 def _two_workers(storage, tmp_path, trials=8):
-    optuna.create_study(storage=open_storage(storage, heartbeat_interval=None), study_name="shared",
-                        direction="maximize", load_if_exists=True)  # fmt: skip
+    """Two workers started together on a fresh storage (they race to create tables and study)."""
     barrier = str(tmp_path / "barrier")
     workers = [_worker(storage, "shared", trials, sleep="0.25", cwd=tmp_path, barrier=barrier) for _ in range(2)]
     for w in workers:

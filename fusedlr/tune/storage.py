@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import os
 import sqlite3
+import time
 import warnings
 
 import optuna
@@ -64,14 +65,24 @@ def open_storage(location: str | None = None, *, heartbeat_interval: int | None 
 
         return optuna.storages.JournalStorage(JournalFileBackend(os.path.abspath(url)))
     engine_kwargs = _sqlite_engine(url) if url.startswith("sqlite:///") else None
-    if heartbeat_interval is None:
-        return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs)
-    with warnings.catch_warnings():  # the heartbeat is flagged experimental; it is Optuna's documented way
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        return optuna.storages.RDBStorage(
-            url,
-            engine_kwargs=engine_kwargs,
-            heartbeat_interval=heartbeat_interval,
-            grace_period=grace_period or 2 * heartbeat_interval,
-            heartbeat_stale_trial_callback=_retry_callback(),
-        )
+    options = dict(engine_kwargs=engine_kwargs)
+    if heartbeat_interval is not None:
+        options.update(heartbeat_interval=heartbeat_interval, grace_period=grace_period or 2 * heartbeat_interval,
+                       heartbeat_stale_trial_callback=_retry_callback())  # fmt: skip
+    return _create_rdb_storage(url, options)
+
+
+def _create_rdb_storage(url: str, options: dict, attempts: int = 6):
+    """``RDBStorage(url, **options)``. Processes started together on a fresh database race to create
+    Optuna's tables: the losers fail on the version stamp and succeed once the tables exist."""
+    import sqlalchemy.exc
+
+    for attempt in range(attempts):
+        try:
+            with warnings.catch_warnings():  # the heartbeat is flagged experimental; it is Optuna's documented way
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                return optuna.storages.RDBStorage(url, **options)
+        except sqlalchemy.exc.DBAPIError:  # IntegrityError, OperationalError, ProgrammingError (PostgreSQL)
+            if attempt == attempts - 1:
+                raise
+            time.sleep(0.25 * (attempt + 1))
