@@ -77,7 +77,9 @@ def make_objective(train, *, families, steps: int, lr_range, grid, direction: st
         if grid is not None:
             return grid[trial.suggest_categorical("grid_point", list(range(len(grid))))]
         if balanced:  # categories in turn, so that each gets its share of the trials whatever the sampler likes
-            category = categories[trial.number % len(categories)]
+            # a retried trial (its worker died) already holds its family: keep its category
+            held = [name.split(".", 1)[1] for name in trial.params if name.startswith("family.")]
+            category = held[0] if held else categories[trial.number % len(categories)]
             names = [f.name for f in families if f.category == category]
             family = FAMILIES[trial.suggest_categorical(f"family.{category}", names)]
         else:
