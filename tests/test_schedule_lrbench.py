@@ -119,7 +119,9 @@ def test_device_matches_lrbench(triton_backend, policy):
     params = _params(policy)
     base_lr, schedule = S.lrbench_policy(policy, **params)
     expected = lrbench(policy, **params)
-    ks = list(range(0, HORIZON + 1, 3))  # every third update: each trough, peak and restart region
+    # the Triton interpreter costs ~35 ms a point: troughs (0, 12), peaks (6, 18), both sides of the
+    # restarts and halvings (5-7, 11-13), an odd phase (29) and the end; the host test checks every update
+    ks = [0, 1, 5, 6, 7, 11, 12, 13, 18, 29, 47]
     scale, offset = schedule_on_device(schedule, torch.tensor(ks, dtype=torch.int64))
     for t, s, o in zip(ks, scale.tolist(), offset.tolist()):
         _close(base_lr * s + o, expected(t), t)
