@@ -32,6 +32,17 @@ from .library import (
     WarmupStableDecay,
     WarmupStableExpDecay,
 )
+from .lrbench import (
+    CosineCycle,
+    InverseDecay,
+    PolynomialDecay,
+    RestartCycle,
+    Scaled,
+    Sigmoid,
+    SineCycle,
+    TriangularCycle,
+    lrbench_policy,
+)
 from .scaling import linear_scaled_lr, max_lr_rule_of_thumb, sqrt_scaled_lr
 
 __all__ = [
@@ -58,6 +69,15 @@ __all__ = [
     "WarmupMultiStep",
     "Sequential",
     "Chained",
+    "InverseDecay",
+    "Sigmoid",
+    "PolynomialDecay",
+    "TriangularCycle",
+    "SineCycle",
+    "CosineCycle",
+    "RestartCycle",
+    "Scaled",
+    "lrbench_policy",
     "linear_scaled_lr",
     "sqrt_scaled_lr",
     "max_lr_rule_of_thumb",
