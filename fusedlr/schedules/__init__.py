@@ -32,6 +32,7 @@ from .library import (
     WarmupStableDecay,
     WarmupStableExpDecay,
 )
+from .ramp import RangeTestRamp
 from .scaling import linear_scaled_lr, max_lr_rule_of_thumb, sqrt_scaled_lr
 
 __all__ = [
@@ -58,6 +59,7 @@ __all__ = [
     "WarmupMultiStep",
     "Sequential",
     "Chained",
+    "RangeTestRamp",
     "linear_scaled_lr",
     "sqrt_scaled_lr",
     "max_lr_rule_of_thumb",
