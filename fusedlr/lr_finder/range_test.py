@@ -188,6 +188,6 @@ def find_lr(
         if bar is not None:
             bar.close()
         saved.restore()
-    result = RangeTestResult(lrs, losses, smoother.values, rule=rule, stopped_early=stopped)
+    result = RangeTestResult(lrs, losses, smoother.values, rule=rule, stopped_early=stopped, beta=beta)
     result.suggestions = suggest.suggestions(lrs, smoother.values)
     return result

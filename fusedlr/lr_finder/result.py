@@ -21,6 +21,7 @@ class RangeTestResult:
     suggestions: dict = field(default_factory=dict)
     rule: str = "valley"
     stopped_early: bool = False
+    beta: float = 0.98
 
     @property
     def suggestion(self) -> float | None:
@@ -52,7 +53,7 @@ class RangeTestResult:
             figure, ax = plt.subplots(figsize=(7, 4))
         if show_raw:
             ax.plot(self.lrs, self.losses, color="0.75", linewidth=0.8, label="loss")
-        ax.plot(self.lrs, self.smoothed_losses, color="C0", linewidth=1.6, label="smoothed loss (beta 0.98)")
+        ax.plot(self.lrs, self.smoothed_losses, color="C0", linewidth=1.6, label=f"smoothed loss (beta {self.beta:g})")
         markers = {"steep": ("C3", "v"), "valley": ("C2", "o"), "minimum": ("C1", "s")}
         for name, lr in self.suggestions.items():
             if lr is None:
@@ -67,7 +68,8 @@ class RangeTestResult:
         finite = [v for v in self.smoothed_losses if v == v and abs(v) != float("inf")]
         if finite:  # up to the minimum, and a little above: the divergence would flatten the rest
             lowest = finite.index(min(finite))
-            low, high = finite[lowest], max(finite[: lowest + 1])
+            shown = finite[: lowest + 1] + [v for v in self.losses[: lowest + 1] if v == v and abs(v) != float("inf")]
+            low, high = min(shown), max(finite[: lowest + 1])
             margin = 0.1 * (high - low) + 1e-12
             ax.set_ylim(low - margin, high + 3 * margin)
         ax.grid(alpha=0.3, which="both")
