@@ -337,3 +337,14 @@ def test_import_fusedlr_imports_no_optional_package():
         "print(bad); sys.exit(1 if bad else 0)"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_data_that_runs_out_is_a_clear_error_and_changes_nothing():
+    model, loader = _mlp(), _regression(n=32)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    before = [p.detach().clone() for p in model.parameters()]
+    batches = iter(list(loader))  # one pass only: 2 batches for 10 updates
+    with pytest.raises(ValueError, match="ran out"):
+        find_lr(model, opt, batches, loss_fn=torch.nn.functional.mse_loss, num_steps=10, progress=False)
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
+    assert opt.param_groups[0]["lr"] == 0.1 and not opt.state

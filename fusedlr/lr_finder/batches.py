@@ -47,10 +47,14 @@ def model_loss(model, batch, loss_fn):
 
 def endless(data):
     """Batches of ``data`` forever, starting a new pass (a new iterator) when one ends."""
+    passes = 0
     while True:
         empty = True
         for batch in data:
             empty = False
             yield batch
         if empty:
+            if passes:  # a one-shot iterator (a generator) cannot start a second pass
+                raise ValueError("find_lr: the data ran out; pass a re-iterable (a DataLoader, a list) or more batches")
             raise ValueError("find_lr: the data yielded no batch")
+        passes += 1

@@ -112,6 +112,10 @@ def find_lr(
         raise ValueError(f"Invalid num_steps: {num_steps!r} (need an int >= 2)")
     if not isinstance(accumulation_steps, int) or accumulation_steps < 1:
         raise ValueError(f"Invalid accumulation_steps: {accumulation_steps!r}")
+    if not isinstance(sync_every, int) or sync_every < 1:
+        raise ValueError(f"Invalid sync_every: {sync_every!r} (need an int >= 1)")
+    if divergence is not None and not divergence > 1.0:
+        raise ValueError(f"Invalid divergence: {divergence!r} (need a factor > 1, or None)")
     if not 0.0 <= beta < 1.0:
         raise ValueError(f"Invalid beta: {beta!r} (need 0 <= beta < 1)")
     if rule not in suggest.RULES:
