@@ -64,6 +64,21 @@ def test_fused_optimizer_sweeps_on_its_counter(backend):
     assert optimizer.schedule == WarmupCosine(5, 50) and int(optimizer._schedule_step) == 0
 
 
+@pytest.mark.parametrize("mode", ["exp", "linear"])
+def test_range_test_ramp_on_the_device_matches_torch_lr_finders_formula(triton_backend, mode):
+    """The sweep the kernels evaluate from the device counter (the finalize's schedule program)."""
+    from fusedlr._triton import schedule_on_device
+    from fusedlr.schedules import RangeTestRamp
+
+    start, end, n = 1e-7, 10.0, 100
+    ks = list(range(n))
+    scale, offset = schedule_on_device(RangeTestRamp(end / start, n, mode), torch.tensor(ks, dtype=torch.int64))
+    for k, s, o in zip(ks, scale.tolist(), offset.tolist()):
+        r = k / (n - 1)  # torch_lr_finder.lr_finder.ExponentialLR / LinearLR.get_lr
+        expected = start * (end / start) ** r if mode == "exp" else start + r * (end - start)
+        assert start * s + o == pytest.approx(expected, rel=1e-12)
+
+
 def _state_of(model, optimizer, scaler=None):
     """Everything a range test may change, as plain values."""
     groups = [{k: v for k, v in g.items() if k != "params"} for g in optimizer.param_groups]

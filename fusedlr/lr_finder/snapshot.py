@@ -59,11 +59,14 @@ class TrainingSnapshot:
         self.model, self.optimizer, self.grad_scaler = model, optimizer, grad_scaler
         # Tensors by (module, slot, name): a tensor the test replaced is put back, not just refilled.
         self._module_tensors = []
+        copies = {}  # one copy per tensor: tied weights (an lm_head sharing the embedding) are saved once
         for module in model.modules():
             for slot in ("_parameters", "_buffers"):
                 for name, tensor in getattr(module, slot).items():
                     if tensor is not None:
-                        self._module_tensors.append((module, slot, name, _SavedTensor(tensor, to)))
+                        if id(tensor) not in copies:
+                            copies[id(tensor)] = _SavedTensor(tensor, to)
+                        self._module_tensors.append((module, slot, name, copies[id(tensor)]))
         params = list(model.parameters()) + [p for g in optimizer.param_groups for p in g["params"]]
         params = list({id(p): p for p in params}.values())
         self._grads = [(p, None if p.grad is None else _SavedTensor(p.grad, to)) for p in params]
