@@ -106,6 +106,46 @@ def find_lr(
     counter; a GradScaler's state; the random number generators. The copy lives on the CPU
     (``snapshot="cpu"``) or beside the originals (``"device"``).
     """
+    _check_arguments(start_lr, end_lr, num_steps, accumulation_steps, sync_every, divergence, beta, rule)
+    if step_fn is None and data is None:
+        raise ValueError("find_lr needs data (with loss_fn, or a dict batch with labels) or step_fn")
+    ramp = RangeTestRamp(end_lr / start_lr, num_steps, mode)
+    if device is None:
+        device = next(model.parameters()).device
+    fused = isinstance(optimizer, _FusedOptimizer)
+    bases = [start_lr * ratio for ratio in _reference_ratios(optimizer.param_groups)]
+    update = _Update(model, optimizer, data, device, loss_fn, step_fn, accumulation_steps, grad_scaler, autocast_dtype)
+
+    saved = TrainingSnapshot(model, optimizer, grad_scaler=grad_scaler, to=snapshot)
+    recorder = _Recorder(ramp, start_lr, _SmoothedLoss(beta, divergence), _progress(num_steps, progress))
+    try:
+        if fused:  # the sweep runs on the device, from the optimizer's own counter
+            optimizer.schedule = ramp
+            optimizer._schedule_step.zero_()
+            optimizer._host_step = 0
+            for group, base in zip(optimizer.param_groups, bases):
+                group["lr"] = base
+        for i in range(num_steps):
+            if not fused:
+                for group, base in zip(optimizer.param_groups, bases):
+                    group["lr"] = ramp.lr(i, base)
+            # The update index this step uses: fusedlr's device counter (which a GradScaler's
+            # skipped step does not advance), or i.
+            k = optimizer._schedule_step.clone() if fused else i
+            recorder.add(k, update())
+            if (len(recorder.pending) == sync_every or i == num_steps - 1) and recorder.flush():
+                break
+    finally:
+        recorder.close()
+        saved.restore()
+    smoothed = recorder.smoother.values
+    result = RangeTestResult(recorder.lrs, recorder.losses, smoothed, rule=rule, stopped_early=recorder.stopped,
+                             beta=beta)  # fmt: skip
+    result.suggestions = suggest.suggestions(recorder.lrs, smoothed)
+    return result
+
+
+def _check_arguments(start_lr, end_lr, num_steps, accumulation_steps, sync_every, divergence, beta, rule) -> None:
     if not (isinstance(start_lr, (int, float)) and isinstance(end_lr, (int, float)) and 0 < start_lr < end_lr):
         raise ValueError(f"Invalid range: start_lr={start_lr!r}, end_lr={end_lr!r} (need 0 < start_lr < end_lr)")
     if not isinstance(num_steps, int) or isinstance(num_steps, bool) or num_steps < 2:
@@ -120,78 +160,78 @@ def find_lr(
         raise ValueError(f"Invalid beta: {beta!r} (need 0 <= beta < 1)")
     if rule not in suggest.RULES:
         raise ValueError(f"Invalid rule: {rule!r} (expected one of {', '.join(suggest.RULES)})")
-    if step_fn is None and data is None:
-        raise ValueError("find_lr needs data (with loss_fn, or a dict batch with labels) or step_fn")
-    ramp = RangeTestRamp(end_lr / start_lr, num_steps, mode)
-    if device is None:
-        device = next(model.parameters()).device
-    fused = isinstance(optimizer, _FusedOptimizer)
-    bases = [start_lr * ratio for ratio in _reference_ratios(optimizer.param_groups)]
 
-    saved = TrainingSnapshot(model, optimizer, grad_scaler=grad_scaler, to=snapshot)
-    smoother = _SmoothedLoss(beta, divergence)
-    lrs, losses, stopped = [], [], False
-    bar = _progress(num_steps, progress)
-    try:
-        if fused:  # the sweep runs on the device, from the optimizer's own counter
-            optimizer.schedule = ramp
-            optimizer._schedule_step.zero_()
-            optimizer._host_step = 0
-            for group, base in zip(optimizer.param_groups, bases):
-                group["lr"] = base
-        batches = endless(data) if data is not None else None
-        autocast = (
-            torch.autocast(torch.device(device).type, dtype=autocast_dtype) if autocast_dtype is not None else None
-        )
-        pending_losses, pending_ks = [], []
-        for i in range(num_steps):
-            if not fused:
-                for group, base in zip(optimizer.param_groups, bases):
-                    group["lr"] = ramp.lr(i, base)
-            model.train()
-            optimizer.zero_grad(set_to_none=True)
-            total = None
-            for _ in range(accumulation_steps):
-                batch = to_device(next(batches), device) if batches is not None else None
-                with autocast if autocast is not None else contextlib.nullcontext():
-                    if step_fn is not None:
-                        loss = step_fn(batch) if batches is not None else step_fn()
-                    else:
-                        loss = model_loss(model, batch, loss_fn)
-                if not isinstance(loss, torch.Tensor) or loss.numel() != 1:
-                    raise TypeError(f"find_lr: the loss must be a one-element tensor, got {loss!r}")
-                loss = loss / accumulation_steps
-                (grad_scaler.scale(loss) if grad_scaler is not None else loss).backward()
-                total = loss.detach() if total is None else total + loss.detach()
-            # The update index this step will use: fusedlr's device counter (which a GradScaler's
-            # skipped step does not advance), or i.
-            pending_ks.append(optimizer._schedule_step.clone() if fused else i)
-            if grad_scaler is not None:
-                grad_scaler.step(optimizer)
-                grad_scaler.update()
+
+class _Update:
+    """One optimizer update over ``accumulation_steps`` batches, as a training loop does it;
+    returns the update's loss (the sum of the divided micro-batch losses) on the device."""
+
+    def __init__(self, model, optimizer, data, device, loss_fn, step_fn, accumulation_steps, grad_scaler, dtype):
+        self.model, self.optimizer, self.device = model, optimizer, device
+        self.loss_fn, self.step_fn, self.accumulation_steps = loss_fn, step_fn, accumulation_steps
+        self.grad_scaler = grad_scaler
+        self.batches = endless(data) if data is not None else None
+        self.autocast = torch.autocast(torch.device(device).type, dtype=dtype) if dtype is not None else None
+
+    def _loss(self):
+        batch = to_device(next(self.batches), self.device) if self.batches is not None else None
+        with self.autocast if self.autocast is not None else contextlib.nullcontext():
+            if self.step_fn is None:
+                loss = model_loss(self.model, batch, self.loss_fn)
             else:
-                optimizer.step()
-            pending_losses.append(total.reshape(()))
-            if len(pending_losses) == sync_every or i == num_steps - 1:
-                # One host read per `sync_every` updates, not one per update.
-                values = torch.stack(pending_losses).float().cpu().tolist()
-                ks = torch.stack(pending_ks).cpu().tolist() if fused else pending_ks
-                pending_losses, pending_ks = [], []
-                for k, value in zip(ks, values):
-                    lrs.append(ramp.lr(int(k), start_lr))
-                    losses.append(value)
-                    if smoother.add(value):
-                        stopped = True
-                        break
-                if bar is not None:
-                    bar.update(len(values))
-                    bar.set_postfix(loss=f"{smoother.values[-1]:.4g}")
-                if stopped:
-                    break
-    finally:
-        if bar is not None:
-            bar.close()
-        saved.restore()
-    result = RangeTestResult(lrs, losses, smoother.values, rule=rule, stopped_early=stopped, beta=beta)
-    result.suggestions = suggest.suggestions(lrs, smoother.values)
-    return result
+                loss = self.step_fn(batch) if self.batches is not None else self.step_fn()
+        if not isinstance(loss, torch.Tensor) or loss.numel() != 1:
+            raise TypeError(f"find_lr: the loss must be a one-element tensor, got {loss!r}")
+        return loss
+
+    def __call__(self) -> torch.Tensor:
+        self.model.train()
+        self.optimizer.zero_grad(set_to_none=True)
+        total = None
+        for _ in range(self.accumulation_steps):
+            loss = self._loss() / self.accumulation_steps
+            (self.grad_scaler.scale(loss) if self.grad_scaler is not None else loss).backward()
+            total = loss.detach() if total is None else total + loss.detach()
+        if self.grad_scaler is not None:
+            self.grad_scaler.step(self.optimizer)
+            self.grad_scaler.update()
+        else:
+            self.optimizer.step()
+        return total.reshape(())
+
+
+class _Recorder:
+    """Losses and update indices kept on the device and read in batches (one host read per
+    flush, not one per update); the lr of each point, the smoothing and the stop decision."""
+
+    def __init__(self, ramp, start_lr, smoother, bar):
+        self.ramp, self.start_lr, self.smoother, self.bar = ramp, start_lr, smoother, bar
+        self.pending: list = []
+        self.lrs: list[float] = []
+        self.losses: list[float] = []
+        self.stopped = False
+
+    def add(self, k, loss) -> None:
+        self.pending.append((k, loss))
+
+    def flush(self) -> bool:
+        """Read the pending points; True when the test should stop."""
+        ks = [k for k, _ in self.pending]
+        if ks and isinstance(ks[0], torch.Tensor):
+            ks = torch.stack(ks).cpu().tolist()
+        values = torch.stack([loss for _, loss in self.pending]).float().cpu().tolist()
+        self.pending = []
+        for k, value in zip(ks, values):
+            self.lrs.append(self.ramp.lr(int(k), self.start_lr))
+            self.losses.append(value)
+            if self.smoother.add(value):
+                self.stopped = True
+                break
+        if self.bar is not None:
+            self.bar.update(len(values))
+            self.bar.set_postfix(loss=f"{self.smoother.values[-1]:.4g}")
+        return self.stopped
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
