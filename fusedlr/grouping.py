@@ -72,7 +72,8 @@ def is_embedding(name: str, module: torch.nn.Module) -> bool:
     if isinstance(module, torch.nn.Embedding):
         return True
     segments = name.lower().split(".")
-    return any("embed" in s for s in segments) or segments[-1] in _EMBEDDING_NAMES
+    # GPT-NeoX names its output head `embed_out`: an unembedding, at the top.
+    return any("embed" in s and not s.endswith("_out") for s in segments) or segments[-1] in _EMBEDDING_NAMES
 
 
 def layer_id_from_name(name: str, module: torch.nn.Module, num_layers: int) -> int:

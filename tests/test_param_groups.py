@@ -148,6 +148,17 @@ def test_layer_ids_of_gpt2_bert_and_llama_style_paths():
     assert ids["cls.predictions.transform.dense.weight"] == 3
 
 
+def test_gpt_neox_output_head_is_the_top_layer():
+    model = torch.nn.Module()
+    model.embed_in = torch.nn.Embedding(10, 4)
+    model.layers = torch.nn.ModuleList([torch.nn.Linear(4, 4) for _ in range(2)])
+    model.embed_out = torch.nn.Linear(4, 10, bias=False)
+    groups = fusedlr.param_groups(model, lr=1.0, weight_decay=0.1, layer_decay=0.5)
+    ids = {n: g["layer_id"] for g, names in zip(groups, groups.param_names) for n in names}
+    assert ids == {"embed_in.weight": 0, "layers.0.weight": 1, "layers.0.bias": 1, "layers.1.weight": 2,
+                   "layers.1.bias": 2, "embed_out.weight": 3}  # fmt: skip
+
+
 class _RMSNorm(torch.nn.Module):
     """A custom RMSNorm (Llama style): no torch norm class, a 1-D "weight"."""
 
