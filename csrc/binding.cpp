@@ -30,11 +30,13 @@ std::map<std::string, int> layout() {
       {"group.grad_sign", kGradSign}, {"group.seed", kSeed}, {"group.columns", kGroupColumns},
       {"schedule.host_multiplier", kHostMultiplier}, {"schedule.max_grad_norm", kMaxGradNorm},
       {"schedule.num_instructions", kNumInstructions}, {"schedule.scale_register", kScaleRegister},
-      {"schedule.offset_register", kOffsetRegister}, {"schedule.slots", kScheduleSlots},
+      {"schedule.offset_register", kOffsetRegister}, {"schedule.clip_value", kClipValue},
+      {"schedule.slots", kScheduleSlots},
       {"coef.grad_scale", kGradScale}, {"coef.decay", kDecay}, {"coef.step_size", kStepSize},
       {"coef.bc2_sqrt", kBc2Sqrt}, {"coef.beta1", kCoefBeta1}, {"coef.one_minus_beta1", kOneMinusBeta1},
       {"coef.beta2", kCoefBeta2}, {"coef.one_minus_beta2", kOneMinusBeta2}, {"coef.eps", kCoefEps},
-      {"coef.sr_key", kSrKey}, {"coef.columns", kCoefColumns},
+      {"coef.sr_key", kSrKey}, {"coef.unscale", kUnscale}, {"coef.clip_value", kClipValueCoef},
+      {"coef.columns", kCoefColumns},
       {"op.const", kConst}, {"op.add", kAdd}, {"op.sub", kSub}, {"op.mul", kMul}, {"op.div", kDiv},
       {"op.min", kMin}, {"op.max", kMax}, {"op.lt", kLt}, {"op.le", kLe}, {"op.where", kWhere}, {"op.cos", kCos},
       {"op.sqrt", kSqrt}, {"op.exp", kExp}, {"op.log", kLog}, {"op.floor", kFloor}, {"op.pow", kPow},
@@ -85,7 +87,8 @@ PYBIND11_MODULE(FUSEDLR_MODULE_NAME, m) {
         py::arg("num_tensors"),
         py::arg("chunk_table"), py::arg("num_chunks"), py::arg("chunk_begin"), py::arg("chunk_count"),
         py::arg("chunk_size"), py::arg("partial_grad"), py::arg("partial_param"), py::arg("with_param"),
-        py::arg("found_inf"), py::arg("stream"));
+        py::arg("found_inf"), py::arg("hyper"), py::arg("num_groups"), py::arg("grad_scale"),
+        py::arg("has_clip_value"), py::arg("stream"));
   m.def("tensor_sumsq", &tensor_sumsq, py::arg("tensor_table"), py::arg("num_tensors"), py::arg("partial_grad"),
         py::arg("partial_param"), py::arg("grad_sumsq"), py::arg("param_sumsq"), py::arg("with_param"),
         py::arg("found_inf"), py::arg("stream"));
@@ -93,7 +96,7 @@ PYBIND11_MODULE(FUSEDLR_MODULE_NAME, m) {
         py::arg("num_groups"), py::arg("grad_sumsq"), py::arg("param_sumsq"), py::arg("coef"), py::arg("counter"),
         py::arg("norm_out"), py::arg("has_norms"), py::arg("has_clip"), py::arg("has_agc"), py::arg("is_adamw"),
         py::arg("grad_scale"), py::arg("found_inf"), py::arg("status"), py::arg("skipped_steps"),
-        py::arg("skip_nonfinite"), py::arg("stream"));
+        py::arg("skip_nonfinite"), py::arg("has_clip_value"), py::arg("stream"));
   m.def("adamw_update", &adamw_update, py::arg("dtype"), py::arg("tensor_table"), py::arg("num_tensors"),
         py::arg("chunk_table"), py::arg("num_chunks"), py::arg("chunk_begin"), py::arg("chunk_count"),
         py::arg("chunk_size"), py::arg("coef"), py::arg("found_inf"), py::arg("stream"));

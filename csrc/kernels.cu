@@ -162,6 +162,28 @@ struct BF16 {  // bfloat16 held as its 16 bits
   }
 };
 
+// ----- clip_value: clip_grad_value_ in registers ----------------------------------------------------
+
+// g clamped to [-limit, limit]; NaN stays NaN, as torch.clamp keeps it.
+template <typename Acc> __host__ __device__ inline Acc clamp_value(Acc g, Acc limit) {
+  return g < -limit ? -limit : (g > limit ? limit : g);
+}
+
+// What the norm pass needs to sum unscaled, clamped grads: the clip value from the hyper table and
+// a GradScaler's reciprocal (GradScaler's own: the float64 reciprocal rounded to float).
+template <typename Acc> struct ValueClip {
+  bool on;
+  Acc limit, unscale;
+  __device__ ValueClip(bool has_clip_value, const double* hyper, int64_t num_groups, const float* grad_scale)
+      : on(has_clip_value), limit(0), unscale(1) {
+    if (on) {
+      limit = static_cast<Acc>(hyper[kGroupColumns * num_groups + kClipValue]);
+      if (grad_scale != nullptr) unscale = static_cast<Acc>(static_cast<float>(1.0 / static_cast<double>(*grad_scale)));
+    }
+  }
+  __device__ Acc operator()(Acc g) const { return on ? clamp_value(g * unscale, limit) : g; }
+};
+
 // ----- 1. norm pass: per-chunk partial sums of squares -------------------------------------------
 
 // One chunk's sums of squares, added over the block in a fixed tree, written by thread 0.
@@ -179,11 +201,13 @@ template <typename T>
 __global__ void grad_sumsq_kernel(const int64_t* tensor_table, int64_t num_tensors, const int64_t* chunk_table,
                                   int64_t num_chunks, int64_t chunk_begin, int64_t chunk_count, int64_t chunk_size,
                                   double* partial_grad, double* partial_param, bool with_param,
-                                  const float* found_inf) {
+                                  const float* found_inf, const double* hyper, int64_t num_groups,
+                                  const float* grad_scale, bool has_clip_value) {
   if (skipped(found_inf)) return;
   using S = Storage<T>;
   using Acc = typename S::Acc;
   constexpr int N = Pack<T>::N;
+  const ValueClip<Acc> value_clip(has_clip_value, hyper, num_groups, grad_scale);
   __shared__ double shared[kThreads];
   for (int64_t c = chunk_begin + blockIdx.x; c < chunk_begin + chunk_count; c += gridDim.x) {
     const Chunk chunk = chunk_at(tensor_table, num_tensors, chunk_table, num_chunks, c, chunk_size);
@@ -194,7 +218,10 @@ __global__ void grad_sumsq_kernel(const int64_t* tensor_table, int64_t num_tenso
     for (int64_t i = threadIdx.x * N; i < vector_end; i += blockDim.x * N) {
       const Pack<T> g = *reinterpret_cast<const Pack<T>*>(grad + i);
 #pragma unroll
-      for (int j = 0; j < N; ++j) acc_grad += S::load(g.v[j]) * S::load(g.v[j]);
+      for (int j = 0; j < N; ++j) {
+        const Acc gj = value_clip(S::load(g.v[j]));
+        acc_grad += gj * gj;
+      }
       if (with_param) {
         const Pack<T> p = *reinterpret_cast<const Pack<T>*>(param + i);
 #pragma unroll
@@ -202,7 +229,7 @@ __global__ void grad_sumsq_kernel(const int64_t* tensor_table, int64_t num_tenso
       }
     }
     for (int64_t i = vector_end + threadIdx.x; i < chunk.length; i += blockDim.x) {
-      const Acc g = S::load(grad[i]);
+      const Acc g = value_clip(S::load(grad[i]));
       acc_grad += g * g;
       if (with_param) {
         const Acc p = S::load(param[i]);
@@ -218,8 +245,10 @@ template <typename P, typename G>
 __global__ void mixed_grad_sumsq_kernel(const int64_t* tensor_table, int64_t num_tensors, const int64_t* chunk_table,
                                         int64_t num_chunks, int64_t chunk_begin, int64_t chunk_count,
                                         int64_t chunk_size, double* partial_grad, double* partial_param,
-                                        bool with_param, const float* found_inf) {
+                                        bool with_param, const float* found_inf, const double* hyper,
+                                        int64_t num_groups, const float* grad_scale, bool has_clip_value) {
   if (skipped(found_inf)) return;
+  const ValueClip<float> value_clip(has_clip_value, hyper, num_groups, grad_scale);
   __shared__ double shared[kThreads];
   for (int64_t c = chunk_begin + blockIdx.x; c < chunk_begin + chunk_count; c += gridDim.x) {
     const Chunk chunk = chunk_at(tensor_table, num_tensors, chunk_table, num_chunks, c, chunk_size);
@@ -227,7 +256,7 @@ __global__ void mixed_grad_sumsq_kernel(const int64_t* tensor_table, int64_t num
     const auto* param = address<typename P::T>(tensor_table, kParam, num_tensors, chunk.tensor) + chunk.start;
     float acc_grad = 0, acc_param = 0;
     for (int64_t i = threadIdx.x; i < chunk.length; i += blockDim.x) {
-      const float g = G::load(grad[i]);
+      const float g = value_clip(G::load(grad[i]));
       acc_grad += g * g;
       if (with_param) {
         const float p = P::load(param[i]);
@@ -335,11 +364,16 @@ __global__ void finalize_kernel(const int64_t* tensor_table, int64_t num_tensors
                                 int64_t num_groups, const double* grad_sumsq, const double* param_sumsq, double* coef,
                                 int64_t* counter, float* norm_out, bool has_norms, bool has_clip, bool has_agc,
                                 bool is_adamw, const float* grad_scale, const float* found_inf, float* status,
-                                int64_t* skipped_steps, bool skip_nonfinite) {
+                                int64_t* skipped_steps, bool skip_nonfinite, bool has_clip_value) {
   __shared__ double shared[kFinalizeThreads];
   __shared__ double lr_scale, lr_offset;
   const double* sched = hyper + kGroupColumns * num_groups;
-  const double inv_scale = grad_scale != nullptr ? 1.0 / static_cast<double>(*grad_scale) : 1.0;
+  const double loss_inv = grad_scale != nullptr ? 1.0 / static_cast<double>(*grad_scale) : 1.0;
+  // With clip_value the norm pass summed unscaled grads and the updates unscale each element
+  // before the clamp (GradScaler's float reciprocal); the other scales then exclude it.
+  const double inv_scale = has_clip_value ? 1.0 : loss_inv;
+  const double unscale = has_clip_value ? static_cast<double>(static_cast<float>(loss_inv)) : 1.0;
+  const double clip_value = has_clip_value ? sched[kClipValue] : 0.0;
   bool skip = found_inf != nullptr && *found_inf != 0.0f;
   double clip = 1.0;
   if (has_norms) {
@@ -404,6 +438,8 @@ __global__ void finalize_kernel(const int64_t* tensor_table, int64_t num_tensors
     const uint32_t position = static_cast<uint32_t>(tensor_table[kPosition * num_tensors + t]);
     const uint32_t key = hash32(hash32(hash32(seed) ^ position) + static_cast<uint32_t>(step_count));
     coef[kSrKey * num_tensors + t] = static_cast<double>(key);
+    coef[kUnscale * num_tensors + t] = unscale;
+    coef[kClipValueCoef * num_tensors + t] = clip_value;
   }
   __syncthreads();  // every thread has read the counter before it moves
   if (threadIdx.x == 0 && !skip) *counter = step_count + 1;
@@ -412,7 +448,7 @@ __global__ void finalize_kernel(const int64_t* tensor_table, int64_t num_tensors
 // ----- 4. updates ----------------------------------------------------------------------------------
 
 template <typename Acc> struct Coefs {
-  Acc grad_scale, decay, step_size, bc2_sqrt, beta1, w1, beta2, w2, eps;
+  Acc grad_scale, decay, step_size, bc2_sqrt, beta1, w1, beta2, w2, eps, unscale, clip_value;
   // From the finalize's table (stride num_tensors), or from kCoefColumns values (stride 1, t 0).
   __host__ __device__ Coefs(const double* coef, int64_t num_tensors, int64_t t)
       : grad_scale(static_cast<Acc>(coef[kGradScale * num_tensors + t])),
@@ -423,13 +459,20 @@ template <typename Acc> struct Coefs {
         w1(static_cast<Acc>(coef[kOneMinusBeta1 * num_tensors + t])),
         beta2(static_cast<Acc>(coef[kCoefBeta2 * num_tensors + t])),
         w2(static_cast<Acc>(coef[kOneMinusBeta2 * num_tensors + t])),
-        eps(static_cast<Acc>(coef[kCoefEps * num_tensors + t])) {}
+        eps(static_cast<Acc>(coef[kCoefEps * num_tensors + t])),
+        unscale(static_cast<Acc>(coef[kUnscale * num_tensors + t])),
+        clip_value(static_cast<Acc>(coef[kClipValueCoef * num_tensors + t])) {}
+  // clip_grad_value_ (on the unscaled grad), then AGC, the clip and the sign in grad_scale.
+  __host__ __device__ Acc effective_grad(Acc g) const {
+    if (clip_value > Acc(0)) g = clamp_value(g * unscale, clip_value);
+    return g * grad_scale;
+  }
 };
 
 struct AdamW {
   template <typename Acc>
   __host__ __device__ static void apply(const Coefs<Acc>& k, Acc& p, Acc g, Acc& m, Acc& v, Acc* v_max) {
-    g = g * k.grad_scale;
+    g = k.effective_grad(g);
     p = p * k.decay;
     // torch's lerp(m, g, w): two forms, picked by |w| < 0.5.
     m = k.w1 < Acc(0.5) ? m + k.w1 * (g - m) : g - (g - m) * (Acc(1) - k.w1);
@@ -446,7 +489,7 @@ struct AdamW {
 struct Lion {
   template <typename Acc>
   __host__ __device__ static void apply(const Coefs<Acc>& k, Acc& p, Acc g, Acc& m, Acc&, Acc*) {
-    g = g * k.grad_scale;
+    g = k.effective_grad(g);
     p = p * k.decay;
     const Acc update = m * k.beta1 + k.w1 * g;
     const Acc direction = update > Acc(0) ? Acc(1) : (update < Acc(0) ? Acc(-1) : Acc(0));
@@ -579,7 +622,8 @@ template <typename Launch> void dispatch(int dtype, Launch&& launch) {
 
 void grad_sumsq(int dtype, int grad_dtype, uint64_t tensor_table, int64_t num_tensors, uint64_t chunk_table,
                 int64_t num_chunks, int64_t chunk_begin, int64_t chunk_count, int64_t chunk_size,
-                uint64_t partial_grad, uint64_t partial_param, bool with_param, uint64_t found_inf, uint64_t stream) {
+                uint64_t partial_grad, uint64_t partial_param, bool with_param, uint64_t found_inf, uint64_t hyper,
+                int64_t num_groups, uint64_t grad_scale, bool has_clip_value, uint64_t stream) {
   if (chunk_count == 0) return;
   if (grad_dtype != dtype) {  // fp32 grads beside bf16/fp16 params
     if (grad_dtype != kFloat32 || (dtype != kBFloat16 && dtype != kFloat16)) {
@@ -590,7 +634,7 @@ void grad_sumsq(int dtype, int grad_dtype, uint64_t tensor_table, int64_t num_te
       mixed_grad_sumsq_kernel<decltype(param_tag), F32><<<chunk_grid(chunk_count), kThreads, 0, as_stream(stream)>>>(
           as_ptr<int64_t>(tensor_table), num_tensors, as_ptr<int64_t>(chunk_table), num_chunks, chunk_begin,
           chunk_count, chunk_size, as_mut<double>(partial_grad), as_mut<double>(partial_param), with_param,
-          as_ptr<float>(found_inf));
+          as_ptr<float>(found_inf), as_ptr<double>(hyper), num_groups, as_ptr<float>(grad_scale), has_clip_value);
     };
     if (dtype == kBFloat16) launch(BF16{}); else launch(F16{});
     check(cudaGetLastError(), "mixed_grad_sumsq_kernel");
@@ -601,7 +645,7 @@ void grad_sumsq(int dtype, int grad_dtype, uint64_t tensor_table, int64_t num_te
     grad_sumsq_kernel<T><<<chunk_grid(chunk_count), kThreads, 0, as_stream(stream)>>>(
         as_ptr<int64_t>(tensor_table), num_tensors, as_ptr<int64_t>(chunk_table), num_chunks, chunk_begin,
         chunk_count, chunk_size, as_mut<double>(partial_grad), as_mut<double>(partial_param), with_param,
-        as_ptr<float>(found_inf));
+        as_ptr<float>(found_inf), as_ptr<double>(hyper), num_groups, as_ptr<float>(grad_scale), has_clip_value);
   });
   check(cudaGetLastError(), "grad_sumsq_kernel");
 }
@@ -619,12 +663,12 @@ void tensor_sumsq(uint64_t tensor_table, int64_t num_tensors, uint64_t partial_g
 void finalize(uint64_t tensor_table, int64_t num_tensors, uint64_t hyper, int64_t num_groups, uint64_t grad_sumsq,
               uint64_t param_sumsq, uint64_t coef, uint64_t counter, uint64_t norm_out, bool has_norms,
               bool has_clip, bool has_agc, bool is_adamw, uint64_t grad_scale, uint64_t found_inf, uint64_t status,
-              uint64_t skipped_steps, bool skip_nonfinite, uint64_t stream) {
+              uint64_t skipped_steps, bool skip_nonfinite, bool has_clip_value, uint64_t stream) {
   finalize_kernel<<<1, kFinalizeThreads, 0, as_stream(stream)>>>(
       as_ptr<int64_t>(tensor_table), num_tensors, as_ptr<double>(hyper), num_groups, as_ptr<double>(grad_sumsq),
       as_ptr<double>(param_sumsq), as_mut<double>(coef), as_mut<int64_t>(counter), as_mut<float>(norm_out), has_norms,
       has_clip, has_agc, is_adamw, as_ptr<float>(grad_scale), as_ptr<float>(found_inf), as_mut<float>(status),
-      as_mut<int64_t>(skipped_steps), skip_nonfinite);
+      as_mut<int64_t>(skipped_steps), skip_nonfinite, has_clip_value);
   check(cudaGetLastError(), "finalize_kernel");
 }
 

@@ -9,10 +9,13 @@
 
 namespace fusedlr {
 
-// `grad_dtype` differs from `dtype` only for float32 grads beside bf16/fp16 params.
+// `grad_dtype` differs from `dtype` only for float32 grads beside bf16/fp16 params. With
+// `has_clip_value`, the sums are of the grads unscaled (`grad_scale`, a float, when not 0) and
+// clamped to the clip_value slot of `hyper` (which has `num_groups` group columns).
 void grad_sumsq(int dtype, int grad_dtype, uint64_t tensor_table, int64_t num_tensors, uint64_t chunk_table,
                 int64_t num_chunks, int64_t chunk_begin, int64_t chunk_count, int64_t chunk_size,
-                uint64_t partial_grad, uint64_t partial_param, bool with_param, uint64_t found_inf, uint64_t stream);
+                uint64_t partial_grad, uint64_t partial_param, bool with_param, uint64_t found_inf, uint64_t hyper,
+                int64_t num_groups, uint64_t grad_scale, bool has_clip_value, uint64_t stream);
 
 void tensor_sumsq(uint64_t tensor_table, int64_t num_tensors, uint64_t partial_grad, uint64_t partial_param,
                   uint64_t grad_sumsq, uint64_t param_sumsq, bool with_param, uint64_t found_inf, uint64_t stream);
@@ -21,10 +24,12 @@ void tensor_sumsq(uint64_t tensor_table, int64_t num_tensors, uint64_t partial_g
 // non-finite global norm), writes that to `status` (a float) and adds it to `skipped_steps`
 // (an int64); the update launches then receive `status` as their found_inf. `grad_scale`, when
 // not 0, is a GradScaler's loss scale (a float), undone in the norms and the update.
+// `has_clip_value`: the norm pass summed unscaled, clamped grads; the updates unscale and clamp
+// each element (the kUnscale and kClipValueCoef columns).
 void finalize(uint64_t tensor_table, int64_t num_tensors, uint64_t hyper, int64_t num_groups, uint64_t grad_sumsq,
               uint64_t param_sumsq, uint64_t coef, uint64_t counter, uint64_t norm_out, bool has_norms,
               bool has_clip, bool has_agc, bool is_adamw, uint64_t grad_scale, uint64_t found_inf, uint64_t status,
-              uint64_t skipped_steps, bool skip_nonfinite, uint64_t stream);
+              uint64_t skipped_steps, bool skip_nonfinite, bool has_clip_value, uint64_t stream);
 
 void adamw_update(int dtype, uint64_t tensor_table, int64_t num_tensors, uint64_t chunk_table, int64_t num_chunks,
                   int64_t chunk_begin, int64_t chunk_count, int64_t chunk_size, uint64_t coef, uint64_t found_inf,

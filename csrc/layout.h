@@ -17,13 +17,16 @@ enum GroupColumn : int {
   kLr = 0, kWeightDecay, kBeta1, kBeta2, kEps, kAgcClipFactor, kAgcEps, kGradSign, kSeed, kGroupColumns
 };
 enum ScheduleSlot : int {
-  kHostMultiplier = 0, kMaxGradNorm, kNumInstructions, kScaleRegister, kOffsetRegister, kScheduleSlots
+  kHostMultiplier = 0, kMaxGradNorm, kNumInstructions, kScaleRegister, kOffsetRegister,
+  kClipValue,  // clamp of every grad element, 0: off
+  kScheduleSlots
 };
 
 // coef: float64 [kCoefColumns, T], written by finalize, read by the updates.
 enum CoefColumn : int {
   kGradScale = 0, kDecay, kStepSize, kBc2Sqrt, kCoefBeta1, kOneMinusBeta1, kCoefBeta2, kOneMinusBeta2, kCoefEps,
   kSrKey,  // written by the Triton finalize only
+  kUnscale, kClipValueCoef,  // clip_value: the grad is unscaled and clamped before kGradScale multiplies it
   kCoefColumns
 };
 

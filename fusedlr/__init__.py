@@ -2,7 +2,9 @@
 
 from . import schedules
 from ._backends import available_backends
+from .grouping import param_groups
+from .lr_finder import find_lr
 from .optim import AdamW, Lion
 
-__all__ = ["AdamW", "Lion", "schedules", "available_backends"]
+__all__ = ["AdamW", "Lion", "schedules", "available_backends", "find_lr", "param_groups"]
 __version__ = "0.1.0"

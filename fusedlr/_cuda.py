@@ -140,7 +140,8 @@ def step_(opt, items, grads, host_multiplier, key, active_groups):
                 ext.grad_sumsq(DTYPE_CODES[bucket.dtype], DTYPE_CODES[bucket.grad_dtype], *tables, *chunks,
                                bucket.chunk_begin, bucket.num_chunks,
                                _plan.CHUNK_SIZE, plan.partial_grad.data_ptr(), plan.partial_param.data_ptr(),
-                               flags.has_agc, 0, stream)  # fmt: skip
+                               flags.has_agc, 0, plan.hyper.data_ptr(), plan.num_groups, address(flags.grad_scale),
+                               flags.has_clip_value, stream)  # fmt: skip
             ext.tensor_sumsq(*tables, plan.partial_grad.data_ptr(), plan.partial_param.data_ptr(),
                              plan.tensor_grad_sumsq.data_ptr(), plan.tensor_param_sumsq.data_ptr(), flags.has_agc,
                              0, stream)  # fmt: skip
@@ -149,7 +150,7 @@ def step_(opt, items, grads, host_multiplier, key, active_groups):
                      plan.tensor_param_sumsq.data_ptr(), plan.coef.data_ptr(), opt._schedule_step.data_ptr(),
                      address(norm), flags.has_norms, flags.has_clip, flags.has_agc, flags.is_adamw,
                      address(flags.grad_scale), address(found_inf), status, opt.skipped_steps.data_ptr(),
-                     flags.skip_nonfinite, stream)  # fmt: skip
+                     flags.skip_nonfinite, flags.has_clip_value, stream)  # fmt: skip
         update = ext.adamw_update if flags.is_adamw else ext.lion_update
         for bucket in plan.buckets:
             chunk_range = (bucket.chunk_begin, bucket.num_chunks, _plan.CHUNK_SIZE)

@@ -121,6 +121,7 @@ def check_inputs(pairs, grads, devices, state) -> None:
 class StepFlags:
     has_agc: bool
     has_clip: bool
+    has_clip_value: bool
     is_adamw: bool
     skip_nonfinite: bool
     grad_scale: torch.Tensor | None  # set by torch.amp.GradScaler.step, None once unscaled
@@ -140,10 +141,12 @@ def prepare(opt, items, grads, host_multiplier, key, active_groups):
     if plan is None or plan.key != key:
         positions = opt._positions([param for param, _, _ in items])
         plan = opt._plan_cache = _plan.build_plan(items, grads, groups, key, positions)
-    _plan.upload_hyper(plan, _plan.hyper_values(groups, opt.schedule, host_multiplier, opt.max_grad_norm))
+    clip_value = getattr(opt, "clip_value", None)
+    _plan.upload_hyper(plan, _plan.hyper_values(groups, opt.schedule, host_multiplier, opt.max_grad_norm, clip_value))
     flags = StepFlags(
         has_agc=any(group["agc_clip_factor"] is not None for group in active_groups),
         has_clip=opt.max_grad_norm is not None,
+        has_clip_value=clip_value is not None,
         is_adamw=opt._kind == "adamw",
         skip_nonfinite=opt.skip_nonfinite,
         grad_scale=_on(getattr(opt, "grad_scale", None), plan.device),

@@ -35,7 +35,10 @@ TENSOR_COLUMNS = (
 )  # fmt: skip
 GROUP_COLUMNS = ("lr", "weight_decay", "beta1", "beta2", "eps", "agc_clip_factor", "agc_eps", "grad_sign", "seed")
 # Then the schedule program (fusedlr/schedules/program.py), INSTRUCTION_WIDTH floats per instruction.
-SCHEDULE_SLOTS = ("host_multiplier", "max_grad_norm", "num_instructions", "scale_register", "offset_register")
+SCHEDULE_SLOTS = (
+    "host_multiplier", "max_grad_norm", "num_instructions", "scale_register", "offset_register",
+    "clip_value",  # clamp of every grad element (0: off); read by the norm pass and the finalize
+)  # fmt: skip
 COEF_COLUMNS = (
     "grad_scale",
     "decay",
@@ -47,6 +50,9 @@ COEF_COLUMNS = (
     "one_minus_beta2",
     "eps",
     "sr_key",  # the key of this update's stochastic-rounding stream (a uint32 held in a float64)
+    # With clip_value: the grad is unscaled (GradScaler) and clamped before grad_scale multiplies it.
+    "unscale",
+    "clip_value",
 )
 
 # Elements per chunk: one program of the norm and update kernels walks one chunk.
@@ -173,7 +179,7 @@ def build_plan(items, grads, groups, key, positions) -> Plan:
     )
 
 
-def hyper_values(groups, schedule, host_multiplier, max_grad_norm) -> tuple:
+def hyper_values(groups, schedule, host_multiplier, max_grad_norm, clip_value=None) -> tuple:
     """The float64 host value of the ``hyper`` table, in its device layout."""
     per_group = {
         "lr": [g["lr"] for g in groups],
@@ -191,6 +197,7 @@ def hyper_values(groups, schedule, host_multiplier, max_grad_norm) -> tuple:
     values += [1.0 if host_multiplier is None else float(host_multiplier)]
     values += [0.0 if max_grad_norm is None else float(max_grad_norm)]
     values += [float(len(program.instructions)), float(program.scale_register), float(program.offset_register)]
+    values += [0.0 if clip_value is None else float(clip_value)]
     values += program.flat()
     return tuple(values)
 

@@ -109,7 +109,7 @@ class _FusedOptimizer(torch.optim.Optimizer):
     _step_supports_amp_scaling = True
 
     def __init__(self, params, defaults: dict, *, schedule, max_grad_norm, skip_nonfinite, backend: str,
-                 grad_attribute: str = "grad", norm_group=None):  # fmt: skip
+                 grad_attribute: str = "grad", clip_value: float | None = None, norm_group=None):  # fmt: skip
         # Params that are the same on every rank of norm_group: counted once in the norm.
         defaults.setdefault("replicated", False)
         _check_group_hypers(defaults)
@@ -123,9 +123,14 @@ class _FusedOptimizer(torch.optim.Optimizer):
         self.grad_attribute = grad_attribute
         if max_grad_norm is not None:
             _check_real("max_grad_norm", max_grad_norm, low=0.0, low_inclusive=False)
+        if clip_value is not None:
+            _check_real("clip_value", clip_value, low=0.0, low_inclusive=False)
         _backends.check_backend_name(backend)
         self.schedule = schedule
         self.max_grad_norm = None if max_grad_norm is None else float(max_grad_norm)
+        # Every grad element clamped to [-clip_value, clip_value] before AGC and the norm
+        # (clip_grad_value_ then clip_grad_norm_), in registers.
+        self.clip_value = None if clip_value is None else float(clip_value)
         self.backend = backend
         self.skip_nonfinite = bool(skip_nonfinite)
         # Ranks over which the norm's total is summed as well (pipeline stages, plain-tensor
@@ -176,6 +181,7 @@ class _FusedOptimizer(torch.optim.Optimizer):
         self._sharded = any(map(_distributed.is_dtensor, self._flat_params))
         self._checked_state_version = None
         self._compile_handle = _compile.register(self)
+        self.__dict__.setdefault("clip_value", None)  # optimizers pickled before clip_value existed
         # Groups loaded from a torch.optim state dict lack our keys: fill them from defaults.
         for group in self.param_groups:
             for key, value in self.defaults.items():
@@ -425,7 +431,7 @@ class _FusedOptimizer(torch.optim.Optimizer):
             self.last_grad_norm, applied = reference.step_(
                 self._kind, items, grads, scale, offset, self.max_grad_norm,
                 grad_scale=getattr(self, "grad_scale", None), found_inf=getattr(self, "found_inf", None),
-                skip_nonfinite=self.skip_nonfinite, counter=self._schedule_step,
+                skip_nonfinite=self.skip_nonfinite, counter=self._schedule_step, clip_value=self.clip_value,
                 positions=self._positions(params) if any(g["stochastic_rounding"] for g in self.param_groups) else None,
                 reduction=self._reduction(params),
             )  # fmt: skip
@@ -509,6 +515,7 @@ class AdamW(_FusedOptimizer):
         maximize: bool = False,
         schedule=None,
         max_grad_norm: float | None = None,
+        clip_value: float | None = None,
         agc_clip_factor: float | None = None,
         agc_eps: float = 1e-3,
         skip_nonfinite: bool = False,
@@ -542,6 +549,7 @@ class AdamW(_FusedOptimizer):
             skip_nonfinite=skip_nonfinite,
             backend=backend,
             grad_attribute=grad_attribute,
+            clip_value=clip_value,
             norm_group=norm_group,
         )
 
@@ -566,6 +574,7 @@ class Lion(_FusedOptimizer):
         maximize: bool = False,
         schedule=None,
         max_grad_norm: float | None = None,
+        clip_value: float | None = None,
         agc_clip_factor: float | None = None,
         agc_eps: float = 1e-3,
         skip_nonfinite: bool = False,
@@ -597,5 +606,6 @@ class Lion(_FusedOptimizer):
             skip_nonfinite=skip_nonfinite,
             backend=backend,
             grad_attribute=grad_attribute,
+            clip_value=clip_value,
             norm_group=norm_group,
         )

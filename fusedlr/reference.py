@@ -161,7 +161,8 @@ def update_in_fp32_(kind, param, grad, state, group, lr, key=None) -> None:
 
 @torch.no_grad()
 def step_(kind: str, items, grads, lr_scale: float, lr_offset: float, max_grad_norm, *, grad_scale=None,
-          found_inf=None, skip_nonfinite=False, positions=None, counter=None, reduction=None):  # fmt: skip
+          found_inf=None, skip_nonfinite=False, positions=None, counter=None, clip_value=None,
+          reduction=None):  # fmt: skip
     """Apply one step to ``items``: a list of ``(param, group, state)`` for params with grads,
     and their ``grads``.
 
@@ -170,8 +171,10 @@ def step_(kind: str, items, grads, lr_scale: float, lr_offset: float, max_grad_n
     the scale (in copies) and a step with ``found_inf`` set is skipped; ``skip_nonfinite``
     skips a step whose global grad norm is not finite. ``positions`` (each param's index among
     all the optimizer's params) and ``counter`` (updates applied so far, a device tensor) key
-    the random stream of stochastic rounding. ``reduction`` (``_distributed.NormReduction``)
-    completes the norms of local shards across ranks, in one collective.
+    the random stream of stochastic rounding. ``clip_value`` clamps every (unscaled) grad element
+    to ``[-clip_value, clip_value]`` first, as ``clip_grad_value_`` (low-precision grads in float32).
+    ``reduction`` (``_distributed.NormReduction``) completes the norms of local shards across
+    ranks, in one collective.
 
     Returns ``(norm, applied)``: the global grad norm after AGC and before clipping (``None``
     when nothing needed it), and whether the update was applied.
@@ -180,6 +183,8 @@ def step_(kind: str, items, grads, lr_scale: float, lr_offset: float, max_grad_n
     if grad_scale is not None:
         inverse = grad_scale.double().reciprocal().float()  # as GradScaler.unscale_ computes it
         grads = [g * inverse.to(g.device) for g in grads]
+    if clip_value is not None:
+        grads = [(g.float() if g.dtype in _LOW else g).clamp(-clip_value, clip_value) for g in grads]
     groups = [(group, param) for param, group, _ in items]
     any_agc = any(group["agc_clip_factor"] is not None for group, _ in groups)
     norms = None

@@ -47,7 +47,7 @@ def test_kernel_launch_without_a_gpu_raises_cuda_error_string(ext):
     if torch.cuda.is_available():
         pytest.skip("this machine has a GPU")
     with pytest.raises(RuntimeError, match="fusedlr CUDA error in finalize_kernel: .+"):
-        ext.finalize(0, 1, 0, 1, 0, 0, 0, 0, 0, False, False, False, True, 0, 0, 0, 0, False, 0)
+        ext.finalize(0, 1, 0, 1, 0, 0, 0, 0, 0, False, False, False, True, 0, 0, 0, 0, False, False, 0)
 
 
 def test_unknown_dtype_code_is_refused(ext):
@@ -121,7 +121,8 @@ def test_cuda_mixed_update_element_code_matches_the_torch_backend(ext, kind, dty
     coef = {"grad_scale": 1.0, "decay": 1 - lr * group["weight_decay"], "beta1": b1, "one_minus_beta1": 1 - b1,
             "beta2": b2, "one_minus_beta2": 1 - b2, "eps": group["eps"], "sr_key": float(key),
             "step_size": lr / (1 - b1**step) if kind != "lion" else lr,
-            "bc2_sqrt": (1 - b2**step) ** 0.5 if kind != "lion" else 1.0}  # fmt: skip
+            "bc2_sqrt": (1 - b2**step) ** 0.5 if kind != "lion" else 1.0,
+            "unscale": 1.0, "clip_value": 0.0}  # fmt: skip
     from fusedlr import _plan
 
     def address(name):
@@ -156,7 +157,7 @@ def test_cuda_stochastic_rounding_index_uses_all_64_bits(ext):
     key = int(_precision.stream_key(1, 0, torch.tensor(0)))
     values = {"grad_scale": 1.0, "decay": 1.0, "step_size": lr, "bc2_sqrt": 1.0, "beta1": 0.0,
               "one_minus_beta1": 1.0, "beta2": 1.0, "one_minus_beta2": 0.0, "eps": 0.0,
-              "sr_key": float(key)}  # fmt: skip
+              "sr_key": float(key), "unscale": 1.0, "clip_value": 0.0}  # fmt: skip
     param = torch.ones(n, dtype=torch.bfloat16)
     grad, exp_avg = -torch.ones(n), torch.zeros(n)  # LION: p = 1 + lr * sign(-grad) = 1 + 2**-9
     coef = [values[c] for c in _plan.COEF_COLUMNS]
@@ -170,3 +171,40 @@ def test_cuda_stochastic_rounding_index_uses_all_64_bits(ext):
     expected = ((bits + noise) >> 16).to(torch.int32)
     assert torch.equal(param.view(torch.int16).to(torch.int32) & 0xFFFF, expected)
     assert 0.15 < (param.float() > 1.0).float().mean().item() < 0.35  # rounded up about a quarter of the time
+
+
+def test_cuda_value_clip_element_code_matches_the_torch_backend(ext):
+    """clip_value in the CUDA element code (compiled for the host): each grad element unscaled
+    (GradScaler's reciprocal), clamped, then scaled by the norm clip, as clip_grad_value_ then
+    clip_grad_norm_; fp32 grads beside bf16 params with an fp32 master copy."""
+    from helpers import assert_same_storage
+
+    from fusedlr import _plan, reference
+
+    n, lr, loss_scale, limit, norm_clip = 4096, 1e-2, 2.0**10, 0.2, 0.5
+    gen = torch.Generator().manual_seed(5)
+    base = torch.randn(n, generator=gen)
+    grad = torch.randn(n, generator=gen) * loss_scale
+    group = dict(betas=(0.9, 0.99), weight_decay=0.1, eps=1e-8, amsgrad=False, maximize=False)
+    b1, b2 = group["betas"]
+    values = {"grad_scale": norm_clip, "decay": 1 - lr * group["weight_decay"], "step_size": lr / (1 - b1),
+              "bc2_sqrt": (1 - b2) ** 0.5, "beta1": b1, "one_minus_beta1": 1 - b1, "beta2": b2,
+              "one_minus_beta2": 1 - b2, "eps": group["eps"], "sr_key": 0.0, "unscale": 1 / loss_scale,
+              "clip_value": limit}  # fmt: skip
+
+    def state():
+        return {"exp_avg": torch.zeros(n), "exp_avg_sq": torch.zeros(n), "step": torch.tensor(0.0),
+                "master_param": base.clone()}  # fmt: skip
+
+    ours_param, ours = base.to(torch.bfloat16), state()
+    ext.mixed_update_on_cpu(True, _cuda.DTYPE_CODES[torch.bfloat16], _cuda.DTYPE_CODES[torch.float32],
+                            _cuda.DTYPE_CODES[torch.float32], ours_param.data_ptr(), ours["master_param"].data_ptr(),
+                            grad.data_ptr(), ours["exp_avg"].data_ptr(), ours["exp_avg_sq"].data_ptr(), 0, n, 0,
+                            [values[c] for c in _plan.COEF_COLUMNS], False)  # fmt: skip
+    theirs_param, theirs = base.to(torch.bfloat16), state()
+    clipped = (grad * (1 / loss_scale)).clamp(-limit, limit) * norm_clip
+    assert (clipped.abs() == limit * norm_clip).float().mean() > 0.5  # most elements were clamped
+    reference.update_in_fp32_("adamw", theirs_param, clipped, theirs, group, lr)
+    assert_same_storage(ours_param, theirs_param, atol=2 * lr)
+    for name in ("exp_avg", "exp_avg_sq", "master_param"):
+        torch.testing.assert_close(ours[name], theirs[name], rtol=1e-5, atol=1e-7)

@@ -30,6 +30,7 @@ def step_(opt, items, grads, host_multiplier, key, active_groups):
     """One fused step of ``opt`` over ``items`` (``(param, group, state)``); returns the norm."""
     plan, flags = _fused.prepare(opt, items, grads, host_multiplier, key, active_groups)
     has_agc, has_clip, has_norms, is_adamw = flags.has_agc, flags.has_clip, flags.has_norms, flags.is_adamw
+    grad_scale = flags.grad_scale if flags.grad_scale is not None else plan.status  # a dummy when absent
     counter = opt._schedule_step
     norm = torch.empty((), dtype=torch.float32, device=plan.device) if has_norms else None
     T, C = plan.num_tensors, plan.chunk_table.shape[1]
@@ -41,9 +42,12 @@ def step_(opt, items, grads, host_multiplier, key, active_groups):
             elem = TRITON_DTYPES[bucket.dtype]
             kernels._grad_sumsq_kernel[(bucket.num_chunks,)](
                 plan.tensor_table, T, plan.chunk_table, C, bucket.chunk_begin, plan.partial_grad, plan.partial_param,
+                plan.hyper, plan.num_groups, grad_scale,
                 ELEM=elem, GRAD_ELEM=TRITON_DTYPES[bucket.grad_dtype], COMPUTE=_compute_dtype(bucket.dtype),
                 WITH_PARAM=has_agc, ALIGNED=bucket.aligned,
                 CHUNK=_plan.CHUNK_SIZE, BLOCK=BLOCK,
+                HAS_CLIP_VALUE=flags.has_clip_value,
+                HAS_GRAD_SCALE=flags.has_clip_value and flags.grad_scale is not None,
             )  # fmt: skip
         kernels._tensor_sumsq_kernel[(T,)](
             plan.tensor_table, T, plan.partial_grad, plan.partial_param,
@@ -53,13 +57,13 @@ def step_(opt, items, grads, host_multiplier, key, active_groups):
     kernels._finalize_kernel[(1,)](
         plan.tensor_table, T, plan.hyper, plan.num_groups, plan.tensor_grad_sumsq, plan.tensor_param_sumsq,
         plan.coef, counter, norm if has_norms else plan.coef,
-        flags.grad_scale if flags.grad_scale is not None else plan.status,
+        grad_scale,
         found_inf if found_inf is not None else plan.status,
         plan.status, opt.skipped_steps,
         HAS_NORMS=has_norms, HAS_CLIP=has_clip, HAS_AGC=has_agc, IS_ADAMW=is_adamw,
         HAS_GRAD_SCALE=flags.grad_scale is not None, HAS_FOUND_INF=flags.found_inf is not None,
         SKIP_NONFINITE=flags.skip_nonfinite, BLOCK=FINALIZE_BLOCK,
-        REGISTERS=_plan.schedule_registers(opt.schedule), num_warps=1,
+        REGISTERS=_plan.schedule_registers(opt.schedule), HAS_CLIP_VALUE=flags.has_clip_value, num_warps=1,
     )  # fmt: skip
     for bucket in plan.buckets:
         if bucket.num_chunks == 0:
@@ -70,7 +74,7 @@ def step_(opt, items, grads, host_multiplier, key, active_groups):
             STATE_ELEM=TRITON_DTYPES[bucket.state_dtype], COMPUTE=_compute_dtype(bucket.dtype),
             IS_FP64=bucket.dtype == torch.float64, IS_ADAMW=is_adamw, HAS_MAX=bucket.has_max, MASTER=bucket.master,
             STOCHASTIC=bucket.stochastic, ALIGNED=bucket.aligned,
-            CHUNK=_plan.CHUNK_SIZE, BLOCK=BLOCK,
+            CHUNK=_plan.CHUNK_SIZE, BLOCK=BLOCK, HAS_CLIP_VALUE=flags.has_clip_value,
         )  # fmt: skip
     return norm
 

@@ -52,6 +52,7 @@ S_MAX_GRAD_NORM = tl.constexpr(_plan.SCHEDULE_SLOTS.index("max_grad_norm"))
 S_NUM_INSTRUCTIONS = tl.constexpr(_plan.SCHEDULE_SLOTS.index("num_instructions"))
 S_SCALE_REGISTER = tl.constexpr(_plan.SCHEDULE_SLOTS.index("scale_register"))
 S_OFFSET_REGISTER = tl.constexpr(_plan.SCHEDULE_SLOTS.index("offset_register"))
+S_CLIP_VALUE = tl.constexpr(_plan.SCHEDULE_SLOTS.index("clip_value"))
 C_GRAD_SCALE = tl.constexpr(_plan.COEF_COLUMNS.index("grad_scale"))
 C_DECAY = tl.constexpr(_plan.COEF_COLUMNS.index("decay"))
 C_STEP_SIZE = tl.constexpr(_plan.COEF_COLUMNS.index("step_size"))
@@ -62,6 +63,8 @@ C_BETA2 = tl.constexpr(_plan.COEF_COLUMNS.index("beta2"))
 C_ONE_MINUS_BETA2 = tl.constexpr(_plan.COEF_COLUMNS.index("one_minus_beta2"))
 C_EPS = tl.constexpr(_plan.COEF_COLUMNS.index("eps"))
 C_SR_KEY = tl.constexpr(_plan.COEF_COLUMNS.index("sr_key"))
+C_UNSCALE = tl.constexpr(_plan.COEF_COLUMNS.index("unscale"))
+C_CLIP_VALUE = tl.constexpr(_plan.COEF_COLUMNS.index("clip_value"))
 HASH_MUL1 = tl.constexpr(_precision.HASH_MUL1)
 HASH_MUL2 = tl.constexpr(_precision.HASH_MUL2)
 G_NUM_COLUMNS = tl.constexpr(len(_plan.GROUP_COLUMNS))
@@ -111,6 +114,9 @@ def _grad_sumsq_kernel(
     chunk_base,
     partial_grad,
     partial_param,
+    hyper,
+    num_groups,
+    grad_scale,
     ELEM: tl.constexpr,
     GRAD_ELEM: tl.constexpr,
     COMPUTE: tl.constexpr,
@@ -118,7 +124,11 @@ def _grad_sumsq_kernel(
     ALIGNED: tl.constexpr,
     CHUNK: tl.constexpr,
     BLOCK: tl.constexpr,
+    HAS_CLIP_VALUE: tl.constexpr,
+    HAS_GRAD_SCALE: tl.constexpr,
 ):
+    """Partial sums of squares of one chunk. HAS_CLIP_VALUE: of the grads unscaled (a GradScaler's
+    ``grad_scale``, when HAS_GRAD_SCALE) and clamped to the ``clip_value`` slot of ``hyper``."""
     c = chunk_base + tl.program_id(0)
     t, start, length = _chunk_extent(tensor_table, num_tensors, chunk_table, num_chunks, c, CHUNK)
     grad = _address(tensor_table, T_GRAD, num_tensors, t, GRAD_ELEM) + start
@@ -126,18 +136,28 @@ def _grad_sumsq_kernel(
     if ALIGNED:  # the launcher checked every address of the bucket (inline: a helper loses the hint)
         grad = tl.multiple_of(grad, 16)
         param = tl.multiple_of(param, 16)
+    unscale = tl.full([], 1.0, COMPUTE)
+    clip_value = tl.full([], 0.0, COMPUTE)
+    if HAS_CLIP_VALUE:
+        clip_value = tl.load(hyper + G_NUM_COLUMNS * num_groups + S_CLIP_VALUE).to(COMPUTE)
+        if HAS_GRAD_SCALE:  # as GradScaler: the float64 reciprocal, rounded to float32
+            unscale = (1.0 / tl.load(grad_scale).to(tl.float64)).to(tl.float32).to(COMPUTE)
     acc_grad = tl.zeros([BLOCK], COMPUTE)
     acc_param = tl.zeros([BLOCK], COMPUTE)
     full = (length // BLOCK) * BLOCK
     for i in range(0, full, BLOCK):
         offs = i + tl.arange(0, BLOCK).to(tl.int64)
         g = _load(grad, offs, offs < length, COMPUTE, False)
+        if HAS_CLIP_VALUE:
+            g = _clamp(g * unscale, clip_value)
         acc_grad += g * g
         if WITH_PARAM:
             p = _load(param, offs, offs < length, COMPUTE, False)
             acc_param += p * p
     offs = full + tl.arange(0, BLOCK).to(tl.int64)
     g = _load(grad, offs, offs < length, COMPUTE, True)
+    if HAS_CLIP_VALUE:
+        g = _clamp(g * unscale, clip_value)
     acc_grad += g * g
     if WITH_PARAM:
         p = _load(param, offs, offs < length, COMPUTE, True)
@@ -299,12 +319,19 @@ def _finalize_kernel(
     SKIP_NONFINITE: tl.constexpr,
     BLOCK: tl.constexpr,
     REGISTERS: tl.constexpr,
+    HAS_CLIP_VALUE: tl.constexpr,
 ):
     sched = hyper + G_NUM_COLUMNS * num_groups
     clip = tl.full([], 1.0, tl.float64)
     inv_scale = tl.full([], 1.0, tl.float64)
+    unscale = tl.full([], 1.0, tl.float64)
     if HAS_GRAD_SCALE:  # a GradScaler's loss scale, undone here: grads are never rewritten
-        inv_scale = 1.0 / tl.load(grad_scale).to(tl.float64)
+        if HAS_CLIP_VALUE:
+            # The update unscales each element before clamping it (``unscale``, GradScaler's float32
+            # reciprocal); the norm pass already summed unscaled, clamped grads.
+            unscale = (1.0 / tl.load(grad_scale).to(tl.float64)).to(tl.float32).to(tl.float64)
+        else:
+            inv_scale = 1.0 / tl.load(grad_scale).to(tl.float64)
     skip = tl.full([], 0, tl.int32)
     if HAS_FOUND_INF:
         skip = (tl.load(found_inf) != 0.0).to(tl.int32)
@@ -374,6 +401,9 @@ def _finalize_kernel(
         position = tl.load(tensor_table + T_POSITION * num_tensors + t, mask=mask, other=0).to(tl.uint32)
         key = _hash32(_hash32(_hash32(seed) ^ position) + (step_count & 0xFFFFFFFF).to(tl.uint32))
         tl.store(out + C_SR_KEY * num_tensors, key.to(tl.float64), mask=mask)
+        if HAS_CLIP_VALUE:
+            tl.store(out + C_UNSCALE * num_tensors, unscale + lr * 0.0, mask=mask)
+            tl.store(out + C_CLIP_VALUE * num_tensors, tl.load(sched + S_CLIP_VALUE) + lr * 0.0, mask=mask)
     tl.store(counter, step_count + 1 - skip.to(tl.int64))
 
 
@@ -387,6 +417,12 @@ def _load(ptr, offs, mask, COMPUTE: tl.constexpr, MASKED: tl.constexpr):
     if MASKED:
         return tl.load(ptr + offs, mask=mask, other=0.0).to(COMPUTE)
     return tl.load(ptr + offs).to(COMPUTE)
+
+
+@triton.jit
+def _clamp(g, limit):
+    """``g`` clamped to [-limit, limit]; NaN stays NaN, as torch.clamp (clip_grad_value_) keeps it."""
+    return tl.where(g < -limit, -limit, tl.where(g > limit, limit, g))
 
 
 @triton.jit
@@ -437,13 +473,16 @@ def _store(ptr, offs, value, mask, MASKED: tl.constexpr):
 @triton.jit
 def _update_block(
     param, master, grad, exp_avg, exp_avg_sq, max_sq, offs, mask, index, sr_key,
-    grad_scale, decay, step_size, bc2_sqrt, beta1, w1, beta2, w2, eps,
+    grad_scale, decay, step_size, bc2_sqrt, beta1, w1, beta2, w2, eps, unscale, clip_value,
     COMPUTE: tl.constexpr, IS_FP64: tl.constexpr, IS_ADAMW: tl.constexpr, HAS_MAX: tl.constexpr,
-    MASTER: tl.constexpr, STOCHASTIC: tl.constexpr, MASKED: tl.constexpr,
+    MASTER: tl.constexpr, STOCHASTIC: tl.constexpr, MASKED: tl.constexpr, HAS_CLIP_VALUE: tl.constexpr,
 ):  # fmt: skip
     """One block of the AdamW or LION update (unmasked for the full blocks of a chunk): loads
     widened to COMPUTE, one rounding per stored value."""
-    g = _load(grad, offs, mask, COMPUTE, MASKED) * grad_scale
+    g = _load(grad, offs, mask, COMPUTE, MASKED)
+    if HAS_CLIP_VALUE:
+        g = _clamp(g * unscale, clip_value)
+    g = g * grad_scale
     if MASTER:
         p = _load(master, offs, mask, COMPUTE, MASKED) * decay
     else:
@@ -503,6 +542,7 @@ def _update_kernel(
     ALIGNED: tl.constexpr,
     CHUNK: tl.constexpr,
     BLOCK: tl.constexpr,
+    HAS_CLIP_VALUE: tl.constexpr,
 ):
     """The AdamW (IS_ADAMW) or LION update of one chunk, with the finalize's coefficients.
     HAS_MAX: amsgrad's running maximum; MASTER: the update runs on the fp32 master copy and
@@ -537,16 +577,21 @@ def _update_kernel(
     w2 = _coef(coef, C_ONE_MINUS_BETA2, num_tensors, t, COMPUTE)
     eps = _coef(coef, C_EPS, num_tensors, t, COMPUTE)
     sr_key = tl.load(coef + C_SR_KEY * num_tensors + t).to(tl.uint32)
+    unscale = grad_scale
+    clip_value = grad_scale
+    if HAS_CLIP_VALUE:  # clip_grad_value_ in registers: unscale, clamp, then the scales above
+        unscale = _coef(coef, C_UNSCALE, num_tensors, t, COMPUTE)
+        clip_value = _coef(coef, C_CLIP_VALUE, num_tensors, t, COMPUTE)
     full = (length // BLOCK) * BLOCK
     for i in range(0, full, BLOCK):
         offs = i + tl.arange(0, BLOCK).to(tl.int64)
         _update_block(param, master, grad, exp_avg, exp_avg_sq, max_sq, offs, offs < length, start + offs, sr_key,
-                      grad_scale, decay, step_size, bc2_sqrt, beta1, w1, beta2, w2, eps,
-                      COMPUTE, IS_FP64, IS_ADAMW, HAS_MAX, MASTER, STOCHASTIC, False)  # fmt: skip
+                      grad_scale, decay, step_size, bc2_sqrt, beta1, w1, beta2, w2, eps, unscale, clip_value,
+                      COMPUTE, IS_FP64, IS_ADAMW, HAS_MAX, MASTER, STOCHASTIC, False, HAS_CLIP_VALUE)  # fmt: skip
     offs = full + tl.arange(0, BLOCK).to(tl.int64)
     _update_block(param, master, grad, exp_avg, exp_avg_sq, max_sq, offs, offs < length, start + offs, sr_key,
-                  grad_scale, decay, step_size, bc2_sqrt, beta1, w1, beta2, w2, eps,
-                  COMPUTE, IS_FP64, IS_ADAMW, HAS_MAX, MASTER, STOCHASTIC, True)  # fmt: skip
+                  grad_scale, decay, step_size, bc2_sqrt, beta1, w1, beta2, w2, eps, unscale, clip_value,
+                  COMPUTE, IS_FP64, IS_ADAMW, HAS_MAX, MASTER, STOCHASTIC, True, HAS_CLIP_VALUE)  # fmt: skip
 
 
 @triton.jit

@@ -43,6 +43,7 @@ from .lrbench import (
     TriangularCycle,
     lrbench_policy,
 )
+from .ramp import RangeTestRamp
 from .scaling import linear_scaled_lr, max_lr_rule_of_thumb, sqrt_scaled_lr
 
 __all__ = [
@@ -78,6 +79,7 @@ __all__ = [
     "RestartCycle",
     "Scaled",
     "lrbench_policy",
+    "RangeTestRamp",
     "linear_scaled_lr",
     "sqrt_scaled_lr",
     "max_lr_rule_of_thumb",

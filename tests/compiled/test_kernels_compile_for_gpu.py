@@ -38,36 +38,42 @@ def _chunk_constexprs(elem):
 
 
 def _variants():
-    for elem, with_param in itertools.product(ELEMS, (False, True)):
-        sig = dict(CHUNKED, partial_grad="*fp64", partial_param="*fp64")
+    for elem, with_param, clip_value in itertools.product(ELEMS, (False, True), (False, True)):
+        sig = dict(CHUNKED, partial_grad="*fp64", partial_param="*fp64", hyper="*fp64", num_groups="i32",
+                   grad_scale="*fp32")  # fmt: skip
         yield (
-            f"grad_sumsq-{elem}-agc{with_param}",
+            f"grad_sumsq-{elem}-agc{with_param}" + ("-clip_value" if clip_value else ""),
             kernels._grad_sumsq_kernel,
             sig,
-            dict(_chunk_constexprs(elem), GRAD_ELEM=ELEMS[elem], WITH_PARAM=with_param, ALIGNED=True),
-        )
+            dict(_chunk_constexprs(elem), GRAD_ELEM=ELEMS[elem], WITH_PARAM=with_param, ALIGNED=True,
+                 HAS_CLIP_VALUE=clip_value, HAS_GRAD_SCALE=clip_value),
+        )  # fmt: skip
     for with_param in (False, True):
         sig = dict(tensor_table="*i64", num_tensors="i32", partial_grad="*fp64", partial_param="*fp64",
                    grad_sumsq="*fp64", param_sumsq="*fp64")  # fmt: skip
         yield f"tensor_sumsq-agc{with_param}", kernels._tensor_sumsq_kernel, sig, dict(WITH_PARAM=with_param, BLOCK=256)
-    for (norms, clip, agc), adamw in itertools.product(
-        [(False, False, False), (True, True, False), (True, False, True), (True, True, True)], (True, False)
-    ):
+    for (norms, clip, agc, clip_value), adamw in itertools.product(
+        [(False, False, False, False), (True, True, False, False), (True, False, True, False),
+         (True, True, True, False), (True, True, True, True), (False, False, False, True)], (True, False)
+    ):  # fmt: skip
         sig = dict(tensor_table="*i64", num_tensors="i32", hyper="*fp64", num_groups="i32", grad_sumsq="*fp64",
                    param_sumsq="*fp64", coef="*fp64", counter="*i64", norm_out="*fp32", grad_scale="*fp32",
                    found_inf="*fp32", status="*fp32", skipped_steps="*i64")  # fmt: skip
         amp = norms  # GradScaler's scale, found_inf and skip_nonfinite with the norm variants
         flags = dict(HAS_NORMS=norms, HAS_CLIP=clip, HAS_AGC=agc, IS_ADAMW=adamw, HAS_GRAD_SCALE=amp,
-                     HAS_FOUND_INF=amp, SKIP_NONFINITE=amp, BLOCK=1024, REGISTERS=64)  # fmt: skip
-        yield f"finalize-n{norms}c{clip}a{agc}-adamw{adamw}", kernels._finalize_kernel, sig, flags
+                     HAS_FOUND_INF=amp, SKIP_NONFINITE=amp, BLOCK=1024, REGISTERS=64,
+                     HAS_CLIP_VALUE=clip_value)  # fmt: skip
+        label = f"finalize-n{norms}c{clip}a{agc}" + ("v" if clip_value else "") + f"-adamw{adamw}"
+        yield label, kernels._finalize_kernel, sig, flags
     yield "schedule-values", kernels._schedule_values_kernel, dict(sched="*fp64", ks="*i64", out_scale="*fp64",
                                                                    out_offset="*fp64"), dict(REGISTERS=64)  # fmt: skip
     for elem, name in itertools.product(ELEMS, ("adamw", "lion")):
-        for aligned in (True, False):
+        for aligned, clip_value in ((True, False), (False, False), (True, True)):
             flags = dict(_chunk_constexprs(elem), GRAD_ELEM=ELEMS[elem], STATE_ELEM=ELEMS[elem],
                          IS_FP64=elem == "fp64", IS_ADAMW=name == "adamw", HAS_MAX=name == "adamw",
-                         MASTER=False, STOCHASTIC=False, ALIGNED=aligned)  # fmt: skip
-            yield (f"{name}-{elem}" + ("" if aligned else "-unaligned"), kernels._update_kernel,
+                         MASTER=False, STOCHASTIC=False, ALIGNED=aligned, HAS_CLIP_VALUE=clip_value)  # fmt: skip
+            suffix = ("" if aligned else "-unaligned") + ("-clip_value" if clip_value else "")
+            yield (f"{name}-{elem}{suffix}", kernels._update_kernel,
                    dict(CHUNKED, coef="*fp64", status="*fp32"), flags)  # fmt: skip
     # Mixed precision: fp32 master + fp32 grads (main_grad), stochastic rounding, bf16 states.
     mixed = {
@@ -79,7 +85,7 @@ def _variants():
     }  # fmt: skip
     for (label, storage), name in itertools.product(mixed.items(), ("adamw", "lion")):
         flags = dict(_chunk_constexprs("bf16"), **storage, IS_FP64=False, IS_ADAMW=name == "adamw", HAS_MAX=False,
-                     ALIGNED=True)  # fmt: skip
+                     ALIGNED=True, HAS_CLIP_VALUE=label == "master")  # fmt: skip
         yield f"{name}-{label}", kernels._update_kernel, dict(CHUNKED, coef="*fp64", status="*fp32"), flags
 
 
