@@ -64,10 +64,9 @@ def markdown_table(run: list[dict]) -> str:
 
 def plot(run: list[dict], path: Path) -> None:
     """One panel per case: ms per step of each contender."""
-    import matplotlib
+    from ._pyplot import pyplot
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot("the benchmark plot", "bench")
 
     panels = list(dict.fromkeys(_panel(r) for r in run))
     columns = min(4, len(panels))

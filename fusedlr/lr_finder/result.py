@@ -40,14 +40,9 @@ class RangeTestResult:
     def plot(self, path=None, ax=None, show_raw: bool = True):
         """Loss against lr (log axis): the raw losses faintly, the smoothed curve, each suggestion
         marked. Saved to ``path`` when given. Needs matplotlib (``pip install 'fusedlr[tools]'``)."""
-        try:
-            import matplotlib
+        from .._pyplot import pyplot
 
-            if path is not None and ax is None:
-                matplotlib.use("Agg")
-            import matplotlib.pyplot as plt
-        except ImportError as error:
-            raise ImportError("RangeTestResult.plot needs matplotlib: pip install 'fusedlr[tools]'") from error
+        plt = pyplot("RangeTestResult.plot", "tools", to_file_only=path is not None and ax is None)
         figure = None
         if ax is None:
             figure, ax = plt.subplots(figsize=(7, 4))

@@ -47,14 +47,9 @@ class Schedule:
 
     def plot(self, total_steps: int, path=None, base_lr: float = 1.0, ax=None):
         """Draw the lr curve (needs matplotlib: ``pip install fusedlr[bench]``); save to ``path``."""
-        try:
-            import matplotlib
+        from .._pyplot import pyplot
 
-            if path is not None and ax is None:
-                matplotlib.use("Agg")
-            import matplotlib.pyplot as plt
-        except ImportError as error:
-            raise ImportError("Schedule.plot needs matplotlib: pip install 'fusedlr[bench]'") from error
+        plt = pyplot("Schedule.plot", "bench", to_file_only=path is not None and ax is None)
         figure = None
         if ax is None:
             figure, ax = plt.subplots(figsize=(7, 3.5))

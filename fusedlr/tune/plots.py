@@ -8,12 +8,9 @@ from optuna.trial import TrialState
 
 
 def _pyplot():
-    import matplotlib
+    from .._pyplot import pyplot
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
+    return pyplot("fusedlr.tune's plots", "tune")
 
 
 def _best_per_family(study) -> list:
