@@ -2,7 +2,8 @@
 
 from . import schedules
 from ._backends import available_backends
+from .lr_scheduler import AppliedLRScheduler
 from .optim import AdamW, Lion
 
-__all__ = ["AdamW", "Lion", "schedules", "available_backends"]
+__all__ = ["AdamW", "Lion", "AppliedLRScheduler", "schedules", "available_backends"]
 __version__ = "0.1.0"
