@@ -15,7 +15,7 @@ from numbers import Real
 
 import torch
 
-from . import _applied_lr, _backends, _compile, _distributed, _fused, _precision, reference
+from . import _applied_lr, _backends, _compile, _distributed, _fused, _precision, _torch_migration, reference
 from ._state import StateTable as _StateTable
 from .lr_scheduler import warn_if_torch_scheduler_attached
 from .schedules import Schedule, check_schedule
@@ -487,6 +487,8 @@ class _FusedOptimizer(torch.optim.Optimizer):
         self._host_step = int(self._schedule_step.item())
         self._plan_cache = None
         self._step_cache = None
+        if not group_counters:  # not saved by fusedlr: a torch scheduler's lr and initial_lr, if any
+            _torch_migration.continue_torch_schedule(self)
 
 
 class AdamW(_FusedOptimizer):
