@@ -34,6 +34,12 @@ from .. import schedules as S
 from ..lr_scheduler import AppliedLRScheduler, unwrap_fused
 from ..optim import AdamW, Lion
 
+if not (hasattr(Trainer, "_clip_grad_norm") and hasattr(Trainer, "_get_grad_norm")):  # transformers < 5
+    raise ImportError(
+        "fusedlr.integrations.transformers needs a transformers whose Trainer computes grad norms in "
+        "_clip_grad_norm/_get_grad_norm (5.0 or newer): pip install 'fusedlr[integrations]'"
+    )
+
 _ADAMW_NAMES = ("adamw_torch", "adamw_torch_fused")
 _LION_NAMES = ("lion_32bit",)
 
