@@ -55,3 +55,4 @@ def continue_torch_schedule(opt) -> None:
                     stacklevel=3,
                 )
         group["lr"] = base
+        del group["initial_lr"]  # no torch scheduler drives this group any more

@@ -68,8 +68,11 @@ class AppliedLRScheduler(torch.optim.lr_scheduler.LRScheduler):
 def warn_if_torch_scheduler_attached(opt) -> None:
     """Warn, at the first update, when a torch LR scheduler was built on an optimizer that has
     its own schedule: the scheduler rewrites ``group["lr"]`` and fusedlr's schedule multiplies it
-    again. (torch's LRScheduler marks the optimizer's ``step`` it wraps; AppliedLRScheduler does not.)"""
-    if getattr(opt.__dict__.get("step"), "_wrapped_by_lr_sched", False):
+    again. torch's LRScheduler adds ``initial_lr`` to the groups (through wrappers such as
+    accelerate's, too) and wraps ``step``; AppliedLRScheduler does neither, and loading a torch
+    state dict under a fusedlr schedule removes ``initial_lr`` (``_torch_migration.py``)."""
+    wrapped = getattr(opt.__dict__.get("step"), "_wrapped_by_lr_sched", False)
+    if wrapped or any("initial_lr" in group for group in opt.param_groups):
         import warnings
 
         warnings.warn(

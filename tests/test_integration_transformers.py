@@ -206,3 +206,22 @@ def test_unknown_scheduler_kwargs_are_refused_as_transformers_does(tmp_path):
     args = training_args(tmp_path, lr_scheduler_type="cosine", lr_scheduler_kwargs={"min_lr": 0.1})
     with pytest.raises(TypeError, match="unexpected"):
         schedule_from_args(args, 10)
+
+
+def test_a_fusedlr_optimizer_passed_in_gets_the_arguments_schedule_and_clip(tmp_path):
+    model = tiny_gpt2()
+    opt = fusedlr.AdamW(model.parameters(), lr=3e-3)
+    args = training_args(tmp_path, max_steps=4)
+    trainer = FusedTrainer(model=model, args=args, train_dataset=Sequences(), optimizers=(opt, None))
+    trainer.train()
+    assert opt.schedule == fusedlr.schedules.WarmupCosine(3, 4) and opt.max_grad_norm == 0.5
+    assert int(opt._schedule_step) == 4
+
+
+def test_the_plain_trainer_stacking_its_scheduler_on_a_fusedlr_schedule_warns(tmp_path):
+    model = tiny_gpt2()
+    opt = fusedlr.AdamW(model.parameters(), lr=3e-3, schedule=fusedlr.schedules.WarmupCosine(3, 4))
+    trainer = Trainer(model=model, args=training_args(tmp_path, max_steps=4), train_dataset=Sequences(),
+                      optimizers=(opt, None))  # fmt: skip
+    with pytest.warns(UserWarning, match="both apply"):
+        trainer.train()

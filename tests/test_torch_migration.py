@@ -70,9 +70,12 @@ def test_torch_adamw_with_a_torch_scheduler_continues_identically(backend, sched
     assert [g["lr"] for g in fused.param_groups] == [lr, lr / 2]  # the base: initial_lr
     assert int(fused._schedule_step) == first
     assert float(fused.next_lr()[0]) == pytest.approx(saved["param_groups"][0]["lr"], rel=1e-12)
-    for k in range(first, first + then):
-        _set(fused_model, grads[k])
-        fused.step()
+    assert all("initial_lr" not in g for g in fused.param_groups)  # no torch scheduler drives them now
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # in particular no "two schedules" warning
+        for k in range(first, first + then):
+            _set(fused_model, grads[k])
+            fused.step()
     for (name, p), q in zip(model.named_parameters(), fused_model.parameters()):
         torch.testing.assert_close(q, p, rtol=2e-5, atol=2e-6, msg=name)
 
