@@ -65,14 +65,14 @@ def test_torch_adamw_with_a_torch_scheduler_continues_identically(backend, sched
     fused_model.load_state_dict(saved_model)
     fused = fusedlr.AdamW(_groups(fused_model, lr), lr=lr, schedule=schedule, max_grad_norm=1.0, backend=backend)
     with warnings.catch_warnings():
-        warnings.simplefilter("error")
+        warnings.simplefilter("error", UserWarning)
         fused.load_state_dict(saved)
     assert [g["lr"] for g in fused.param_groups] == [lr, lr / 2]  # the base: initial_lr
     assert int(fused._schedule_step) == first
     assert float(fused.next_lr()[0]) == pytest.approx(saved["param_groups"][0]["lr"], rel=1e-12)
     assert all("initial_lr" not in g for g in fused.param_groups)  # no torch scheduler drives them now
     with warnings.catch_warnings():
-        warnings.simplefilter("error")  # in particular no "two schedules" warning
+        warnings.simplefilter("error", UserWarning)  # in particular no "two schedules" warning
         for k in range(first, first + then):
             _set(fused_model, grads[k])
             fused.step()
@@ -123,7 +123,7 @@ def test_lion_pytorch_has_no_step_count_the_loader_says_what_to_do():
         fused.load_state_dict(saved)
     fused = fusedlr.Lion(model.parameters(), lr=1e-3, schedule=SCHEDULE)
     with warnings.catch_warnings():
-        warnings.simplefilter("error")
+        warnings.simplefilter("error", UserWarning)
         fused.load_state_dict(dict(saved, schedule_step=5))  # as the message says
     assert fused.param_groups[0]["lr"] == 1e-3 and int(fused._schedule_step) == 5
     assert float(fused.next_lr()[0]) == pytest.approx(saved["param_groups"][0]["lr"], rel=1e-12)
