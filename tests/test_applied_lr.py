@@ -3,6 +3,7 @@ evaluator for every schedule in the library, and ``current_lr()`` / ``next_lr()`
 ``AppliedLRScheduler`` against the lr each update really applied (recovered from a probe)."""
 
 import math
+import os
 import warnings
 
 import pytest
@@ -142,3 +143,16 @@ def test_a_torch_scheduler_stacked_on_a_fusedlr_schedule_warns():
     with warnings.catch_warnings():
         warnings.simplefilter("error", UserWarning)
         plain.step()  # the stand-in schedules nothing: no warning
+
+
+def test_import_fusedlr_imports_no_trainer():
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, fusedlr, fusedlr.integrations; "
+        "print(sorted(m for m in ('transformers', 'lightning', 'accelerate', 'pytorch_lightning') if m in sys.modules))"
+    )
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=root).stdout
+    assert out.strip() == "[]"
