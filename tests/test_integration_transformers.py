@@ -76,6 +76,20 @@ def _weights(model):
     return {name: p.detach().clone() for name, p in model.named_parameters()}
 
 
+def _assert_weights_match(model, ref_weights):
+    for name, weight in _weights(model).items():
+        expected = ref_weights[name]
+        if name.endswith("attn.c_attn.bias"):  # [query | key | value] biases
+            # A bias added to every key shifts all of a query's attention logits alike, which softmax
+            # ignores: its gradient is rounding noise (about 1e-10), which Adam's normalisation turns
+            # into steps of about lr * 1e-2, so the last bit of the clip coefficient (the norms are
+            # summed in another order) shows there. The query and value biases agree as all else does.
+            key = slice(32, 64)
+            torch.testing.assert_close(weight[key], expected[key], rtol=0, atol=1e-5, msg=name)
+            weight, expected = torch.cat([weight[:32], weight[64:]]), torch.cat([expected[:32], expected[64:]])
+        torch.testing.assert_close(weight, expected, rtol=0, atol=2e-7, msg=name)
+
+
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory):
     """The plain Trainer: its default torch AdamW, its LambdaLR, its clip_grad_norm_."""
@@ -110,17 +124,7 @@ def test_fused_trainer_matches_the_trainer(tmp_path, reference, monkeypatch):
         assert mine["grad_norm"] == pytest.approx(theirs["grad_norm"], rel=1e-6)
     assert [s["learning_rate"] for s in steps[:3]] == [0.0, 1e-3, 2e-3]
     assert max(s["grad_norm"] for s in steps) > 0.5  # the clip was active
-    for name, weight in _weights(model).items():
-        expected = ref_weights[name]
-        if name.endswith("attn.c_attn.bias"):  # [query | key | value] biases
-            # A bias added to every key shifts all of a query's attention logits alike, which softmax
-            # ignores: its gradient is rounding noise (about 1e-10), which Adam's normalisation turns
-            # into steps of about lr * 1e-2, so the last bit of the clip coefficient (the norms are
-            # summed in another order) shows there. The query and value biases agree as all else does.
-            key = slice(32, 64)
-            torch.testing.assert_close(weight[key], expected[key], rtol=0, atol=1e-5, msg=name)
-            weight, expected = torch.cat([weight[:32], weight[64:]]), torch.cat([expected[:32], expected[64:]])
-        torch.testing.assert_close(weight, expected, rtol=0, atol=2e-7, msg=name)
+    _assert_weights_match(model, ref_weights)
 
 
 def test_resume_from_checkpoint_continues_identically(tmp_path):
@@ -225,3 +229,19 @@ def test_the_plain_trainer_stacking_its_scheduler_on_a_fusedlr_schedule_warns(tm
                       optimizers=(opt, None))  # fmt: skip
     with pytest.warns(UserWarning, match="both apply"):
         trainer.train()
+
+
+def test_a_plain_trainer_checkpoint_resumed_by_fused_trainer(tmp_path, reference):
+    """Migration mid-run: the Trainer's torch AdamW + LambdaLR checkpoint (decayed lr, initial_lr,
+    step counts) resumed by FusedTrainer continues as the uninterrupted plain Trainer run."""
+    ref_weights, ref_steps = reference
+    train(Trainer, tmp_path, save_strategy="steps", save_steps=4)
+    trainer, model, steps = train(FusedTrainer, tmp_path, resume=str(tmp_path / "checkpoint-4"))
+    opt = trainer.optimizer.optimizer
+    assert int(opt._schedule_step) == STEPS and all("initial_lr" not in g for g in opt.param_groups)
+    resumed = [s for s in steps if s["step"] > 4]
+    assert [s["step"] for s in resumed] == list(range(5, STEPS + 1))
+    for mine, theirs in zip(resumed, ref_steps[4:]):
+        assert mine["learning_rate"] == pytest.approx(theirs["learning_rate"], rel=1e-12, abs=0)
+        assert mine["loss"] == pytest.approx(theirs["loss"], rel=1e-6)
+    _assert_weights_match(model, ref_weights)
