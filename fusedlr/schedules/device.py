@@ -16,7 +16,7 @@ import torch
 
 from .program import _HOST_OPS, OPCODES, Program
 
-_OP = {name: code for name, code in OPCODES.items()}
+_OP = OPCODES
 
 
 def _is_tensor(x) -> bool:
