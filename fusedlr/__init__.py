@@ -4,7 +4,8 @@ from . import schedules
 from ._backends import available_backends
 from .grouping import param_groups
 from .lr_finder import find_lr
+from .lr_scheduler import AppliedLRScheduler
 from .optim import AdamW, Lion
 
-__all__ = ["AdamW", "Lion", "schedules", "available_backends", "find_lr", "param_groups"]
+__all__ = ["AdamW", "Lion", "AppliedLRScheduler", "schedules", "available_backends", "find_lr", "param_groups"]
 __version__ = "0.1.0"

@@ -15,8 +15,9 @@ from numbers import Real
 
 import torch
 
-from . import _backends, _compile, _distributed, _fused, _precision, reference
+from . import _applied_lr, _backends, _compile, _distributed, _fused, _precision, _torch_migration, reference
 from ._state import StateTable as _StateTable
+from .lr_scheduler import warn_if_torch_scheduler_attached
 from .schedules import Schedule, check_schedule
 
 
@@ -369,6 +370,16 @@ class _FusedOptimizer(torch.optim.Optimizer):
             return self.schedule.scale_offset(self._host_step)
         return float(self.schedule(self._host_step)), 0.0
 
+    def current_lr(self) -> list[torch.Tensor]:
+        """Per param group, the lr of the last update applied (a skipped step applies none), as
+        0-dim float64 device tensors: no host sync until you read them. Before the first update,
+        the lr the first one will use. See ``_applied_lr.py``."""
+        return _applied_lr.group_lrs(self, upcoming=False)
+
+    def next_lr(self) -> list[torch.Tensor]:
+        """Per param group, the lr the next update will apply, as 0-dim float64 device tensors."""
+        return _applied_lr.group_lrs(self, upcoming=True)
+
     @torch.no_grad()
     def step(self, closure=None):
         """One optimizer step. Returns ``closure()``'s loss when a closure is given."""
@@ -397,6 +408,8 @@ class _FusedOptimizer(torch.optim.Optimizer):
             self._init_state(source, group)
 
     def _eager_step(self) -> None:
+        if self._host_step == 0 and self.schedule is not None:
+            warn_if_torch_scheduler_attached(self)  # a second schedule, stacked by a trainer
         # Everything is checked before anything is modified: a failed step changes nothing.
         params, grads, counts = self._active()
         if not params:
@@ -488,6 +501,8 @@ class _FusedOptimizer(torch.optim.Optimizer):
         self._host_step = int(self._schedule_step.item())
         self._plan_cache = None
         self._step_cache = None
+        if not group_counters:  # not saved by fusedlr: a torch scheduler's lr and initial_lr, if any
+            _torch_migration.continue_torch_schedule(self)
 
 
 class AdamW(_FusedOptimizer):

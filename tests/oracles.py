@@ -54,6 +54,22 @@ def hf_cosine_with_min_lr(warmup, total, num_cycles=0.5, min_lr_rate=0.0):
     return f
 
 
+def hf_cosine_with_min_lr_rate(warmup, total, num_cycles=0.5, min_lr_rate=0.0, warmup_lr_rate=None):
+    """HF get_cosine_with_min_lr_schedule_with_warmup_lr_rate, transcribed."""
+
+    def f(step):
+        step, w, t = float(step), float(warmup), float(total)
+        if step < w:
+            if warmup_lr_rate is None:
+                return (step + 1.0) / max(1.0, w)
+            return warmup_lr_rate + (1.0 - warmup_lr_rate) * step / max(1, w - 1)
+        progress = (step - w + 1.0) / max(1.0, t - w)
+        factor = 0.5 * (1.0 + math.cos(math.pi * num_cycles * 2.0 * progress))
+        return max(0, factor * (1 - min_lr_rate) + min_lr_rate)
+
+    return f
+
+
 def hf_inverse_sqrt(warmup, timescale=None):
     if timescale is None:
         timescale = warmup or 10_000

@@ -18,6 +18,7 @@ from oracles import (
     hf_cosine,
     hf_cosine_hard_restarts,
     hf_cosine_with_min_lr,
+    hf_cosine_with_min_lr_rate,
     hf_inverse_sqrt,
     hf_linear,
     hf_polynomial,
@@ -49,6 +50,18 @@ CASES = [
     ("hf-cosine", S.WarmupCosine(5, 40), hf(hf_cosine(5, 40)), 62),
     ("hf-cosine-1.5-cycles", S.WarmupCosine(4, 30, num_cycles=1.5), hf(hf_cosine(4, 30, 1.5)), 52),
     ("hf-cosine-min-lr", S.WarmupCosine(5, 40, min_lr_ratio=0.1), hf(hf_cosine_with_min_lr(5, 40, 0.5, 0.1)), 62),
+    (
+        "hf-cosine-lr-rate",
+        S.WarmupCosineLrRate(5, 40, min_lr_ratio=0.1),
+        hf(hf_cosine_with_min_lr_rate(5, 40, 0.5, 0.1)),
+        62,
+    ),
+    (
+        "hf-cosine-lr-rate-warmup-rate",
+        S.WarmupCosineLrRate(6, 30, num_cycles=1.0, warmup_lr_ratio=0.2),
+        hf(hf_cosine_with_min_lr_rate(6, 30, 1.0, 0.0, 0.2)),
+        52,
+    ),
     ("hf-hard-restarts", S.WarmupCosineHardRestarts(5, 40, 3), hf(hf_cosine_hard_restarts(5, 40, 3)), 62),
     (
         "hf-polynomial",

@@ -97,6 +97,39 @@ class WarmupCosine(Schedule):
 
 
 @dataclass(frozen=True)
+class WarmupCosineLrRate(Schedule):
+    """``WarmupCosine`` counted one update ahead: the warmup starts above 0, at
+    ``1 / warmup_steps`` (or at ``warmup_lr_ratio``, reaching 1 at update ``warmup_steps - 1``),
+    and the cosine's progress is ``(k - warmup_steps + 1) / (total_steps - warmup_steps)``.
+    Reference: HF ``get_cosine_with_min_lr_schedule_with_warmup_lr_rate`` (the Trainer's
+    ``cosine_warmup_with_min_lr``)."""
+
+    warmup_steps: int
+    total_steps: int
+    num_cycles: float = 0.5
+    min_lr_ratio: float = 0.0
+    warmup_lr_ratio: float | None = None
+
+    def __post_init__(self):
+        _check_warmup_total(self.warmup_steps, self.total_steps)
+        check_float("num_cycles", self.num_cycles, low=0.0)
+        check_float("min_lr_ratio", self.min_lr_ratio, low=0.0, high=1.0)
+        if self.warmup_lr_ratio is not None:
+            check_float("warmup_lr_ratio", self.warmup_lr_ratio, low=0.0, high=1.0)
+
+    def expressions(self, k):
+        w, r0 = float(self.warmup_steps), self.warmup_lr_ratio
+        if r0 is None:
+            warm = (k + 1.0) / max(1.0, w)
+        else:
+            warm = float(r0) + (1.0 - float(r0)) * k / max(1, w - 1)
+        progress = (k - w + 1.0) / max(1.0, float(self.total_steps) - w)
+        factor = 0.5 * (1.0 + P.cos(math.pi * self.num_cycles * 2.0 * progress))
+        factor = factor * (1 - self.min_lr_ratio) + self.min_lr_ratio
+        return P.where(k < w, warm, P.maximum(0, factor)), P.lift(0.0)
+
+
+@dataclass(frozen=True)
 class WarmupCosineHardRestarts(Schedule):
     """Linear warmup, then ``num_cycles`` cosine decays each restarting from 1; 0 after
     ``total_steps``. Reference: HF ``get_cosine_with_hard_restarts_schedule_with_warmup``."""
