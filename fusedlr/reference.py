@@ -65,16 +65,29 @@ def grad_scales(grads, groups, max_grad_norm, need_norm=False):
 def _effective_grad(grad, group, scale):
     g = -grad if group["maximize"] else grad
     if scale is not None:
-        g = g * scale
+        # clip_grad_norm_ scales grads in place, so in their own dtype: a float64 scale (the norm
+        # of a float64 grad) must not promote a 0-dim float32 or bf16 grad.
+        g = (g * scale).to(g.dtype)
     return g
+
+
+def _number(value) -> float:
+    """A hyperparameter as a Python float: a tensor lr or beta is read on the host here, as
+    torch.optim.AdamW's non-capturable path reads it (the kernel backends read it on the device)."""
+    return float(value) if isinstance(value, torch.Tensor) else value
+
+
+def _step_number(step: torch.Tensor) -> float:
+    # Meta tensors hold no values: any number serves, the update only propagates shapes.
+    return 1.0 if step.device.type == "meta" else float(step.item())
 
 
 def adamw_update_(param, grad, state, group, lr: float) -> None:
     """One AdamW update of one tensor: torch.optim.AdamW(foreach=False), decoupled decay."""
-    beta1, beta2 = group["betas"]
+    beta1, beta2 = map(_number, group["betas"])
     exp_avg, exp_avg_sq = state["exp_avg"], state["exp_avg_sq"]
     state["step"] += 1
-    step = float(state["step"].item())
+    step = _step_number(state["step"])
 
     param.mul_(1 - lr * group["weight_decay"])
     exp_avg.lerp_(grad, 1 - beta1)
@@ -92,7 +105,7 @@ def adamw_update_(param, grad, state, group, lr: float) -> None:
 
 def lion_update_(param, grad, state, group, lr: float) -> None:
     """One LION update of one tensor: lion-pytorch's ``update_fn`` (decay is ``1 - lr * wd``)."""
-    beta1, beta2 = group["betas"]
+    beta1, beta2 = map(_number, group["betas"])
     exp_avg = state["exp_avg"]
     param.mul_(1 - lr * group["weight_decay"])
     update = exp_avg.clone().mul_(beta1).add_(grad, alpha=1 - beta1).sign_()
@@ -134,7 +147,7 @@ def update_in_fp32_(kind, param, grad, state, group, lr, key=None) -> None:
 
 @torch.no_grad()
 def step_(kind: str, items, grads, lr_scale: float, lr_offset: float, max_grad_norm, *, grad_scale=None,
-          found_inf=None, skip_nonfinite=False, positions=None, counter=None):  # fmt: skip
+          found_inf=None, skip_nonfinite=False, positions=None, counter=None, report_norm=False):  # fmt: skip
     """Apply one step to ``items``: a list of ``(param, group, state)`` for params with grads,
     and their ``grads``.
 
@@ -143,7 +156,8 @@ def step_(kind: str, items, grads, lr_scale: float, lr_offset: float, max_grad_n
     the scale (in copies) and a step with ``found_inf`` set is skipped; ``skip_nonfinite``
     skips a step whose global grad norm is not finite. ``positions`` (each param's index among
     all the optimizer's params) and ``counter`` (updates applied so far, a device tensor) key
-    the random stream of stochastic rounding.
+    the random stream of stochastic rounding. ``report_norm`` asks for the norm even when no
+    clipping applies to these params (AGC is set in a group without grads this step).
 
     Returns ``(norm, applied)``: the global grad norm after AGC and before clipping (``None``
     when nothing needed it), and whether the update was applied.
@@ -153,14 +167,14 @@ def step_(kind: str, items, grads, lr_scale: float, lr_offset: float, max_grad_n
         inverse = grad_scale.double().reciprocal().float()  # as GradScaler.unscale_ computes it
         grads = [g * inverse.to(g.device) for g in grads]
     groups = [(group, param) for param, group, _ in items]
-    scales, total_norm = grad_scales(grads, groups, max_grad_norm, need_norm=skip_nonfinite)
+    scales, total_norm = grad_scales(grads, groups, max_grad_norm, need_norm=skip_nonfinite or report_norm)
     skip = found_inf is not None and bool(found_inf.item())
-    if skip_nonfinite and not bool(torch.isfinite(total_norm)):
+    if skip_nonfinite and total_norm.device.type != "meta" and not bool(torch.isfinite(total_norm)):
         skip = True
     if skip:
         return total_norm, False
     for i, ((param, group, state), grad, scale) in enumerate(zip(items, grads, scales)):
-        lr = group["lr"] * lr_scale + lr_offset
+        lr = _number(group["lr"]) * lr_scale + lr_offset
         if _in_fp32(param, grad, state):
             key = None
             if _precision.rounds_stochastically(param, group):
