@@ -18,8 +18,11 @@ LOADED_ATTRIBUTES = ("state", "param_groups", "defaults", "_schedule_step", "_ho
                      "_step_cache", "_flat_params")  # fmt: skip
 
 
-def check_structure(state_dict) -> None:
-    """The shape of a state dict, before torch indexes it."""
+STEP_EXPECTED = "expected a non-negative number or one-element tensor"
+
+
+def check_structure(state_dict, param_groups) -> None:
+    """The shape of a state dict, before torch indexes it (``param_groups``: the optimizer's)."""
     if not isinstance(state_dict, Mapping):
         raise TypeError(f"state_dict must be a dict (as state_dict() returns); got {type(state_dict).__name__}")
     for key in ("state", "param_groups"):
@@ -37,6 +40,13 @@ def check_structure(state_dict) -> None:
         if not isinstance(group["params"], Sequence) or isinstance(group["params"], (str, bytes)):
             raise ValueError(f"state_dict['param_groups'][{i}]['params'] must be a list of parameter indices")
         ids += list(group["params"])
+    # torch's own checks, with its messages, before ours.
+    if len(groups) != len(param_groups):
+        raise ValueError("loaded state dict has a different number of parameter groups")
+    if any(len(saved["params"]) != len(group["params"]) for saved, group in zip(groups, param_groups)):
+        raise ValueError(
+            "loaded state dict contains a parameter group that doesn't match the size of optimizer's group"
+        )
     if len(set(map(repr, ids))) != len(ids):
         raise ValueError("state_dict['param_groups'] lists a parameter index twice")
     unknown = [key for key in state_dict["state"] if key not in ids]
@@ -46,6 +56,8 @@ def check_structure(state_dict) -> None:
         if not isinstance(value, Mapping):
             kind = type(value).__name__
             raise ValueError(f"state_dict['state'][{key!r}] must be a dict of state tensors; got {kind}")
+        if "step" in value and not _is_count(value["step"], integral=False):  # before torch's cast mangles it
+            raise ValueError(f"Invalid state 'step': {value['step']!r} ({STEP_EXPECTED})")
 
 
 def _is_count(value, *, integral: bool) -> bool:
@@ -65,7 +77,7 @@ def step_tensor(value, device) -> torch.Tensor:
     """A loaded per-parameter ``step`` as the float32 0-dim tensor the kernels advance, copied
     (we never step a tensor the caller still holds)."""
     if not _is_count(value, integral=False):
-        raise ValueError(f"Invalid state 'step': {value!r} (expected a non-negative number or one-element tensor)")
+        raise ValueError(f"Invalid state 'step': {value!r} ({STEP_EXPECTED})")
     return torch.as_tensor(value).reshape(()).to(device=device, dtype=torch.float32, copy=True)
 
 

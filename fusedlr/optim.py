@@ -40,7 +40,7 @@ def _check_real(name: str, value, *, low: float, low_inclusive: bool = True, hig
     if ok and high is not None:
         ok = value < high
     if not ok:
-        raise ValueError(f"Invalid {name}: {value}")
+        raise ValueError(f"Invalid {name}: {value if isinstance(value, Real) else repr(value)}")
 
 
 def _check_group_hypers(group: dict) -> None:
@@ -399,7 +399,7 @@ class _FusedOptimizer(torch.optim.Optimizer):
     def load_state_dict(self, state_dict: dict) -> None:
         # Validated in full; on any error the optimizer is put back as it was (torch's own load
         # builds new state and groups aside, so restoring the attributes undoes everything).
-        _state_dict.check_structure(state_dict)
+        _state_dict.check_structure(state_dict, self.param_groups)
         before = {name: self.__dict__[name] for name in _state_dict.LOADED_ATTRIBUTES if name in self.__dict__}
         before["defaults"] = dict(self.defaults)
         try:

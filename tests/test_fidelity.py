@@ -455,3 +455,23 @@ def test_last_grad_norm_is_reported_when_agc_is_configured_elsewhere(backend):
     assert opt.last_grad_norm is not None
     expected = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(p.grad) for p in without]))
     torch.testing.assert_close(opt.last_grad_norm, expected, rtol=1e-6, atol=0)
+
+
+# ----- messages: a valid-looking value is never shown as if it were the number ---------------------
+
+
+def test_messages_quote_what_is_not_a_number():
+    with pytest.raises(ValueError, match=r"Invalid learning rate: '0\.1'"):
+        fusedlr.AdamW([torch.nn.Parameter(torch.zeros(2))], lr="0.1")
+
+
+def test_group_count_mismatch_is_torchs_message(backend):
+    params, opt = trained(backend)
+    state_dict = opt.state_dict()
+    state_dict["param_groups"].append({"params": []})
+    with pytest.raises(ValueError, match="different number of parameter groups"):
+        opt.load_state_dict(state_dict)
+    state_dict = opt.state_dict()
+    state_dict["param_groups"][0]["params"] = state_dict["param_groups"][0]["params"][:-1]
+    with pytest.raises(ValueError, match="doesn't match the size of optimizer's group"):
+        opt.load_state_dict(state_dict)
