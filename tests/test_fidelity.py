@@ -245,6 +245,8 @@ def test_copies_keep_every_attribute_and_step_identically(backend, how, cls):
     grads = make_grads(params, 5)
     run_steps(opt, params, grads[:3])
     copied = copy.deepcopy(opt) if how == "deepcopy" else pickle.loads(pickle.dumps(opt))
+    public = {k for k in opt.__dict__ if not k.startswith("_")}  # torch's test_deepcopy_copies_all_public_attrs
+    assert {k for k in copied.__dict__ if not k.startswith("_")} == public
     for name in PUBLIC:
         assert getattr(copied, name) == getattr(opt, name), name
     for name in ("last_grad_norm", "skipped_steps", "_schedule_step"):
