@@ -150,7 +150,12 @@ def prepare(opt, items, grads, host_multiplier, key, active_groups):
     if plan is None or plan.key != key:
         positions = opt._positions([param for param, _, _ in items])
         plan = opt._plan_cache = _plan.build_plan(items, grads, groups, key, positions)
-    _plan.upload_hyper(plan, _plan.hyper_values(groups, opt.schedule, host_multiplier, opt.max_grad_norm))
+    try:
+        values = _plan.hyper_values(groups, opt.schedule, host_multiplier, opt.max_grad_norm)
+    except (TypeError, ValueError):
+        opt._check_groups()  # a group value set after construction is not a number: say which
+        raise
+    _plan.upload_hyper(plan, values)
     _plan.copy_tensor_hypers(plan, groups)
     flags = StepFlags(
         has_agc=any(group["agc_clip_factor"] is not None for group in active_groups),

@@ -178,13 +178,20 @@ def hyper_values(groups, schedule, host_multiplier, max_grad_norm) -> tuple:
     }
     # A tensor lr or beta is copied into the uploaded table on the device (copy_tensor_hypers):
     # its host value would cost a synchronisation, so the host table holds 0 in its place.
-    values = [0.0 if isinstance(v, torch.Tensor) else float(v) for name in GROUP_COLUMNS for v in per_group[name]]
+    values = [0.0 if isinstance(v, torch.Tensor) else _number(v) for name in GROUP_COLUMNS for v in per_group[name]]
     program = schedule.program if isinstance(schedule, _schedules.Schedule) else _CONSTANT_PROGRAM
     values += [1.0 if host_multiplier is None else float(host_multiplier)]
     values += [0.0 if max_grad_norm is None else float(max_grad_norm)]
     values += [float(len(program.instructions)), float(program.scale_register), float(program.offset_register)]
     values += program.flat()
     return tuple(values)
+
+
+def _number(value) -> float:
+    # float() would also take "0.1": a string in a param group is an error, as in the constructor.
+    if isinstance(value, (str, bytes)):
+        raise TypeError(f"a hyperparameter is a {type(value).__name__}, not a number: {value!r}")
+    return float(value)
 
 
 def upload_hyper(plan: Plan, values: tuple) -> None:

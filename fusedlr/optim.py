@@ -223,6 +223,13 @@ class _FusedOptimizer(torch.optim.Optimizer):
     _state_names: tuple[str, ...]  # the moment tensors of this kind, stored in state_dtype
     _required_state: tuple[str, ...]  # what a param's existing state must hold for a step to read it
 
+    def _check_groups(self) -> None:
+        """The constructor's checks of every group's hyperparameters, again (after a user wrote
+        ``param_groups`` by hand, or a state dict was loaded)."""
+        for group in self.param_groups:
+            _check_group_hypers(group)
+            _precision.check_group_options(group)
+
     def _agc_configured(self) -> bool:
         """AGC is set in some group: ``last_grad_norm`` is then reported on every step, also
         when only groups without AGC have grads."""
@@ -319,6 +326,7 @@ class _FusedOptimizer(torch.optim.Optimizer):
             for (param, group), grad in zip(pairs, grads):
                 self._check_param(param, grad, group)
             _fused.check_inputs(pairs, grads, {p.device for p in params}, self.state, required=self._required_state)
+            self._check_groups()  # before states are made (later steps: _fused.prepare reads the values)
             items = [(p, group, self._init_state(p, group)) for p, group in pairs]
             key[-1] = self.state.version  # after the states were made
         self._step_cache = _StepCache(key, items, grads)
@@ -359,6 +367,7 @@ class _FusedOptimizer(torch.optim.Optimizer):
             for (param, group), grad in zip(pairs, grads):
                 self._check_param(param, grad, group)
             _fused.check_states(pairs, self.state, required=self._required_state)
+            self._check_groups()  # values written into param_groups since: the update reads them all
             items = [(p, group, self._init_state(p, group)) for p, group in pairs]
         if self._schedule_step.device != device:  # the model moved after the optimizer was made
             self._schedule_step = self._schedule_step.to(device)
@@ -411,9 +420,7 @@ class _FusedOptimizer(torch.optim.Optimizer):
 
     def _check_loaded(self) -> None:
         """The loaded groups and states, checked as a step would check them."""
-        for group in self.param_groups:
-            _check_group_hypers(group)
-            _precision.check_group_options(group)
+        self._check_groups()
         pairs = [(p, group) for group in self.param_groups for p in group["params"]]
         _fused.check_states(pairs, self.state, required=self._required_state)
 

@@ -477,3 +477,24 @@ def test_group_count_mismatch_is_torchs_message(backend):
     state_dict["param_groups"][0]["params"] = state_dict["param_groups"][0]["params"][:-1]
     with pytest.raises(ValueError, match="doesn't match the size of optimizer's group"):
         opt.load_state_dict(state_dict)
+
+
+@pytest.mark.parametrize("key, value", [("lr", "0.1"), ("lr", None), ("betas", (0.9, "x")), ("weight_decay", [0.1])])
+def test_group_value_written_by_hand_is_refused_before_any_change(backend, key, value):
+    params, opt = trained(backend)
+    opt.param_groups[0][key] = value
+    set_grads(params)
+    before = snapshot(opt)
+    with pytest.raises(ValueError, match="Invalid"):
+        opt.step()
+    assert_unchanged(opt, before)
+
+
+def test_bad_group_value_on_a_first_step_creates_no_state(backend):
+    params = make_params([(3,), (4,)])
+    opt = fusedlr.AdamW(params, lr=0.1, backend=backend)
+    opt.param_groups[0]["lr"] = "fast"
+    set_grads(params)
+    with pytest.raises(ValueError, match="Invalid learning rate: 'fast'"):
+        opt.step()
+    assert not opt.state
