@@ -182,3 +182,20 @@ def resolve_norm_group(norm_group):
     if isinstance(norm_group, dist.ProcessGroup):
         return norm_group
     raise ValueError(f"Invalid norm_group: {norm_group!r} (a ProcessGroup or a 1-D DeviceMesh)")
+
+
+class SharedGroup:
+    """A process group inside an optimizer's pickled state: a deep copy shares it (a group is
+    not copied); pickling to bytes is refused, as a group lives only in its own process."""
+
+    def __init__(self, group):
+        self.group = group
+
+    def __deepcopy__(self, memo):
+        return self
+
+    def __reduce__(self):
+        raise TypeError(
+            "an optimizer with norm_group cannot be pickled: its process group exists only in this process; "
+            "save opt.state_dict() instead"
+        )

@@ -69,13 +69,23 @@ def check_grad(param, grad) -> None:
         )
 
 
-def check_states(pairs, state, *, kernels=False) -> None:
-    """Raise before anything is touched if a param's existing state cannot serve it: a
-    non-tensor, another device, another shape; for the kernels also another memory layout,
-    and a ``step`` that is not a one-element float32 tensor. (A state of another floating
-    dtype than the options ask for is cast by ``_init_state``, after every check.)"""
+def check_states(pairs, state, *, kernels=False, required=()) -> None:
+    """Raise before anything is touched if a param's existing state cannot serve it: a state
+    without one of the ``required`` entries (one loaded from another optimizer: torch raises
+    ``KeyError`` there too), a non-tensor, another device, another shape, a ``step`` of more
+    than one element; for the kernels also another memory layout, and a ``step`` that is not
+    float32. (A state of another floating dtype than the options ask for is cast by
+    ``_init_state``, after every check.)"""
     for param, _ in pairs:
-        for name, value in state.get(param, {}).items():
+        param_state = state.get(param, {})
+        missing = [name for name in required if name not in param_state] if param_state else []
+        if missing:
+            raise KeyError(
+                f"fusedlr: the state of a parameter of shape {tuple(param.shape)} lacks "
+                f"{', '.join(map(repr, missing))} "
+                f"(it holds {sorted(map(str, param_state))}); was it loaded from another optimizer's state dict?"
+            )
+        for name, value in param_state.items():
             if not isinstance(value, torch.Tensor):
                 raise RuntimeError(f"fusedlr: state {name!r} of a parameter is a {type(value).__name__}, not a tensor")
             if kernels:
@@ -86,7 +96,9 @@ def check_states(pairs, state, *, kernels=False) -> None:
                     "load the state dict after moving the model, or move the state with the parameters."
                 )
             if name == "step":
-                if kernels and (value.numel() != 1 or value.dtype != torch.float32):
+                if value.numel() != 1 or value.is_complex() or value.dtype == torch.bool:
+                    raise RuntimeError(f"fusedlr: state 'step' must be a one-element real tensor; got {value!r}")
+                if kernels and value.dtype != torch.float32:
                     raise RuntimeError(f"fusedlr: state 'step' must be a one-element float32 tensor; got {value!r}")
                 continue
             if value.shape != param.shape or not value.is_floating_point():
@@ -101,7 +113,7 @@ def check_states(pairs, state, *, kernels=False) -> None:
                 )
 
 
-def check_inputs(pairs, grads, devices, state) -> None:
+def check_inputs(pairs, grads, devices, state, *, required=()) -> None:
     """Raise before anything is touched if the kernels cannot run these tensors correctly."""
     if len(devices) > 1:
         names = ", ".join(sorted(str(d) for d in devices))
@@ -114,7 +126,28 @@ def check_inputs(pairs, grads, devices, state) -> None:
         if param.dtype not in SUPPORTED_DTYPES:
             raise RuntimeError(f"fusedlr: the fused backends do not support parameters of dtype {param.dtype}")
         check_grad(param, grad)
-    check_states(pairs, state, kernels=True)
+    check_distinct(pairs)
+    check_states(pairs, state, kernels=True, required=required)
+
+
+def check_distinct(pairs) -> None:
+    """The kernels update every tensor in one pass, in parallel: a param listed twice (tied
+    weights listed by hand) would be read and written by two programs at once. torch steps it
+    twice in sequence, and so does backend='torch'; the fused backends refuse it clearly."""
+    seen_ids, seen_addresses = set(), set()
+    for param, _ in pairs:
+        twice = id(param) in seen_ids
+        if twice or (param.numel() and param.data_ptr() in seen_addresses):
+            raise RuntimeError(
+                "fusedlr: "
+                + ("a parameter is listed twice" if twice else "two parameters share memory")
+                + f" (shape {tuple(param.shape)}); the fused backends update every tensor once per step, in "
+                "parallel. List each tensor once (tied weights: once), or use backend='torch', which steps a "
+                "repeated parameter once per listing, as torch.optim does."
+            )
+        seen_ids.add(id(param))
+        if param.numel():
+            seen_addresses.add(param.data_ptr())
 
 
 @dataclass(frozen=True)
@@ -127,10 +160,11 @@ class StepFlags:
     grad_scale: torch.Tensor | None  # set by torch.amp.GradScaler.step, None once unscaled
     found_inf: torch.Tensor | None
     reduction: object | None  # _distributed.NormReduction: the norms' collective, or None
+    report_norm: bool = False  # AGC is set in a group without grads this step: still report the norm
 
     @property
     def has_norms(self) -> bool:
-        return self.has_agc or self.has_clip or self.skip_nonfinite
+        return self.has_agc or self.has_clip or self.skip_nonfinite or self.report_norm
 
 
 def prepare(opt, items, grads, host_multiplier, key, active_groups):
@@ -142,7 +176,13 @@ def prepare(opt, items, grads, host_multiplier, key, active_groups):
         positions = opt._positions([param for param, _, _ in items])
         plan = opt._plan_cache = _plan.build_plan(items, grads, groups, key, positions)
     clip_value = getattr(opt, "clip_value", None)
-    _plan.upload_hyper(plan, _plan.hyper_values(groups, opt.schedule, host_multiplier, opt.max_grad_norm, clip_value))
+    try:
+        values = _plan.hyper_values(groups, opt.schedule, host_multiplier, opt.max_grad_norm, clip_value)
+    except (TypeError, ValueError):
+        opt._check_groups()  # a group value set after construction is not a number: say which
+        raise
+    _plan.upload_hyper(plan, values)
+    _plan.copy_tensor_hypers(plan, groups)
     flags = StepFlags(
         has_agc=any(group["agc_clip_factor"] is not None for group in active_groups),
         has_clip=opt.max_grad_norm is not None,
@@ -152,6 +192,7 @@ def prepare(opt, items, grads, host_multiplier, key, active_groups):
         grad_scale=_on(getattr(opt, "grad_scale", None), plan.device),
         found_inf=_on(getattr(opt, "found_inf", None), plan.device),
         reduction=opt._reduction([opt._step_cache.sources[i] for i in plan.order]),
+        report_norm=any(group["agc_clip_factor"] is not None for group in groups),
     )
     return plan, flags
 

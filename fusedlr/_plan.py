@@ -192,7 +192,9 @@ def hyper_values(groups, schedule, host_multiplier, max_grad_norm, clip_value=No
         "grad_sign": [-1.0 if g["maximize"] else 1.0 for g in groups],
         "seed": [g.get("seed", 0) for g in groups],
     }
-    values = [float(v) for name in GROUP_COLUMNS for v in per_group[name]]
+    # A tensor lr or beta is copied into the uploaded table on the device (copy_tensor_hypers):
+    # its host value would cost a synchronisation, so the host table holds 0 in its place.
+    values = [0.0 if isinstance(v, torch.Tensor) else _number(v) for name in GROUP_COLUMNS for v in per_group[name]]
     program = schedule.program if isinstance(schedule, _schedules.Schedule) else _CONSTANT_PROGRAM
     values += [1.0 if host_multiplier is None else float(host_multiplier)]
     values += [0.0 if max_grad_norm is None else float(max_grad_norm)]
@@ -202,12 +204,31 @@ def hyper_values(groups, schedule, host_multiplier, max_grad_norm, clip_value=No
     return tuple(values)
 
 
+def _number(value) -> float:
+    # float() would also take "0.1": a string in a param group is an error, as in the constructor.
+    if isinstance(value, (str, bytes)):
+        raise TypeError(f"a hyperparameter is a {type(value).__name__}, not a number: {value!r}")
+    return float(value)
+
+
 def upload_hyper(plan: Plan, values: tuple) -> None:
     if values != plan.hyper_key:
         if plan.hyper.numel() != len(values):
             plan.hyper = torch.empty(len(values), dtype=torch.float64, device=plan.device)
         plan.hyper.copy_(torch.tensor(values, dtype=torch.float64), non_blocking=True)
         plan.hyper_key = values
+
+
+def copy_tensor_hypers(plan: Plan, groups) -> None:
+    """Copy each tensor lr or beta into the uploaded table, on the device: no host read, and a
+    CUDA graph that captured the step reads the tensor's value at every replay."""
+    num_groups = len(groups)
+    for g, group in enumerate(groups):
+        beta1, beta2 = group["betas"]
+        for column, value in (("lr", group["lr"]), ("beta1", beta1), ("beta2", beta2)):
+            if isinstance(value, torch.Tensor):
+                index = GROUP_COLUMNS.index(column) * num_groups + g
+                plan.hyper[index : index + 1].copy_(value.detach().reshape(1), non_blocking=True)
 
 
 def schedule_registers(schedule) -> int:

@@ -15,37 +15,74 @@ from numbers import Real
 
 import torch
 
-from . import _applied_lr, _backends, _compile, _distributed, _fused, _precision, _torch_migration, reference
+from . import (
+    _applied_lr,
+    _backends,
+    _compile,
+    _distributed,
+    _fused,
+    _precision,
+    _state_dict,
+    _torch_migration,
+    reference,
+)
 from ._state import StateTable as _StateTable
 from .lr_scheduler import warn_if_torch_scheduler_attached
 from .schedules import Schedule, check_schedule
 
 
-def _check_real(name: str, value, *, low: float, low_inclusive: bool = True, high: float | None = None):
+def _check_real(name: str, value, *, low: float, low_inclusive: bool = True, high: float | None = None,
+                tensor_name: str | None = None):  # fmt: skip
+    if isinstance(value, torch.Tensor):
+        if tensor_name is None:
+            raise ValueError(
+                f"Invalid {name}: {value!r} (expected a Python number; of the hyperparameters only lr and betas "
+                "may be tensors)"
+            )
+        # As torch: a tensor lr (or beta) is read on the device at every step, so that a new value
+        # needs no recompile or graph capture. The value is checked here, once (a host read).
+        if value.numel() != 1 or not value.is_floating_point():
+            raise ValueError(f"Tensor {tensor_name} must be a 1-element floating-point tensor; got {value!r}")
+        if value.device.type == "meta":
+            return
+        value = float(value)
     ok = isinstance(value, Real) and not isinstance(value, bool) and not math.isnan(value)
     if ok:
         ok = value >= low if low_inclusive else value > low
     if ok and high is not None:
         ok = value < high
     if not ok:
-        raise ValueError(f"Invalid {name}: {value}")
+        raise ValueError(f"Invalid {name}: {value if isinstance(value, Real) else repr(value)}")
 
 
 def _check_group_hypers(group: dict) -> None:
-    _check_real("learning rate", group["lr"], low=0.0)
+    for key in ("lr", "betas", "weight_decay", "agc_clip_factor", "agc_eps"):
+        if key not in group:
+            raise KeyError(f"fusedlr: a param group lacks the key {key!r}")
+    _check_real("learning rate", group["lr"], low=0.0, tensor_name="lr")
     if "eps" in group:
         _check_real("epsilon value", group["eps"], low=0.0)
     betas = group["betas"]
     if not (isinstance(betas, (tuple, list)) and len(betas) == 2):
         raise ValueError(f"Invalid betas: {betas!r} (expected a pair of floats)")
     for i, beta in enumerate(betas):
-        if not (isinstance(beta, Real) and 0.0 <= beta < 1.0):
+        if isinstance(beta, torch.Tensor):
+            _check_real(f"beta parameter at index {i}", beta, low=0.0, high=1.0, tensor_name=f"betas[{i}]")
+        elif not (isinstance(beta, Real) and not isinstance(beta, bool) and 0.0 <= beta < 1.0):
             raise ValueError(f"Invalid beta parameter at index {i}: {beta}")
     _check_real("weight_decay value", group["weight_decay"], low=0.0)
     factor = group["agc_clip_factor"]
     if factor is not None:
         _check_real("agc_clip_factor", factor, low=0.0, low_inclusive=False)
     _check_real("agc_eps", group["agc_eps"], low=0.0, low_inclusive=False)
+
+
+def _shares_elements(tensor: torch.Tensor) -> bool:
+    """True for a tensor two of whose elements are one memory location (``expand``, stride 0)."""
+    overlap = getattr(torch, "_debug_has_internal_overlap", None)
+    if overlap is not None:
+        return overlap(tensor) == 1  # 0: none, 2: too complex to tell (then the in-place op decides)
+    return any(stride == 0 and size > 1 for stride, size in zip(tensor.stride(), tensor.shape))
 
 
 # What the kernels' tables assume of a grad, beside its address (its class: a tensor subclass
@@ -81,10 +118,13 @@ class _StepCache:
     def grads_like_last_step(self, grads) -> bool:
         """New grad objects laid out exactly as last step's checked ones (checked again in full
         when the key shows a param changed)."""
-        return (
-            list(map(_LAYOUT, grads)) == self.grad_layouts
-            and list(map(torch.Tensor.stride, grads)) == self.grad_strides
-        )
+        try:
+            return (
+                list(map(_LAYOUT, grads)) == self.grad_layouts
+                and list(map(torch.Tensor.stride, grads)) == self.grad_strides
+            )
+        except (AttributeError, TypeError):  # not a tensor: the precise checks say so
+            return False
 
 
 def _called_to_make_states() -> bool:
@@ -156,8 +196,12 @@ class _FusedOptimizer(torch.optim.Optimizer):
     # ----- param groups -------------------------------------------------------------------
     def add_param_group(self, param_group: dict) -> None:
         super().add_param_group(param_group)
-        _check_group_hypers(self.param_groups[-1])
-        _precision.check_group_options(self.param_groups[-1])
+        try:
+            _check_group_hypers(self.param_groups[-1])
+            _precision.check_group_options(self.param_groups[-1])
+        except Exception:
+            self.param_groups.pop()  # a refused group must not stay (nor block a corrected retry)
+            raise
         self._flat_params = [p for group in self.param_groups for p in group["params"]]
         self._sharded = any(map(_distributed.is_dtensor, self._flat_params))
         self._checked_state_version = None
@@ -173,16 +217,41 @@ class _FusedOptimizer(torch.optim.Optimizer):
                 "and norm_group sums only the stages' totals"
             )
 
+    # Rebuilt after a copy or an unpickle: device tables and caches keyed on addresses, and the
+    # handle under which compiled graphs find this optimizer.
+    _TRANSIENT = ("_plan_cache", "_step_cache", "_compile_handle", "_reduction_cache")
+
+    def __getstate__(self) -> dict:
+        # torch keeps only defaults, state and param_groups (and drops hooks); we keep every
+        # attribute (schedule, counters, backend, ...) so that a deep copy or an unpickled
+        # optimizer steps exactly as the original would.
+        state = {
+            key: value
+            for key, value in self.__dict__.items()
+            if key not in self._TRANSIENT and not key.startswith("_optimizer_")
+        }
+        if state.get("norm_group") is not None:  # a deep copy shares the process group
+            state["norm_group"] = _distributed.SharedGroup(state["norm_group"])
+        return state
+
     def __setstate__(self, state: dict) -> None:
+        defaults = state.get("defaults", self.__dict__.get("defaults", {}))
+        had_differentiable = "differentiable" in defaults
         super().__setstate__(state)
-        self.__dict__.setdefault("norm_group", None)
+        if not had_differentiable:  # torch's __setstate__ adds it; our step has no use for it
+            self.defaults.pop("differentiable", None)
+        self.__dict__.setdefault("clip_value", None)  # optimizers pickled before clip_value existed
+        norm_group = self.__dict__.get("norm_group")
+        self.norm_group = norm_group.group if isinstance(norm_group, _distributed.SharedGroup) else norm_group
         self._reduction_cache = None
         self.state = _StateTable(self.state)
         self._flat_params = [p for group in self.param_groups for p in group["params"]]
         self._sharded = any(map(_distributed.is_dtensor, self._flat_params))
         self._checked_state_version = None
-        self._compile_handle = _compile.register(self)
-        self.__dict__.setdefault("clip_value", None)  # optimizers pickled before clip_value existed
+        self._plan_cache = None
+        self._step_cache = None
+        if "_compile_handle" not in self.__dict__:
+            self._compile_handle = _compile.register(self)
         # Groups loaded from a torch.optim state dict lack our keys: fill them from defaults.
         for group in self.param_groups:
             for key, value in self.defaults.items():
@@ -197,6 +266,11 @@ class _FusedOptimizer(torch.optim.Optimizer):
             raise RuntimeError(f"{name} does not support sparse gradients")
         if torch.is_complex(param) or not param.is_floating_point():
             raise RuntimeError(f"{name} supports real floating-point parameters only; got dtype {param.dtype}")
+        if _shares_elements(param):
+            raise RuntimeError(
+                f"{name}: a parameter of shape {tuple(param.shape)} with strides {param.stride()} has elements that "
+                "share memory (an expanded tensor?), so an in-place update cannot write it; clone it first"
+            )
         if grad.shape != param.shape:
             raise RuntimeError(
                 f"{name}: grad of shape {tuple(grad.shape)} for a parameter of shape {tuple(param.shape)}"
@@ -206,6 +280,19 @@ class _FusedOptimizer(torch.optim.Optimizer):
         _precision.check_param_options(param, grad, group, name)
 
     _state_names: tuple[str, ...]  # the moment tensors of this kind, stored in state_dtype
+    _required_state: tuple[str, ...]  # what a param's existing state must hold for a step to read it
+
+    def _check_groups(self) -> None:
+        """The constructor's checks of every group's hyperparameters, again (after a user wrote
+        ``param_groups`` by hand, or a state dict was loaded)."""
+        for group in self.param_groups:
+            _check_group_hypers(group)
+            _precision.check_group_options(group)
+
+    def _agc_configured(self) -> bool:
+        """AGC is set in some group: ``last_grad_norm`` is then reported on every step, also
+        when only groups without AGC have grads."""
+        return any(group["agc_clip_factor"] is not None for group in self.param_groups)
 
     def _init_state(self, param: torch.Tensor, group: dict) -> dict:
         """The param's state, created on its first step, then brought in line with the group's
@@ -346,7 +433,9 @@ class _FusedOptimizer(torch.optim.Optimizer):
                 self.state = _StateTable(self.state)
             for (param, group), grad in zip(pairs, grads):
                 self._check_param(param, grad, group)
-            _fused.check_inputs(pairs, grads, {p.device for p in params}, self._state_view(pairs, sources))
+            _fused.check_inputs(pairs, grads, {p.device for p in params}, self._state_view(pairs, sources),
+                                required=self._required_state)  # fmt: skip
+            self._check_groups()  # before states are made (later steps: _fused.prepare reads the values)
             items = [(p, group, self._local_state(s, group)) for (p, group), s in zip(pairs, sources or params)]
             key[-1] = self.state.version  # after the states were made
         self._step_cache = _StepCache(key, items, grads, sources or params)
@@ -424,7 +513,8 @@ class _FusedOptimizer(torch.optim.Optimizer):
         else:
             for (param, group), grad in zip(pairs, grads):
                 self._check_param(param, grad, group)
-            _fused.check_states(pairs, self._state_view(pairs, sources))
+            _fused.check_states(pairs, self._state_view(pairs, sources), required=self._required_state)
+            self._check_groups()  # values written into param_groups since: the update reads them all
             items = [(p, group, self._local_state(s, group)) for (p, group), s in zip(pairs, sources or params)]
         if self._schedule_step.device != device:  # the model moved after the optimizer was made
             self._schedule_step = self._schedule_step.to(device)
@@ -445,6 +535,7 @@ class _FusedOptimizer(torch.optim.Optimizer):
                 self._kind, items, grads, scale, offset, self.max_grad_norm,
                 grad_scale=getattr(self, "grad_scale", None), found_inf=getattr(self, "found_inf", None),
                 skip_nonfinite=self.skip_nonfinite, counter=self._schedule_step, clip_value=self.clip_value,
+                report_norm=self._agc_configured(),
                 positions=self._positions(params) if any(g["stochastic_rounding"] for g in self.param_groups) else None,
                 reduction=self._reduction(params),
             )  # fmt: skip
@@ -468,6 +559,25 @@ class _FusedOptimizer(torch.optim.Optimizer):
         return state_dict
 
     def load_state_dict(self, state_dict: dict) -> None:
+        # Validated in full; on any error the optimizer is put back as it was (torch's own load
+        # builds new state and groups aside, so restoring the attributes undoes everything).
+        _state_dict.check_structure(state_dict, self.param_groups)
+        before = {name: self.__dict__[name] for name in _state_dict.LOADED_ATTRIBUTES if name in self.__dict__}
+        before["defaults"] = dict(self.defaults)
+        try:
+            self._load_state_dict(state_dict)
+            self._check_loaded()
+        except BaseException:
+            self.__dict__.update(before)
+            raise
+
+    def _check_loaded(self) -> None:
+        """The loaded groups and states, checked as a step would check them."""
+        self._check_groups()
+        pairs = [(p, group) for group in self.param_groups for p in group["params"]]
+        _fused.check_states(pairs, self.state, required=self._required_state)
+
+    def _load_state_dict(self, state_dict: dict) -> None:
         state_dict = dict(state_dict)
         counter = state_dict.pop("schedule_step", None)
         groups = [dict(group) for group in state_dict["param_groups"]]
@@ -487,18 +597,18 @@ class _FusedOptimizer(torch.optim.Optimizer):
         for param, state in self.state.items():
             if "step" in state:
                 # torch keeps a non-capturable step on the CPU; the kernels read it on the
-                # param's device. Copy, so we never step a tensor the caller still holds.
-                state["step"] = torch.as_tensor(state["step"]).to(device=param.device, dtype=torch.float32, copy=True)
+                # param's device.
+                state["step"] = _state_dict.step_tensor(state["step"], param.device)
         device = self._schedule_step.device
         if counter is not None:
-            self._schedule_step = torch.as_tensor(counter).to(device=device, dtype=torch.int64, copy=True)
+            self._schedule_step = _state_dict.counter_tensor(counter, device)
         else:
             # A torch.optim state dict has no counter: the most-updated parameter tells.
             steps = [s["step"].to(device) for s in self.state.values() if "step" in s]
             self._schedule_step = (
                 torch.stack(steps).max().to(torch.int64) if steps else torch.zeros((), dtype=torch.int64, device=device)
             )
-        self._host_step = int(self._schedule_step.item())
+        self._host_step = 0 if device.type == "meta" else int(self._schedule_step.item())
         self._plan_cache = None
         self._step_cache = None
         if not group_counters:  # not saved by fusedlr: a torch scheduler's lr and initial_lr, if any
@@ -517,6 +627,7 @@ class AdamW(_FusedOptimizer):
 
     _kind = "adamw"
     _state_names = ("exp_avg", "exp_avg_sq")
+    _required_state = ("step", "exp_avg", "exp_avg_sq")
 
     def __init__(
         self,
@@ -578,6 +689,7 @@ class Lion(_FusedOptimizer):
 
     _kind = "lion"
     _state_names = ("exp_avg",)
+    _required_state = ("exp_avg",)
 
     def __init__(
         self,

@@ -92,16 +92,29 @@ def grad_scales(grads, groups, max_grad_norm, need_norm=False, norms=None):
 def _effective_grad(grad, group, scale):
     g = -grad if group["maximize"] else grad
     if scale is not None:
-        g = g * scale
+        # clip_grad_norm_ scales grads in place, so in their own dtype: a float64 scale (the norm
+        # of a float64 grad) must not promote a 0-dim float32 or bf16 grad.
+        g = (g * scale).to(g.dtype)
     return g
+
+
+def _number(value) -> float:
+    """A hyperparameter as a Python float: a tensor lr or beta is read on the host here, as
+    torch.optim.AdamW's non-capturable path reads it (the kernel backends read it on the device)."""
+    return float(value) if isinstance(value, torch.Tensor) else value
+
+
+def _step_number(step: torch.Tensor) -> float:
+    # Meta tensors hold no values: any number serves, the update only propagates shapes.
+    return 1.0 if step.device.type == "meta" else float(step.item())
 
 
 def adamw_update_(param, grad, state, group, lr: float) -> None:
     """One AdamW update of one tensor: torch.optim.AdamW(foreach=False), decoupled decay."""
-    beta1, beta2 = group["betas"]
+    beta1, beta2 = map(_number, group["betas"])
     exp_avg, exp_avg_sq = state["exp_avg"], state["exp_avg_sq"]
     state["step"] += 1
-    step = float(state["step"].item())
+    step = _step_number(state["step"])
 
     param.mul_(1 - lr * group["weight_decay"])
     exp_avg.lerp_(grad, 1 - beta1)
@@ -119,7 +132,7 @@ def adamw_update_(param, grad, state, group, lr: float) -> None:
 
 def lion_update_(param, grad, state, group, lr: float) -> None:
     """One LION update of one tensor: lion-pytorch's ``update_fn`` (decay is ``1 - lr * wd``)."""
-    beta1, beta2 = group["betas"]
+    beta1, beta2 = map(_number, group["betas"])
     exp_avg = state["exp_avg"]
     param.mul_(1 - lr * group["weight_decay"])
     update = exp_avg.clone().mul_(beta1).add_(grad, alpha=1 - beta1).sign_()
@@ -162,7 +175,7 @@ def update_in_fp32_(kind, param, grad, state, group, lr, key=None) -> None:
 @torch.no_grad()
 def step_(kind: str, items, grads, lr_scale: float, lr_offset: float, max_grad_norm, *, grad_scale=None,
           found_inf=None, skip_nonfinite=False, positions=None, counter=None, clip_value=None,
-          reduction=None):  # fmt: skip
+          reduction=None, report_norm=False):  # fmt: skip
     """Apply one step to ``items``: a list of ``(param, group, state)`` for params with grads,
     and their ``grads``.
 
@@ -175,6 +188,8 @@ def step_(kind: str, items, grads, lr_scale: float, lr_offset: float, max_grad_n
     to ``[-clip_value, clip_value]`` first, as ``clip_grad_value_`` (low-precision grads in float32).
     ``reduction`` (``_distributed.NormReduction``) completes the norms of local shards across
     ranks, in one collective.
+    ``report_norm`` asks for the norm even when no clipping applies to these params (AGC is set in
+    a group without grads this step).
 
     Returns ``(norm, applied)``: the global grad norm after AGC and before clipping (``None``
     when nothing needed it), and whether the update was applied.
@@ -188,21 +203,21 @@ def step_(kind: str, items, grads, lr_scale: float, lr_offset: float, max_grad_n
     groups = [(group, param) for param, group, _ in items]
     any_agc = any(group["agc_clip_factor"] is not None for group, _ in groups)
     norms = None
-    if reduction is not None and (max_grad_norm is not None or any_agc or skip_nonfinite):
+    if reduction is not None and (max_grad_norm is not None or any_agc or skip_nonfinite or report_norm):
         params = [param for param, _, _ in items] if any_agc else None
         grad_norms, param_norms, found_inf = reduced_norms(grads, params, reduction, found_inf)
         norms = (grad_norms, param_norms)
     elif reduction is not None and found_inf is not None:  # no norms: agree on found_inf only
         slot = torch.zeros(1, dtype=torch.float64, device=grads[0].device)
         found_inf = reduction.reduce_(slot, 0, found_inf, norms=False)
-    scales, total_norm = grad_scales(grads, groups, max_grad_norm, need_norm=skip_nonfinite, norms=norms)
+    scales, total_norm = grad_scales(grads, groups, max_grad_norm, need_norm=skip_nonfinite or report_norm, norms=norms)
     skip = found_inf is not None and bool(found_inf.item())
-    if skip_nonfinite and not bool(torch.isfinite(total_norm)):
+    if skip_nonfinite and total_norm.device.type != "meta" and not bool(torch.isfinite(total_norm)):
         skip = True
     if skip:
         return total_norm, False
     for i, ((param, group, state), grad, scale) in enumerate(zip(items, grads, scales)):
-        lr = group["lr"] * lr_scale + lr_offset
+        lr = _number(group["lr"]) * lr_scale + lr_offset
         if _in_fp32(param, grad, state):
             key = None
             if _precision.rounds_stochastically(param, group):

@@ -273,7 +273,19 @@ def pipeline(kind, backend):
                 dist.broadcast(p, src=0 if name.startswith(("0.", "2.")) else 1)
 
     norms, collectives = train(model, opt, slice(None), after_step=pass_stages_on)
-    return compare(kind, model, norms, collectives, names=stage + ["2.bias"], agree=["2.bias"])
+    result = compare(kind, model, norms, collectives, names=stage + ["2.bias"], agree=["2.bias"])
+    # A deep copy shares the process group; pickling one to bytes is refused clearly.
+    import copy
+    import pickle
+
+    twin = copy.deepcopy(opt)
+    try:
+        pickle.dumps(opt)
+        refused = False
+    except TypeError as error:
+        refused = "norm_group" in str(error)
+    result["copies"] = twin.norm_group is opt.norm_group and refused
+    return result
 
 
 # ----- checkpoints through torch.distributed.checkpoint ---------------------------------------------

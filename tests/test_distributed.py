@@ -67,6 +67,8 @@ def test_matches_unsharded_reference(results, world, scenario, backend, kind):
         assert result["collectives"] == [EXPECTED_COLLECTIVES[scenario]] * len(result["collectives"]), result
         if "states_are_dtensors" in result:
             assert result["states_are_dtensors"]
+        if "copies" in result:
+            assert result["copies"], "deepcopy must share norm_group and pickling must be refused"
 
 
 def _each_rank(results, world, name, backend, kind):

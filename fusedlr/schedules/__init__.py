@@ -91,7 +91,10 @@ __all__ = [
 
 def check_schedule(schedule) -> None:
     """Constructor-time validation of an optimizer's ``schedule`` argument."""
-    if schedule is None or isinstance(schedule, Schedule) or callable(schedule):
+    if isinstance(schedule, Schedule):
+        _ = schedule.program  # compiled now: a ValueError here, not at the first step, if it is too long
+        return
+    if schedule is None or callable(schedule):
         return
     raise ValueError(
         f"Invalid schedule: {schedule!r} (expected a fusedlr.schedules.Schedule, a callable k -> float, or None)"

@@ -35,6 +35,7 @@ class Sequential(Schedule):
             raise ValueError(f"Invalid milestones: {list(self.milestones)} (must be strictly increasing)")
         object.__setattr__(self, "schedules", tuple(self.schedules))
         object.__setattr__(self, "milestones", tuple(self.milestones))
+        _ = self.program  # compiled now: a composite too long for the device interpreter is refused here
 
     def expressions(self, k):
         starts = (0,) + self.milestones
@@ -63,6 +64,7 @@ class Chained(Schedule):
             if s.program.has_offset:
                 raise ValueError(f"Invalid schedules: {s!r} sets absolute learning rates and cannot be chained")
         object.__setattr__(self, "schedules", tuple(self.schedules))
+        _ = self.program  # compiled now: a composite too long for the device interpreter is refused here
 
     def expressions(self, k):
         scale = P.lift(1.0)

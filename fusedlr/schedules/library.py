@@ -459,6 +459,13 @@ class Cyclic(Schedule):
             check_int("step_size_down", self.step_size_down, minimum=1)
         check_choice("mode", self.mode, ("triangular", "triangular2", "exp_range"))
         _check_gamma(self.gamma)
+        if self.mode == "exp_range" and self.gamma > 1.0:
+            # The amplitude grows as gamma**k without bound: torch raises OverflowError once that
+            # overflows (k near 709 / ln(gamma)); the device cannot raise, and would go to nan.
+            raise ValueError(
+                f"Invalid gamma: {self.gamma!r} (mode='exp_range' needs gamma <= 1; gamma > 1 grows the lr without "
+                "bound until gamma**k overflows, where torch's CyclicLR raises OverflowError)"
+            )
 
     def expressions(self, k):
         up = float(self.step_size_up)

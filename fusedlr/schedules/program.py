@@ -48,6 +48,7 @@ OPCODES = {
 }
 INSTRUCTION_WIDTH = 5  # opcode, a, b, c, immediate
 MAX_REGISTERS = 256  # register file of the device interpreter: k plus 255 instructions
+MAX_INSTRUCTIONS = MAX_REGISTERS - 1  # a schedule's bound, checked when it is constructed
 
 
 class Expr:
@@ -189,6 +190,8 @@ def compile_program(scale: Expr, offset: Expr) -> Program:
         if node.op == "k":
             return 0
         args = tuple(visit(a) for a in node.args)
+        if node.op == "where" and args[1] == args[2]:
+            return args[1]  # both branches are one value (e.g. the 0 offsets of relative pieces)
         key = (node.op, args, node.value if node.op == "const" else 0.0)
         if key not in registers:
             a, b, c = (args + (0, 0, 0))[:3]
@@ -196,10 +199,19 @@ def compile_program(scale: Expr, offset: Expr) -> Program:
             registers[key] = len(instructions)
         return registers[key]
 
-    scale_register = visit(lift(scale))
-    offset_register = visit(lift(offset))
-    if len(instructions) >= MAX_REGISTERS:
-        raise ValueError(f"schedule too complex: {len(instructions)} instructions (at most {MAX_REGISTERS - 1})")
+    try:
+        scale_register = visit(lift(scale))
+        offset_register = visit(lift(offset))
+    except RecursionError:  # nested far deeper than the register file could hold anyway
+        raise ValueError(
+            f"schedule too complex: nested deeper than Python's recursion limit (at most {MAX_INSTRUCTIONS} "
+            "instructions fit the device interpreter's register file)"
+        ) from None
+    if len(instructions) > MAX_INSTRUCTIONS:
+        raise ValueError(
+            f"schedule too complex: {len(instructions)} instructions (at most {MAX_INSTRUCTIONS}, the device "
+            "interpreter's register file); use fewer pieces, or a plain callable k -> float (evaluated on the host)"
+        )
     return Program(tuple(instructions), scale_register, offset_register)
 
 
