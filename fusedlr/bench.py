@@ -178,11 +178,13 @@ GPU_ONLY_BASELINES = {"compile", "lion-pytorch-triton"}  # inductor on a CPU com
 def contenders(optimizer: str, device: torch.device, baselines=None, dtype=torch.float32) -> list[Contender]:
     if dtype == torch.bfloat16:
         # The baseline first: the fusedlr variants round differently, each is checked against it.
-        backend = "triton" if device.type == "cuda" else "torch"
+        backend = "triton" if device.type == "cuda" else "cpu"
         ours = [_fusedlr(optimizer, backend, variant) for variant in BF16_VARIANTS]
         baselines = ["fused"] if baselines is None and optimizer == "adamw" else baselines or ["lion-pytorch"]
         return [BASELINES[optimizer][b]() for b in baselines] + ours
-    ours = [_fusedlr(optimizer, b) for b in fusedlr.available_backends() if b == "torch" or device.type == "cuda"]
+    # The reference first (the others are checked against it), then the backends for this device.
+    runs_here = {"cuda": ("torch", "triton", "cuda"), "cpu": ("torch", "cpu")}.get(device.type, ("torch",))
+    ours = [_fusedlr(optimizer, b) for b in fusedlr.available_backends() if b in runs_here]
     if baselines is None:
         baselines = [b for b in BASELINES[optimizer] if device.type == "cuda" or b not in GPU_ONLY_BASELINES]
     unknown = set(baselines) - set(BASELINES[optimizer])

@@ -7,6 +7,7 @@ the state in the layout ``torch.optim.AdamW`` uses so that state dicts travel bo
 
 from __future__ import annotations
 
+import functools
 import math
 import operator
 import weakref
@@ -14,7 +15,7 @@ from numbers import Real
 
 import torch
 
-from . import _backends, _compile, _fused, _precision, reference
+from . import _backends, _compile, _cpu, _fused, _precision, reference
 from ._state import StateTable as _StateTable
 from .schedules import Schedule, check_schedule
 
@@ -225,6 +226,7 @@ class _FusedOptimizer(torch.optim.Optimizer):
         (``_state.StateTable``): when any of them changed, everything is checked again and the
         states are initialised, before anything is modified.
         """
+        kernels = backend != "cpu"
         cache = self._step_cache
         grad_refs = None
         if cache is not None and cache.same_grads(grads):
@@ -233,7 +235,8 @@ class _FusedOptimizer(torch.optim.Optimizer):
             # The precise checks, and their error messages, before any address is read.
             for (param, group), grad in zip(self._with_groups(params, counts), grads):
                 self._check_param(param, grad, group)
-                _fused.check_grad(param, grad)
+                if kernels:
+                    _fused.check_grad(param, grad)
         key = [p.data_ptr() for p in params]
         key += [g.data_ptr() for g in grads]
         key += [p.numel() for p in params]
@@ -252,7 +255,10 @@ class _FusedOptimizer(torch.optim.Optimizer):
             pairs = self._with_groups(params, counts)
             for (param, group), grad in zip(pairs, grads):
                 self._check_param(param, grad, group)
-            _fused.check_inputs(pairs, grads, {p.device for p in params}, self.state)
+            if kernels:
+                _fused.check_inputs(pairs, grads, {p.device for p in params}, self.state)
+            else:  # the cpu backend: the torch backend's checks (any layout, any device mix)
+                _fused.check_states(pairs, self.state)
             items = [(p, group, self._init_state(p, group)) for p, group in pairs]
             key[-1] = self.state.version  # after the states were made
         self._step_cache = _StepCache(key, items, grads)
@@ -286,7 +292,7 @@ class _FusedOptimizer(torch.optim.Optimizer):
             return
         device = params[0].device
         backend = _backends.choose(self.backend, device)
-        if backend in ("triton", "cuda"):
+        if backend in ("triton", "cuda", "cpu"):
             items = self._kernel_items(params, grads, counts, backend)
         else:
             pairs = self._with_groups(params, counts)
@@ -309,7 +315,8 @@ class _FusedOptimizer(torch.optim.Optimizer):
             self.last_grad_norm = fused_step_(self, items, grads, host_multiplier, self._step_cache.key, active_groups)
         else:
             scale, offset = self._schedule_on_host()
-            self.last_grad_norm, applied = reference.step_(
+            host_step_ = functools.partial(_cpu.step_, self) if backend == "cpu" else reference.step_
+            self.last_grad_norm, applied = host_step_(
                 self._kind, items, grads, scale, offset, self.max_grad_norm,
                 grad_scale=getattr(self, "grad_scale", None), found_inf=getattr(self, "found_inf", None),
                 skip_nonfinite=self.skip_nonfinite, counter=self._schedule_step,

@@ -21,7 +21,7 @@ CONSTRUCTOR_ERRORS = [
     (dict(schedule=3), "Invalid schedule"),
     (
         dict(backend="cuda-magic"),
-        r"Invalid backend: 'cuda-magic' \(valid backends: 'auto', 'torch', 'triton', 'cuda'\)",
+        r"Invalid backend: 'cuda-magic' \(valid backends: 'auto', 'torch', 'cpu', 'triton', 'cuda'\)",
     ),
 ]
 
