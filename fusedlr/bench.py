@@ -7,8 +7,9 @@ Every contender starts from the same parameters and gradients and runs the same 
 with the first contender's, so no figure comes from a wrong step. Rows are appended to
 ``benchmarks/results/results.csv`` with the device name, versions and commit.
 
-On a CPU-only machine the cases are shrunk and the figures are labelled CPU: they check the
-harness and the torch backend, and say nothing about GPU speed.
+On a CPU-only machine the cases are shrunk and the figures are labelled CPU: they compare the
+``cpu`` backend (and the ``torch`` reference) with torch on this CPU, and say nothing about GPU
+speed. ``--threads N`` runs on N of the cores (torch.set_num_threads).
 """
 
 from __future__ import annotations
@@ -335,12 +336,25 @@ def _environment(device):
 
 
 def run(args) -> list[dict]:
+    if not args.threads:
+        return _run(args)
+    previous = torch.get_num_threads()
+    torch.set_num_threads(args.threads)
+    try:
+        return _run(args)
+    finally:
+        torch.set_num_threads(previous)
+
+
+def _run(args) -> list[dict]:
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     cases = args.case or DEFAULT_CASES["cuda" if device.type == "cuda" else "cpu"]
     steps, warmup = (10, 3) if args.quick else (args.steps, max(1, args.warmup))
     env = _environment(device)
+    if args.threads and device.type == "cpu":
+        env["device"] = env["device"][:-1] + f", {args.threads} thread{'s' if args.threads > 1 else ''})"
     copy_gbps = copy_bandwidth_gbps(device)
-    label = "" if device.type == "cuda" else "  [CPU figures: they check the harness, not GPU speed]"
+    label = "" if device.type == "cuda" else "  [CPU figures: nothing about GPU speed]"
     print(f"device: {env['device']}  torch {env['torch']}  triton {env['triton']}  cuda {env['cuda']}{label}")
     print(f"device copy bandwidth: {copy_gbps:.1f} GB/s (read + write)\n")
     rows = []
@@ -410,7 +424,20 @@ def run(args) -> list[dict]:
         print(f"appended {len(rows)} rows to {args.csv}")
         if device.type == "cuda":
             _publish(Path(args.csv))
+        elif not args.threads:
+            _publish_cpu(Path(args.csv))
     return rows
+
+
+def _publish_cpu(csv_path: Path):
+    """Regenerate the README's CPU table from the latest all-core CPU run in the CSV."""
+    from . import bench_report
+
+    run = bench_report.latest_run(bench_report.read_rows(csv_path), cpu=True)
+    readme = csv_path.parent.parent.parent / "README.md"
+    if run and readme.exists():
+        bench_report.update_readme(readme, bench_report.markdown_table(run), None, cpu=True)
+        print(f"updated the CPU benchmark table in {readme}")
 
 
 def _publish(csv_path: Path):
@@ -460,6 +487,8 @@ def parse_args(argv=None):
     parser.add_argument("--warmup", type=int, default=10, help="untimed steps first (the first is timed apart)")
     parser.add_argument("--quick", action="store_true", help="10 timed steps after 3 warm-up steps")
     parser.add_argument("--device", help="cuda or cpu (default: cuda when available)")
+    parser.add_argument("--threads", type=int, help="CPU: torch.set_num_threads(N) for the run (default: all cores, "
+                        "torch's default); the rows' device names the thread count")  # fmt: skip
     parser.add_argument("--csv", default=str(RESULTS_CSV))
     parser.add_argument("--no-record", action="store_true", help="print only; append no rows")
     parser.add_argument("--publish", action="store_true", help="only redraw the plot and README table from the CSV")
@@ -470,6 +499,7 @@ def main(argv=None):
     args = parse_args(argv)
     if args.publish:
         _publish(Path(args.csv))
+        _publish_cpu(Path(args.csv))
     else:
         run(args)
 
