@@ -194,11 +194,13 @@ def _in_two_parts(bucket, kernel, lists) -> None:
     serial = bucket.serial
     if serial:
         threads = torch.get_num_threads()
-        torch.set_num_threads(1)
+        if threads > 1:
+            torch.set_num_threads(1)
         try:
             kernel(*[values[:serial] for values in lists])
         finally:
-            torch.set_num_threads(threads)
+            if threads > 1:
+                torch.set_num_threads(threads)
     if serial < len(bucket.params):
         kernel(*[values[serial:] for values in lists])
 
@@ -222,13 +224,19 @@ def _lion_(bucket, grads, lr):
     beta1, beta2 = group["betas"]
     params, exp_avgs = bucket.params, bucket.states["exp_avg"]
     sign = -1.0 if group["maximize"] else 1.0  # a + alpha * (-g) is a + (-alpha) * g, to the bit
+
+    def factor(value):
+        # A 0-dim tensor of the params' dtype: the same product as a Python scalar (rounded to
+        # that dtype either way), without wrapping the scalar into a tensor for every tensor.
+        return torch.tensor(value, dtype=params[0].dtype)
+
     if group["weight_decay"] != 0:  # a multiplication by exactly 1 changes nothing: skip it
-        torch._foreach_mul_(params, 1 - lr * group["weight_decay"])
-    update = torch._foreach_mul(exp_avgs, beta1)
+        torch._foreach_mul_(params, factor(1 - lr * group["weight_decay"]))
+    update = torch._foreach_mul(exp_avgs, factor(beta1))
     torch._foreach_add_(update, grads, alpha=sign * (1 - beta1))
     torch._foreach_sign_(update)
     torch._foreach_add_(params, update, alpha=-lr)
-    torch._foreach_mul_(exp_avgs, beta2)
+    torch._foreach_mul_(exp_avgs, factor(beta2))
     torch._foreach_add_(exp_avgs, grads, alpha=sign * (1 - beta2))
 
 
