@@ -266,6 +266,54 @@ def measure(contender, shapes, device, warmup, steps, dtype=torch.float32):
     return times, first_ms / 1e3, peak, [p.detach() for p in params]
 
 
+def _measurements(contenders, shapes, device, warmup, steps, dtype):
+    """``(contender, measure's result or the exception it raised)`` for each contender.
+
+    On a GPU one contender after the other (only one set of states fits in memory for the big
+    cases). On a CPU the timed steps are interleaved, one step of each contender in turn, so that
+    a load that comes and goes (other processes on a shared machine) falls on all of them alike.
+    """
+    if device.type != "cpu":
+        for contender in contenders:
+            try:
+                yield contender, measure(contender, shapes, device, warmup, steps, dtype)
+            except Exception as error:
+                yield contender, error
+        return
+    runs = {}
+    for contender in contenders:
+        try:
+            runs[contender.name] = _Run(contender, shapes, device, dtype)
+            for _ in range(warmup - 1):
+                runs[contender.name].step()
+        except Exception as error:
+            runs[contender.name] = error
+    live = [run for run in runs.values() if not isinstance(run, Exception)]
+    for _ in range(steps):
+        for run in live:
+            run.times.append(run.time_ms(run.step))
+    for contender in contenders:
+        run = runs[contender.name]
+        if isinstance(run, Exception):
+            yield contender, run
+        else:
+            yield contender, (sorted(run.times), run.first_ms / 1e3, float("nan"), [p.detach() for p in run.params])
+
+
+class _Run:
+    """A CPU contender's params and step, after its first (timed) step."""
+
+    def __init__(self, contender, shapes, device, dtype):
+        base, grads = _params_and_grads(shapes, device, dtype=dtype)
+        self.params = [p.clone().requires_grad_() for p in base]
+        for p, g in zip(self.params, grads):
+            p.grad = g
+        self.step = contender.make(self.params)
+        self.time_ms = _timer(device)
+        self.first_ms = self.time_ms(self.step)
+        self.times = []
+
+
 def _check_parity(name, final, reference):
     """fp32: every contender computes the same update as the first one."""
     for a, b in zip(final, reference):
@@ -376,14 +424,14 @@ def _run(args) -> list[dict]:
         if dtype != torch.float32:
             start, reference32 = _fp32_reference(shapes, device, warmup + steps)
         case_rows = []
-        for contender in contenders(optimizer, device, args.baseline, dtype):
-            try:
-                times, first_s, peak, final = measure(contender, shapes, device, warmup, steps, dtype)
-            except Exception as error:  # a baseline that cannot run here: say so, keep going
+        for contender, result in _measurements(contenders(optimizer, device, args.baseline, dtype), shapes, device,
+                                               warmup, steps, dtype):  # fmt: skip
+            if isinstance(result, Exception):  # a baseline that cannot run here: say so, keep going
                 if contender.name.startswith("fusedlr"):
-                    raise
-                print(f"  {contender.name:<34}failed: {type(error).__name__}: {str(error)[:100]}")
+                    raise result
+                print(f"  {contender.name:<34}failed: {type(result).__name__}: {str(result)[:100]}")
                 continue
+            times, first_s, peak, final = result
             drift = None
             if dtype != torch.float32:
                 drift = _drift(final, start, reference32)
