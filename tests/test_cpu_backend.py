@@ -62,6 +62,22 @@ def test_lion_is_the_reference_to_the_bit():
     assert torch.equal(torch.stack(norms), torch.stack(ref_norms))
 
 
+def test_lion_by_tensor_and_by_block_is_the_reference_to_the_bit(monkeypatch):
+    """Small tensors together, large ones one by one, large contiguous ones in blocks (here of
+    1,000 elements: the 4097-element tensor in five): the same bits as the reference."""
+    monkeypatch.setattr(_cpu, "SERIAL_NUMEL", 16)
+    monkeypatch.setattr(_cpu, "LION_BLOCK_NUMEL", 1000)
+    base = make_params(AWKWARD_SHAPES + [(3000, 2)])
+    grads = make_grads(base, STEPS, scale=3.0)
+    runs = []
+    for backend in ("torch", "cpu"):
+        params = clone_params(base)
+        opt = fusedlr.Lion(params, lr=1e-3, weight_decay=0.1, maximize=True, max_grad_norm=1.0, backend=backend)
+        runs.append((opt, params, run_steps(opt, params, grads)))
+    (ref, ref_params, _), (opt, params, _) = runs
+    assert_states_close(opt, params, ref, ref_params, rtol=0, atol=0)
+
+
 def test_adamw_clip_and_agc_norms_are_the_reference_norms():
     """The vectorized norms, AGC and clip scales are the reference's per-tensor ones, to the bit
     (the first step, where both see the same params)."""
