@@ -78,6 +78,8 @@ class _StepCache:
     def grads_like_last_step(self, grads) -> bool:
         """New grad objects laid out exactly as last step's checked ones (checked again in full
         when the key shows a param changed)."""
+        if not all([isinstance(g, torch.Tensor) for g in grads]):
+            return False  # the precise checks say what is wrong
         return (
             list(map(_LAYOUT, grads)) == self.grad_layouts
             and list(map(torch.Tensor.stride, grads)) == self.grad_strides
