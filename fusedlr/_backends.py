@@ -7,7 +7,7 @@ import os
 
 import torch
 
-BACKEND_NAMES = ("auto", "torch", "triton", "cuda")
+BACKEND_NAMES = ("auto", "torch", "cpu", "triton", "cuda")
 ENV_OVERRIDE = "FUSEDLR_BACKEND"
 
 
@@ -28,7 +28,7 @@ def triton_importable() -> bool:
 
 def available_backends() -> list[str]:
     """The backends that can run on this machine now."""
-    names = ["torch"]
+    names = ["torch", "cpu"]
     if triton_importable() and (torch.cuda.is_available() or interpreting_triton()):
         names.append("triton")
     from . import _cuda
@@ -57,14 +57,19 @@ def choose(requested: str, device: torch.device) -> str:
     if name == "auto":
         if device.type == "cuda" and triton_importable():
             return "triton"
-        return "torch"
+        # CPU tensors: torch's fused and foreach CPU kernels (_cpu.py); elsewhere the reference.
+        return "cpu" if device.type == "cpu" else "torch"
+    if name == "cpu" and device.type != "cpu":
+        raise RuntimeError(
+            f"fusedlr: backend='cpu' needs CPU tensors; these parameters are on {device.type} (use backend='auto')"
+        )
     if name == "triton":
         if not triton_importable():
             raise RuntimeError("fusedlr: backend='triton' requested but triton cannot be imported")
         if device.type == "cpu" and not interpreting_triton():
             raise RuntimeError(
                 "fusedlr: backend='triton' needs CUDA tensors; these parameters are on the CPU. "
-                "Use backend='torch' (or 'auto'), or set TRITON_INTERPRET=1 to run the kernels "
+                "Use backend='cpu' (or 'auto'), or set TRITON_INTERPRET=1 to run the kernels "
                 "in Triton's interpreter."
             )
         if device.type not in ("cpu", "cuda"):

@@ -7,8 +7,9 @@ Every contender starts from the same parameters and gradients and runs the same 
 with the first contender's, so no figure comes from a wrong step. Rows are appended to
 ``benchmarks/results/results.csv`` with the device name, versions and commit.
 
-On a CPU-only machine the cases are shrunk and the figures are labelled CPU: they check the
-harness and the torch backend, and say nothing about GPU speed.
+On a CPU-only machine the cases are shrunk and the figures are labelled CPU: they compare the
+``cpu`` backend (and the ``torch`` reference) with torch on this CPU, and say nothing about GPU
+speed. ``--threads N`` runs on N of the cores (torch.set_num_threads).
 """
 
 from __future__ import annotations
@@ -178,11 +179,13 @@ GPU_ONLY_BASELINES = {"compile", "lion-pytorch-triton"}  # inductor on a CPU com
 def contenders(optimizer: str, device: torch.device, baselines=None, dtype=torch.float32) -> list[Contender]:
     if dtype == torch.bfloat16:
         # The baseline first: the fusedlr variants round differently, each is checked against it.
-        backend = "triton" if device.type == "cuda" else "torch"
+        backend = "triton" if device.type == "cuda" else "cpu"
         ours = [_fusedlr(optimizer, backend, variant) for variant in BF16_VARIANTS]
         baselines = ["fused"] if baselines is None and optimizer == "adamw" else baselines or ["lion-pytorch"]
         return [BASELINES[optimizer][b]() for b in baselines] + ours
-    ours = [_fusedlr(optimizer, b) for b in fusedlr.available_backends() if b == "torch" or device.type == "cuda"]
+    # The reference first (the others are checked against it), then the backends for this device.
+    runs_here = {"cuda": ("torch", "triton", "cuda"), "cpu": ("torch", "cpu")}.get(device.type, ("torch",))
+    ours = [_fusedlr(optimizer, b) for b in fusedlr.available_backends() if b in runs_here]
     if baselines is None:
         baselines = [b for b in BASELINES[optimizer] if device.type == "cuda" or b not in GPU_ONLY_BASELINES]
     unknown = set(baselines) - set(BASELINES[optimizer])
@@ -263,6 +266,54 @@ def measure(contender, shapes, device, warmup, steps, dtype=torch.float32):
     return times, first_ms / 1e3, peak, [p.detach() for p in params]
 
 
+def _measurements(contenders, shapes, device, warmup, steps, dtype):
+    """``(contender, measure's result or the exception it raised)`` for each contender.
+
+    On a GPU one contender after the other (only one set of states fits in memory for the big
+    cases). On a CPU the timed steps are interleaved, one step of each contender in turn, so that
+    a load that comes and goes (other processes on a shared machine) falls on all of them alike.
+    """
+    if device.type != "cpu":
+        for contender in contenders:
+            try:
+                yield contender, measure(contender, shapes, device, warmup, steps, dtype)
+            except Exception as error:
+                yield contender, error
+        return
+    runs = {}
+    for contender in contenders:
+        try:
+            runs[contender.name] = _Run(contender, shapes, device, dtype)
+            for _ in range(warmup - 1):
+                runs[contender.name].step()
+        except Exception as error:
+            runs[contender.name] = error
+    live = [run for run in runs.values() if not isinstance(run, Exception)]
+    for _ in range(steps):
+        for run in live:
+            run.times.append(run.time_ms(run.step))
+    for contender in contenders:
+        run = runs[contender.name]
+        if isinstance(run, Exception):
+            yield contender, run
+        else:
+            yield contender, (sorted(run.times), run.first_ms / 1e3, float("nan"), [p.detach() for p in run.params])
+
+
+class _Run:
+    """A CPU contender's params and step, after its first (timed) step."""
+
+    def __init__(self, contender, shapes, device, dtype):
+        base, grads = _params_and_grads(shapes, device, dtype=dtype)
+        self.params = [p.clone().requires_grad_() for p in base]
+        for p, g in zip(self.params, grads):
+            p.grad = g
+        self.step = contender.make(self.params)
+        self.time_ms = _timer(device)
+        self.first_ms = self.time_ms(self.step)
+        self.times = []
+
+
 def _check_parity(name, final, reference):
     """fp32: every contender computes the same update as the first one."""
     for a, b in zip(final, reference):
@@ -333,12 +384,25 @@ def _environment(device):
 
 
 def run(args) -> list[dict]:
+    if not args.threads:
+        return _run(args)
+    previous = torch.get_num_threads()
+    torch.set_num_threads(args.threads)
+    try:
+        return _run(args)
+    finally:
+        torch.set_num_threads(previous)
+
+
+def _run(args) -> list[dict]:
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     cases = args.case or DEFAULT_CASES["cuda" if device.type == "cuda" else "cpu"]
     steps, warmup = (10, 3) if args.quick else (args.steps, max(1, args.warmup))
     env = _environment(device)
+    if args.threads and device.type == "cpu":
+        env["device"] = env["device"][:-1] + f", {args.threads} thread{'s' if args.threads > 1 else ''})"
     copy_gbps = copy_bandwidth_gbps(device)
-    label = "" if device.type == "cuda" else "  [CPU figures: they check the harness, not GPU speed]"
+    label = "" if device.type == "cuda" else "  [CPU figures: nothing about GPU speed]"
     print(f"device: {env['device']}  torch {env['torch']}  triton {env['triton']}  cuda {env['cuda']}{label}")
     print(f"device copy bandwidth: {copy_gbps:.1f} GB/s (read + write)\n")
     rows = []
@@ -360,14 +424,14 @@ def run(args) -> list[dict]:
         if dtype != torch.float32:
             start, reference32 = _fp32_reference(shapes, device, warmup + steps)
         case_rows = []
-        for contender in contenders(optimizer, device, args.baseline, dtype):
-            try:
-                times, first_s, peak, final = measure(contender, shapes, device, warmup, steps, dtype)
-            except Exception as error:  # a baseline that cannot run here: say so, keep going
+        for contender, result in _measurements(contenders(optimizer, device, args.baseline, dtype), shapes, device,
+                                               warmup, steps, dtype):  # fmt: skip
+            if isinstance(result, Exception):  # a baseline that cannot run here: say so, keep going
                 if contender.name.startswith("fusedlr"):
-                    raise
-                print(f"  {contender.name:<34}failed: {type(error).__name__}: {str(error)[:100]}")
+                    raise result
+                print(f"  {contender.name:<34}failed: {type(result).__name__}: {str(result)[:100]}")
                 continue
+            times, first_s, peak, final = result
             drift = None
             if dtype != torch.float32:
                 drift = _drift(final, start, reference32)
@@ -408,7 +472,20 @@ def run(args) -> list[dict]:
         print(f"appended {len(rows)} rows to {args.csv}")
         if device.type == "cuda":
             _publish(Path(args.csv))
+        elif not args.threads:
+            _publish_cpu(Path(args.csv))
     return rows
+
+
+def _publish_cpu(csv_path: Path):
+    """Regenerate the README's CPU table from the latest all-core CPU run in the CSV."""
+    from . import bench_report
+
+    run = bench_report.latest_run(bench_report.read_rows(csv_path), cpu=True)
+    readme = csv_path.parent.parent.parent / "README.md"
+    if run and readme.exists():
+        bench_report.update_readme(readme, bench_report.markdown_table(run), None, cpu=True)
+        print(f"updated the CPU benchmark table in {readme}")
 
 
 def _publish(csv_path: Path):
@@ -458,6 +535,8 @@ def parse_args(argv=None):
     parser.add_argument("--warmup", type=int, default=10, help="untimed steps first (the first is timed apart)")
     parser.add_argument("--quick", action="store_true", help="10 timed steps after 3 warm-up steps")
     parser.add_argument("--device", help="cuda or cpu (default: cuda when available)")
+    parser.add_argument("--threads", type=int, help="CPU: torch.set_num_threads(N) for the run (default: all cores, "
+                        "torch's default); the rows' device names the thread count")  # fmt: skip
     parser.add_argument("--csv", default=str(RESULTS_CSV))
     parser.add_argument("--no-record", action="store_true", help="print only; append no rows")
     parser.add_argument("--publish", action="store_true", help="only redraw the plot and README table from the CSV")
@@ -468,6 +547,7 @@ def main(argv=None):
     args = parse_args(argv)
     if args.publish:
         _publish(Path(args.csv))
+        _publish_cpu(Path(args.csv))
     else:
         run(args)
 

@@ -9,6 +9,9 @@ from pathlib import Path
 
 README_START = "<!-- bench-table:start -->"
 README_END = "<!-- bench-table:end -->"
+# The CPU figures have their own README section, beside the GPU table.
+CPU_README_START = "<!-- cpu-bench-table:start -->"
+CPU_README_END = "<!-- cpu-bench-table:end -->"
 
 
 def read_rows(path: Path) -> list[dict]:
@@ -18,10 +21,13 @@ def read_rows(path: Path) -> list[dict]:
         return list(csv.DictReader(f))
 
 
-def latest_run(rows: list[dict], device_prefix: str = "") -> list[dict]:
+def latest_run(rows: list[dict], device_prefix: str = "", cpu: bool = False) -> list[dict]:
     """The latest rows of the most recent commit and device: for each case, optimizer, dtype and
-    contender the last row recorded (``make bench`` runs AdamW and LION as separate runs)."""
-    rows = [r for r in rows if r["device"].startswith(device_prefix) and not r["device"].startswith("CPU")]
+    contender the last row recorded (``make bench`` runs AdamW and LION as separate runs).
+    GPU rows, or with ``cpu`` the CPU rows of runs on all cores (not ``--threads`` runs)."""
+    rows = [r for r in rows if r["device"].startswith(device_prefix) and r["device"].startswith("CPU") == cpu]
+    if cpu:
+        rows = [r for r in rows if "thread" not in r["device"]]
     if not rows:
         return []
     last = rows[-1]
@@ -41,9 +47,12 @@ def markdown_table(run: list[dict]) -> str:
     if not run:
         return "No GPU results recorded yet: run `make bench` on a GPU machine."
     head = run[0]
+    if head["device"].startswith("CPU"):
+        versions = f"CPU figures: {head['device']}, torch {head['torch']}"
+    else:
+        versions = f"{head['device']}, torch {head['torch']}, Triton {head['triton']}, CUDA {head['cuda']}"
     lines = [
-        f"{head['device']}, torch {head['torch']}, Triton {head['triton']}, CUDA {head['cuda']}, "
-        f"fusedlr {head['commit']}, {head['date']} UTC. Median of the timed steps; GB/s counts the "
+        f"{versions}, fusedlr {head['commit']}, {head['date']} UTC. Median of the timed steps; GB/s counts the "
         "fused step's bytes for every contender; speedup is the best fusedlr backend's over each row.",
         "",
         "| case | optimizer | contender | ms (p50) | GB/s | of copy | speedup | first step s |",
@@ -90,10 +99,11 @@ def plot(run: list[dict], path: Path) -> None:
     plt.close(figure)
 
 
-def update_readme(readme: Path, table: str, plot_path: str | None) -> None:
+def update_readme(readme: Path, table: str, plot_path: str | None, *, cpu: bool = False) -> None:
+    start, end = (CPU_README_START, CPU_README_END) if cpu else (README_START, README_END)
     text = readme.read_text()
     block = table + (f"\n\n![latest GPU benchmark]({plot_path})" if plot_path else "")
-    pattern = re.compile(re.escape(README_START) + ".*?" + re.escape(README_END), re.S)
+    pattern = re.compile(re.escape(start) + ".*?" + re.escape(end), re.S)
     if not pattern.search(text):
-        raise ValueError(f"{readme} has no {README_START} ... {README_END} section")
-    readme.write_text(pattern.sub(lambda _: f"{README_START}\n{block}\n{README_END}", text))
+        raise ValueError(f"{readme} has no {start} ... {end} section")
+    readme.write_text(pattern.sub(lambda _: f"{start}\n{block}\n{end}", text))

@@ -7,6 +7,7 @@ the state in the layout ``torch.optim.AdamW`` uses so that state dicts travel bo
 
 from __future__ import annotations
 
+import functools
 import math
 import operator
 import sys
@@ -19,6 +20,7 @@ from . import (
     _applied_lr,
     _backends,
     _compile,
+    _cpu,
     _distributed,
     _fused,
     _precision,
@@ -405,6 +407,7 @@ class _FusedOptimizer(torch.optim.Optimizer):
         (``_state.StateTable``): when any of them changed, everything is checked again and the
         states are initialised, before anything is modified.
         """
+        kernels = backend != "cpu"
         cache = self._step_cache
         grad_refs = None
         params = [p for p, _ in pairs]
@@ -414,8 +417,9 @@ class _FusedOptimizer(torch.optim.Optimizer):
             # The precise checks, and their error messages, before any address is read.
             for (param, group), grad in zip(pairs, grads):
                 self._check_param(param, grad, group)
-                _fused.check_addressable(param, grad)
-                _fused.check_grad(param, grad)
+                if kernels:
+                    _fused.check_addressable(param, grad)
+                    _fused.check_grad(param, grad)
         key = [p.data_ptr() for p in params]
         key += [g.data_ptr() for g in grads]
         key += [p.numel() for p in params]
@@ -433,8 +437,11 @@ class _FusedOptimizer(torch.optim.Optimizer):
                 self.state = _StateTable(self.state)
             for (param, group), grad in zip(pairs, grads):
                 self._check_param(param, grad, group)
-            _fused.check_inputs(pairs, grads, {p.device for p in params}, self._state_view(pairs, sources),
-                                required=self._required_state)  # fmt: skip
+            state_view = self._state_view(pairs, sources)
+            if kernels:
+                _fused.check_inputs(pairs, grads, {p.device for p in params}, state_view, required=self._required_state)
+            else:  # the cpu backend: the torch backend's checks (any layout, any device mix)
+                _fused.check_states(pairs, state_view, required=self._required_state)
             self._check_groups()  # before states are made (later steps: _fused.prepare reads the values)
             items = [(p, group, self._local_state(s, group)) for (p, group), s in zip(pairs, sources or params)]
             key[-1] = self.state.version  # after the states were made
@@ -508,7 +515,7 @@ class _FusedOptimizer(torch.optim.Optimizer):
         if self.norm_group is not None:
             self._check_norm_group()  # groups may have been edited since
         pairs, grads, sources = self._local_items(params, grads, counts)
-        if backend in ("triton", "cuda"):
+        if backend in ("triton", "cuda", "cpu"):
             items = self._kernel_items(pairs, grads, counts, backend, sources)
         else:
             for (param, group), grad in zip(pairs, grads):
@@ -531,7 +538,8 @@ class _FusedOptimizer(torch.optim.Optimizer):
             self.last_grad_norm = fused_step_(self, items, grads, host_multiplier, self._step_cache.key, active_groups)
         else:
             scale, offset = self._schedule_on_host()
-            self.last_grad_norm, applied = reference.step_(
+            host_step_ = functools.partial(_cpu.step_, self) if backend == "cpu" else reference.step_
+            self.last_grad_norm, applied = host_step_(
                 self._kind, items, grads, scale, offset, self.max_grad_norm,
                 grad_scale=getattr(self, "grad_scale", None), found_inf=getattr(self, "found_inf", None),
                 skip_nonfinite=self.skip_nonfinite, counter=self._schedule_step, clip_value=self.clip_value,

@@ -16,9 +16,9 @@ def _require(name):
     pytest.skip(f"backend {name!r} needs a GPU here; run with TRITON_INTERPRET=1 (as `make test` does)")
 
 
-@pytest.fixture(params=["torch", "triton"])
+@pytest.fixture(params=["torch", "cpu", "triton"])
 def backend(request):
-    """Every backend that runs on CPU tensors: torch always, triton under its interpreter."""
+    """Every backend that runs on CPU tensors: torch and cpu always, triton under its interpreter."""
     return _require(request.param)
 
 

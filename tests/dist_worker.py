@@ -453,6 +453,9 @@ SCENARIOS = {
 }
 
 
+CPU_BACKEND_SCENARIOS = ("fsdp", "pipeline")
+
+
 def run(rank, world, port, out_dir, names, backends, shared_dir):
     SHARED["dir"] = shared_dir
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
@@ -461,7 +464,9 @@ def run(rank, world, port, out_dir, names, backends, shared_dir):
     results = {}
     try:
         for name in names:
-            for backend in backends:
+            # The cpu backend (auto's choice for CPU tensors) falls back to the torch backend's
+            # distributed norm: checked where a local norm would show.
+            for backend in backends + (["cpu"] if name in CPU_BACKEND_SCENARIOS else []):
                 for kind in ("adamw", "lion"):
                     try:
                         results[f"{name}-{kind}-{backend}"] = SCENARIOS[name](kind, backend)

@@ -13,7 +13,7 @@ def test_quick_cpu_run_records_checked_rows(tmp_path):
     out = tmp_path / "results.csv"
     rows = bench.run(bench.parse_args(["--quick", "--case", "many_small_cpu", "--csv", str(out)]))
     names = [r["contender"] for r in rows]
-    assert names[0] == "fusedlr-torch" and "torch-adamw-fused+clip" in names
+    assert names[:2] == ["fusedlr-torch", "fusedlr-cpu"] and "torch-adamw-fused+clip" in names
     with out.open() as f:
         recorded = list(csv.DictReader(f))
     assert [r["contender"] for r in recorded] == names
@@ -22,7 +22,7 @@ def test_quick_cpu_run_records_checked_rows(tmp_path):
 
 def test_lion_baseline_is_lion_pytorch():
     rows = bench.run(bench.parse_args(["--quick", "--optimizer", "lion", "--case", "gpt2_cpu", "--no-record"]))
-    assert [r["contender"] for r in rows] == ["fusedlr-torch", "lion-pytorch+clip"]
+    assert [r["contender"] for r in rows] == ["fusedlr-torch", "fusedlr-cpu", "lion-pytorch+clip"]
 
 
 def test_unknown_baseline_is_refused():
@@ -65,9 +65,9 @@ def test_bf16_rows_check_each_variant_against_an_fp32_run():
                                        "many_small_cpu", "--no-record"]))  # fmt: skip
     assert [r["contender"] for r in rows] == [
         "torch-adamw-fused+clip",
-        "fusedlr-torch-master",
-        "fusedlr-torch-master+bf16-states",
-        "fusedlr-torch-stochastic",
+        "fusedlr-cpu-master",
+        "fusedlr-cpu-master+bf16-states",
+        "fusedlr-cpu-stochastic",
     ]  # fmt: skip  (many_small has no bf16 rows)
     assert {r["dtype"] for r in rows} == {"bfloat16"}
 
@@ -77,3 +77,24 @@ def test_bf16_drift_measures_lost_updates():
     reference = [torch.linspace(-1, 1, 1000)]
     assert bench._drift(reference, start, reference) == 0.0
     assert bench._drift(start, start, reference) == pytest.approx(-1.0)
+
+
+def test_cpu_rows_make_the_readmes_cpu_table(tmp_path):
+    """CPU rows go to their own README section, labelled as CPU figures; --threads runs stay out of it."""
+    gpu = _fake_gpu_rows()
+    cpu = [dict(r, device="CPU (x86_64, 2 cores)", commit="new", contender=r["contender"].replace("triton", "cpu"))
+           for r in gpu]  # fmt: skip
+    one_thread = [dict(r, device="CPU (x86_64, 2 cores, 1 thread)", ms_p50="9.0") for r in cpu]
+    rows = gpu + cpu + one_thread
+    assert bench_report.latest_run(rows) == gpu
+    run = bench_report.latest_run(rows, cpu=True)
+    assert run == cpu
+    table = bench_report.markdown_table(run)
+    assert table.startswith("CPU figures: CPU (x86_64, 2 cores), torch 2.11, fusedlr new")
+    assert "| fusedlr-cpu |" in table
+    readme = tmp_path / "README.md"
+    readme.write_text(f"{bench_report.README_START}\ngpu\n{bench_report.README_END}\n"
+                      f"{bench_report.CPU_README_START}\nold\n{bench_report.CPU_README_END}\n")  # fmt: skip
+    bench_report.update_readme(readme, table, None, cpu=True)
+    text = readme.read_text()
+    assert "gpu" in text and "old" not in text and "| fusedlr-cpu |" in text

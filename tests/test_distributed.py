@@ -53,9 +53,15 @@ CASES = [(2, n) for n in TWO_RANKS if n not in ("dcp_save", "errors", "found_inf
 ]
 
 
+CPU_CASES = [(2, n) for n in dist_worker.CPU_BACKEND_SCENARIOS] if "cpu" in available_backends() else []
+
+
 @pytest.mark.parametrize("kind", ["adamw", "lion"])
-@pytest.mark.parametrize("backend", BACKENDS)
-@pytest.mark.parametrize("world,scenario", CASES, ids=[n for _, n in CASES])
+@pytest.mark.parametrize(
+    "world,scenario,backend",
+    [(w, n, b) for w, n in CASES for b in BACKENDS] + [(w, n, "cpu") for w, n in CPU_CASES],
+    ids=[f"{n}-{b}" for _, n in CASES for b in BACKENDS] + [f"{n}-cpu" for _, n in CPU_CASES],
+)
 def test_matches_unsharded_reference(results, world, scenario, backend, kind):
     for rank, per_rank in enumerate(results[world]):
         result = per_rank[f"{scenario}-{kind}-{backend}"]

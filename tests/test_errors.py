@@ -21,7 +21,7 @@ CONSTRUCTOR_ERRORS = [
     (dict(schedule=3), "Invalid schedule"),
     (
         dict(backend="cuda-magic"),
-        r"Invalid backend: 'cuda-magic' \(valid backends: 'auto', 'torch', 'triton', 'cuda'\)",
+        r"Invalid backend: 'cuda-magic' \(valid backends: 'auto', 'torch', 'cpu', 'triton', 'cuda'\)",
     ),
 ]
 
@@ -214,3 +214,15 @@ def test_state_of_another_float_dtype_is_cast_to_the_state_dtype(backend):
         o.step()
     assert opt.state[ours[0]]["exp_avg_sq"].dtype == torch.float32
     torch.testing.assert_close(ours[0].detach(), ref[0].detach())
+
+
+def test_a_grad_that_is_not_a_tensor_fails_before_any_change(backend):
+    params, opt = _trained(backend)
+    snap = _snapshot(params, opt)
+    opt.grad_attribute = "main_grad"
+    for p in params:
+        p.main_grad = torch.randn_like(p)
+    params[1].main_grad = 3.0
+    with pytest.raises(RuntimeError, match="main_grad of a parameter is a float, not a tensor"):
+        opt.step()
+    _assert_unchanged(params, opt, snap)

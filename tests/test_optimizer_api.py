@@ -5,7 +5,7 @@ import torch
 from helpers import make_params
 
 import fusedlr
-from fusedlr import schedules
+from fusedlr import _cpu, schedules
 
 
 def test_defaults_are_torch_adamws():
@@ -115,8 +115,13 @@ def test_available_backends_and_auto_choice(monkeypatch):
     assert "torch" in names
     p = torch.nn.Parameter(torch.zeros(2))
     p.grad = torch.ones(2)
+    assert "cpu" in names
     opt = fusedlr.AdamW([p])
-    opt.step()  # auto on CPU tensors is the torch backend: no plan is built
+    opt.step()  # auto on CPU tensors is the cpu backend: it caches its plan
+    assert isinstance(opt._plan_cache, _cpu.CpuPlan)
+    monkeypatch.setenv("FUSEDLR_BACKEND", "torch")  # the reference builds none
+    opt = fusedlr.AdamW([p])
+    opt.step()
     assert opt._plan_cache is None
 
 
