@@ -9,9 +9,6 @@ from __future__ import annotations
 
 import functools
 import math
-import operator
-import sys
-import weakref
 from numbers import Real
 
 import torch
@@ -24,10 +21,11 @@ from . import (
     _distributed,
     _fused,
     _precision,
-    _state_dict,
-    _torch_migration,
     reference,
 )
+from ._checkpoint import StateDictMethods
+from ._host_path import CachedChecks
+from ._sharded import ShardedSteps, _called_to_make_states
 from ._state import StateTable as _StateTable
 from .lr_scheduler import warn_if_torch_scheduler_attached
 from .schedules import Schedule, check_schedule
@@ -87,63 +85,7 @@ def _shares_elements(tensor: torch.Tensor) -> bool:
     return any(stride == 0 and size > 1 for stride, size in zip(tensor.stride(), tensor.shape))
 
 
-# What the kernels' tables assume of a grad, beside its address (its class: a tensor subclass
-# may not hold its data at its address).
-_LAYOUT = operator.attrgetter("__class__", "layout", "dtype", "device", "shape")
-
-
-def _structure(group) -> tuple:
-    """The group options that decide which states exist and how the kernels store them."""
-    return (bool(group.get("amsgrad")), group["master_weights"], group["stochastic_rounding"], group["state_dtype"])
-
-
-class _StepCache:
-    """What a kernel-backend step leaves for the next one to reuse."""
-
-    __slots__ = ("key", "items", "sources", "grad_refs", "grad_layouts", "grad_strides")
-
-    def __init__(self, key, items, grads, sources):
-        self.key = key  # a list: compared whole, at C speed
-        self.items = items
-        self.sources = sources  # the optimizer's params of items (DTensors where sharded)
-        # Weak references: holding last step's grads would keep zero_grad()'s old ones alive.
-        self.grad_refs = [weakref.ref(g) for g in grads]
-        # Layouts of grads that passed the precise checks: a new grad laid out the same passes too
-        # (while the key shows the params unchanged).
-        self.grad_layouts = list(map(_LAYOUT, grads))
-        self.grad_strides = list(map(torch.Tensor.stride, grads))
-
-    def same_grads(self, grads) -> bool:
-        refs = self.grad_refs
-        return len(refs) == len(grads) and all([r() is g for r, g in zip(refs, grads)])
-
-    def grads_like_last_step(self, grads) -> bool:
-        """New grad objects laid out exactly as last step's checked ones (checked again in full
-        when the key shows a param changed)."""
-        try:
-            return (
-                list(map(_LAYOUT, grads)) == self.grad_layouts
-                and list(map(torch.Tensor.stride, grads)) == self.grad_strides
-            )
-        except (AttributeError, TypeError):  # not a tensor: the precise checks say so
-            return False
-
-
-def _called_to_make_states() -> bool:
-    """Whether step() was called by torch.distributed.checkpoint's ``_init_optim_state``, which
-    steps an optimizer with zero grads and lr 0 only to make its states before (re)loading them."""
-    frame = sys._getframe(2)
-    for _ in range(4):  # step's callers: torch's hook wrappers, then DCP
-        if frame is None:
-            return False
-        code = frame.f_code
-        if code.co_name == "_init_optim_state" and "checkpoint" in code.co_filename:
-            return True
-        frame = frame.f_back
-    return False
-
-
-class _FusedOptimizer(torch.optim.Optimizer):
+class _FusedOptimizer(ShardedSteps, CachedChecks, StateDictMethods, torch.optim.Optimizer):
     """Shared machinery of AdamW and Lion: everything but the per-kind state and checks."""
 
     _kind: str  # "adamw" or "lion": selects the update rule in every backend
@@ -211,13 +153,6 @@ class _FusedOptimizer(torch.optim.Optimizer):
         self._step_cache = None
         if hasattr(self, "norm_group"):  # (not yet while the base __init__ adds the first groups)
             self._check_norm_group()
-
-    def _check_norm_group(self) -> None:
-        if self.norm_group is not None and any(g["agc_clip_factor"] is not None for g in self.param_groups):
-            raise ValueError(
-                "AGC (agc_clip_factor) cannot be combined with norm_group: AGC needs each tensor's full norm, "
-                "and norm_group sums only the stages' totals"
-            )
 
     # Rebuilt after a copy or an unpickle: device tables and caches keyed on addresses, and the
     # handle under which compiled graphs find this optimizer.
@@ -353,111 +288,6 @@ class _FusedOptimizer(torch.optim.Optimizer):
             index.update({id(_distributed.local(p)): i for i, p in enumerate(flat)})
         return [index[id(p)] for p in params]
 
-    def _local_items(self, params, grads, counts):
-        """``(param, group, state)`` and grads as the kernels and reference.py see them: the local
-        shards of DTensors (states included), checked against their params' placements first."""
-        pairs = self._with_groups(params, counts)
-        if not self._sharded:
-            return pairs, grads, None
-        name = type(self).__name__
-        # States are checked again only when one changed (the state counts its changes).
-        version = getattr(self.state, "version", None)
-        check_states = version is None or version != self._checked_state_version
-        no_state = {}
-        for (param, _), grad in zip(pairs, grads):
-            if _distributed.is_dtensor(param):
-                state = self.state.get(param, no_state) if check_states else no_state
-                _distributed.check_sharded(param, grad, state, name)
-            elif _distributed.is_dtensor(grad):
-                raise RuntimeError(f"{name}: a plain parameter has a DTensor {self.grad_attribute}")
-        self._checked_state_version = version
-        local = _distributed.local
-        return [(local(p), group) for p, group in pairs], [local(g) for g in grads], params
-
-    def _local_state(self, param, group) -> dict:
-        """The param's state made ready (``_init_state``); for a DTensor param, a dict of its
-        states' local shards (``step`` is a plain tensor, shared)."""
-        state = self._init_state(param, group)
-        if not _distributed.is_dtensor(param):
-            return state
-        return {name: _distributed.local(value) for name, value in state.items()}
-
-    def _reduction(self, params):
-        """The NormReduction for ``params`` (sums' row order), or None on one process."""
-        if not self._sharded and self.norm_group is None:
-            return None
-        key = [id(p) for p in params] + [bool(g["replicated"]) for g in self.param_groups]
-        if self._reduction_cache is None or self._reduction_cache[0] != key:
-            owners = {id(p): g for g in self.param_groups for p in g["params"]}
-            replicated = [bool(owners[id(p)]["replicated"]) for p in params]
-            device = _distributed.local(params[0]).device
-            reduction = _distributed.NormReduction(params, replicated, self.norm_group, device)
-            self._reduction_cache = (key, reduction)
-        return self._reduction_cache[1]
-
-    def _kernel_items(self, pairs, grads, counts, backend, sources):
-        """``(param, group, state)`` for the kernel backends, validated, and the key of the plan
-        that holds their addresses, at a few attribute reads per tensor when nothing changed.
-        ``pairs`` and ``grads`` are what the kernels address (local shards of DTensors, whose
-        optimizer params are ``sources``; None when nothing is sharded).
-
-        Grads that are not last step's objects (``zero_grad()`` makes new ones each step) are
-        compared with their params' layouts in a few C-speed list comparisons. The key holds
-        every param and grad address and size, the group structure and the state's version
-        (``_state.StateTable``): when any of them changed, everything is checked again and the
-        states are initialised, before anything is modified.
-        """
-        kernels = backend != "cpu"
-        cache = self._step_cache
-        grad_refs = None
-        params = [p for p, _ in pairs]
-        if cache is not None and cache.same_grads(grads):
-            grad_refs = cache.grad_refs
-        elif cache is None or not cache.grads_like_last_step(grads):
-            # The precise checks, and their error messages, before any address is read.
-            for (param, group), grad in zip(pairs, grads):
-                self._check_param(param, grad, group)
-                if kernels:
-                    _fused.check_addressable(param, grad)
-                    _fused.check_grad(param, grad)
-        key = [p.data_ptr() for p in params]
-        key += [g.data_ptr() for g in grads]
-        key += [p.numel() for p in params]
-        key += counts
-        key += [id(group) for group in self.param_groups]
-        key += [_structure(group) for group in self.param_groups]
-        key.append(backend)
-        key.append(getattr(self.state, "version", None))
-        if cache is not None and cache.key == key:
-            if grad_refs is None:
-                cache.grad_refs = [weakref.ref(g) for g in grads]
-            return cache.items
-        else:
-            if not isinstance(self.state, _StateTable):  # replaced, or copied: track it again
-                self.state = _StateTable(self.state)
-            for (param, group), grad in zip(pairs, grads):
-                self._check_param(param, grad, group)
-            state_view = self._state_view(pairs, sources)
-            if kernels:
-                _fused.check_inputs(pairs, grads, {p.device for p in params}, state_view, required=self._required_state)
-            else:  # the cpu backend: the torch backend's checks (any layout, any device mix)
-                _fused.check_states(pairs, state_view, required=self._required_state)
-            self._check_groups()  # before states are made (later steps: _fused.prepare reads the values)
-            items = [(p, group, self._local_state(s, group)) for (p, group), s in zip(pairs, sources or params)]
-            key[-1] = self.state.version  # after the states were made
-        self._step_cache = _StepCache(key, items, grads, sources or params)
-        return items
-
-    def _state_view(self, pairs, sources):
-        """The states the checks read, keyed by what the kernels address."""
-        if sources is None:
-            return self.state
-        local = _distributed.local
-        return {
-            p: {name: local(value) for name, value in self.state.get(s, {}).items()}
-            for (p, _), s in zip(pairs, sources)
-        }
-
     def _schedule_on_host(self) -> tuple[float, float]:
         """(scale, offset) of this update's lr, evaluated on the host (torch backend, callables)."""
         if self.schedule is None:
@@ -490,18 +320,6 @@ class _FusedOptimizer(torch.optim.Optimizer):
         else:
             self._eager_step()
         return loss
-
-    def _make_states(self) -> None:
-        """The states of the params with grads, as the first step makes them, with no update:
-        what torch.distributed.checkpoint asks of a step with zero grads and lr 0 (a real step
-        would advance the schedule counter, and an absolute schedule would move the params)."""
-        params, grads, counts = self._active()
-        pairs, grads, sources = self._local_items(params, grads, counts)
-        for (param, group), grad in zip(pairs, grads):
-            self._check_param(param, grad, group)
-        _fused.check_states(pairs, self._state_view(pairs, sources))
-        for (_, group), source in zip(pairs, sources or params):
-            self._init_state(source, group)
 
     def _eager_step(self) -> None:
         if self._host_step == 0 and self.schedule is not None:
@@ -555,72 +373,6 @@ class _FusedOptimizer(torch.optim.Optimizer):
         self._host_step += 1
 
     # ----- state dict ---------------------------------------------------------------------
-    def state_dict(self) -> dict:
-        state_dict = super().state_dict()
-        # Plain dicts, as torch's: a state dict holds no fusedlr type (weights_only loads).
-        state_dict["state"] = {index: dict(state) for index, state in state_dict["state"].items()}
-        state_dict["schedule_step"] = self._schedule_step.clone()
-        # torch.distributed.checkpoint keeps only "state" and "param_groups": the counter travels
-        # in every group too (a plain int, the same in each; removed again on load).
-        counter = int(self._schedule_step.item())
-        state_dict["param_groups"] = [dict(group, schedule_step=counter) for group in state_dict["param_groups"]]
-        return state_dict
-
-    def load_state_dict(self, state_dict: dict) -> None:
-        # Validated in full; on any error the optimizer is put back as it was (torch's own load
-        # builds new state and groups aside, so restoring the attributes undoes everything).
-        _state_dict.check_structure(state_dict, self.param_groups)
-        before = {name: self.__dict__[name] for name in _state_dict.LOADED_ATTRIBUTES if name in self.__dict__}
-        before["defaults"] = dict(self.defaults)
-        try:
-            self._load_state_dict(state_dict)
-            self._check_loaded()
-        except BaseException:
-            self.__dict__.update(before)
-            raise
-
-    def _check_loaded(self) -> None:
-        """The loaded groups and states, checked as a step would check them."""
-        self._check_groups()
-        pairs = [(p, group) for group in self.param_groups for p in group["params"]]
-        _fused.check_states(pairs, self.state, required=self._required_state)
-
-    def _load_state_dict(self, state_dict: dict) -> None:
-        state_dict = dict(state_dict)
-        counter = state_dict.pop("schedule_step", None)
-        groups = [dict(group) for group in state_dict["param_groups"]]
-        group_counters = [group.pop("schedule_step") for group in groups if "schedule_step" in group]
-        state_dict["param_groups"] = groups
-        if counter is None and group_counters:
-            counter = max(group_counters)
-        super().load_state_dict(state_dict)
-        # torch casts every floating state to its param's dtype on load; an fp32 master copy
-        # and fp32 or bf16 moments beside bf16 params keep the dtype they were saved in.
-        saved_ids = [i for group in state_dict["param_groups"] for i in group["params"]]
-        params = [p for group in self.param_groups for p in group["params"]]
-        for index, param in zip(saved_ids, params):
-            for name, saved in state_dict["state"].get(index, {}).items():
-                if name != "step" and isinstance(saved, torch.Tensor) and saved.dtype != param.dtype:
-                    self.state[param][name] = saved.to(device=param.device, copy=True)
-        for param, state in self.state.items():
-            if "step" in state:
-                # torch keeps a non-capturable step on the CPU; the kernels read it on the
-                # param's device.
-                state["step"] = _state_dict.step_tensor(state["step"], param.device)
-        device = self._schedule_step.device
-        if counter is not None:
-            self._schedule_step = _state_dict.counter_tensor(counter, device)
-        else:
-            # A torch.optim state dict has no counter: the most-updated parameter tells.
-            steps = [s["step"].to(device) for s in self.state.values() if "step" in s]
-            self._schedule_step = (
-                torch.stack(steps).max().to(torch.int64) if steps else torch.zeros((), dtype=torch.int64, device=device)
-            )
-        self._host_step = 0 if device.type == "meta" else int(self._schedule_step.item())
-        self._plan_cache = None
-        self._step_cache = None
-        if not group_counters:  # not saved by fusedlr: a torch scheduler's lr and initial_lr, if any
-            _torch_migration.continue_torch_schedule(self)
 
 
 class AdamW(_FusedOptimizer):

@@ -1,0 +1,80 @@
+"""``state_dict`` and ``load_state_dict`` of the optimizers (a mixin of ``optim._FusedOptimizer``):
+the schedule counter travels with the states, saved dtypes are kept, and a malformed state dict
+changes nothing (its checks are in ``_state_dict.py``)."""
+
+from __future__ import annotations
+
+import torch
+
+from . import _fused, _state_dict, _torch_migration
+
+
+class StateDictMethods:
+    """``state_dict``/``load_state_dict`` with fusedlr's counter; ``super()`` is torch's Optimizer."""
+
+    def state_dict(self) -> dict:
+        state_dict = super().state_dict()
+        # Plain dicts, as torch's: a state dict holds no fusedlr type (weights_only loads).
+        state_dict["state"] = {index: dict(state) for index, state in state_dict["state"].items()}
+        state_dict["schedule_step"] = self._schedule_step.clone()
+        # torch.distributed.checkpoint keeps only "state" and "param_groups": the counter travels
+        # in every group too (a plain int, the same in each; removed again on load).
+        counter = int(self._schedule_step.item())
+        state_dict["param_groups"] = [dict(group, schedule_step=counter) for group in state_dict["param_groups"]]
+        return state_dict
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        # Validated in full; on any error the optimizer is put back as it was (torch's own load
+        # builds new state and groups aside, so restoring the attributes undoes everything).
+        _state_dict.check_structure(state_dict, self.param_groups)
+        before = {name: self.__dict__[name] for name in _state_dict.LOADED_ATTRIBUTES if name in self.__dict__}
+        before["defaults"] = dict(self.defaults)
+        try:
+            self._load_state_dict(state_dict)
+            self._check_loaded()
+        except BaseException:
+            self.__dict__.update(before)
+            raise
+
+    def _check_loaded(self) -> None:
+        """The loaded groups and states, checked as a step would check them."""
+        self._check_groups()
+        pairs = [(p, group) for group in self.param_groups for p in group["params"]]
+        _fused.check_states(pairs, self.state, required=self._required_state)
+
+    def _load_state_dict(self, state_dict: dict) -> None:
+        state_dict = dict(state_dict)
+        counter = state_dict.pop("schedule_step", None)
+        groups = [dict(group) for group in state_dict["param_groups"]]
+        group_counters = [group.pop("schedule_step") for group in groups if "schedule_step" in group]
+        state_dict["param_groups"] = groups
+        if counter is None and group_counters:
+            counter = max(group_counters)
+        super().load_state_dict(state_dict)
+        # torch casts every floating state to its param's dtype on load; an fp32 master copy
+        # and fp32 or bf16 moments beside bf16 params keep the dtype they were saved in.
+        saved_ids = [i for group in state_dict["param_groups"] for i in group["params"]]
+        params = [p for group in self.param_groups for p in group["params"]]
+        for index, param in zip(saved_ids, params):
+            for name, saved in state_dict["state"].get(index, {}).items():
+                if name != "step" and isinstance(saved, torch.Tensor) and saved.dtype != param.dtype:
+                    self.state[param][name] = saved.to(device=param.device, copy=True)
+        for param, state in self.state.items():
+            if "step" in state:
+                # torch keeps a non-capturable step on the CPU; the kernels read it on the
+                # param's device.
+                state["step"] = _state_dict.step_tensor(state["step"], param.device)
+        device = self._schedule_step.device
+        if counter is not None:
+            self._schedule_step = _state_dict.counter_tensor(counter, device)
+        else:
+            # A torch.optim state dict has no counter: the most-updated parameter tells.
+            steps = [s["step"].to(device) for s in self.state.values() if "step" in s]
+            self._schedule_step = (
+                torch.stack(steps).max().to(torch.int64) if steps else torch.zeros((), dtype=torch.int64, device=device)
+            )
+        self._host_step = 0 if device.type == "meta" else int(self._schedule_step.item())
+        self._plan_cache = None
+        self._step_cache = None
+        if not group_counters:  # not saved by fusedlr: a torch scheduler's lr and initial_lr, if any
+            _torch_migration.continue_torch_schedule(self)

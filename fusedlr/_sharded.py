@@ -1,0 +1,98 @@
+"""The optimizers' side of a distributed step: DTensor params stepped on their local shards,
+the NormReduction of a step, and the states torch.distributed.checkpoint asks for (see
+``_distributed.py`` for the collective itself)."""
+
+from __future__ import annotations
+
+import sys
+
+from . import _distributed, _fused
+
+
+def _called_to_make_states() -> bool:
+    """Whether step() was called by torch.distributed.checkpoint's ``_init_optim_state``, which
+    steps an optimizer with zero grads and lr 0 only to make its states before (re)loading them."""
+    frame = sys._getframe(2)
+    for _ in range(4):  # step's callers: torch's hook wrappers, then DCP
+        if frame is None:
+            return False
+        code = frame.f_code
+        if code.co_name == "_init_optim_state" and "checkpoint" in code.co_filename:
+            return True
+        frame = frame.f_back
+    return False
+
+
+class ShardedSteps:
+    """DTensor and norm_group support of ``optim._FusedOptimizer`` (a mixin)."""
+
+    def _check_norm_group(self) -> None:
+        if self.norm_group is not None and any(g["agc_clip_factor"] is not None for g in self.param_groups):
+            raise ValueError(
+                "AGC (agc_clip_factor) cannot be combined with norm_group: AGC needs each tensor's full norm, "
+                "and norm_group sums only the stages' totals"
+            )
+
+    def _local_items(self, params, grads, counts):
+        """``(param, group, state)`` and grads as the kernels and reference.py see them: the local
+        shards of DTensors (states included), checked against their params' placements first."""
+        pairs = self._with_groups(params, counts)
+        if not self._sharded:
+            return pairs, grads, None
+        name = type(self).__name__
+        # States are checked again only when one changed (the state counts its changes).
+        version = getattr(self.state, "version", None)
+        check_states = version is None or version != self._checked_state_version
+        no_state = {}
+        for (param, _), grad in zip(pairs, grads):
+            if _distributed.is_dtensor(param):
+                state = self.state.get(param, no_state) if check_states else no_state
+                _distributed.check_sharded(param, grad, state, name)
+            elif _distributed.is_dtensor(grad):
+                raise RuntimeError(f"{name}: a plain parameter has a DTensor {self.grad_attribute}")
+        self._checked_state_version = version
+        local = _distributed.local
+        return [(local(p), group) for p, group in pairs], [local(g) for g in grads], params
+
+    def _local_state(self, param, group) -> dict:
+        """The param's state made ready (``_init_state``); for a DTensor param, a dict of its
+        states' local shards (``step`` is a plain tensor, shared)."""
+        state = self._init_state(param, group)
+        if not _distributed.is_dtensor(param):
+            return state
+        return {name: _distributed.local(value) for name, value in state.items()}
+
+    def _reduction(self, params):
+        """The NormReduction for ``params`` (sums' row order), or None on one process."""
+        if not self._sharded and self.norm_group is None:
+            return None
+        key = [id(p) for p in params] + [bool(g["replicated"]) for g in self.param_groups]
+        if self._reduction_cache is None or self._reduction_cache[0] != key:
+            owners = {id(p): g for g in self.param_groups for p in g["params"]}
+            replicated = [bool(owners[id(p)]["replicated"]) for p in params]
+            device = _distributed.local(params[0]).device
+            reduction = _distributed.NormReduction(params, replicated, self.norm_group, device)
+            self._reduction_cache = (key, reduction)
+        return self._reduction_cache[1]
+
+    def _state_view(self, pairs, sources):
+        """The states the checks read, keyed by what the kernels address."""
+        if sources is None:
+            return self.state
+        local = _distributed.local
+        return {
+            p: {name: local(value) for name, value in self.state.get(s, {}).items()}
+            for (p, _), s in zip(pairs, sources)
+        }
+
+    def _make_states(self) -> None:
+        """The states of the params with grads, as the first step makes them, with no update:
+        what torch.distributed.checkpoint asks of a step with zero grads and lr 0 (a real step
+        would advance the schedule counter, and an absolute schedule would move the params)."""
+        params, grads, counts = self._active()
+        pairs, grads, sources = self._local_items(params, grads, counts)
+        for (param, group), grad in zip(pairs, grads):
+            self._check_param(param, grad, group)
+        _fused.check_states(pairs, self._state_view(pairs, sources))
+        for (_, group), source in zip(pairs, sources or params):
+            self._init_state(source, group)
