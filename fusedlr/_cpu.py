@@ -222,7 +222,8 @@ def _in_two_parts(bucket, kernel, lists) -> None:
 
 def _adamw_(bucket, grads, lr):
     group = bucket.group
-    beta1, beta2 = group["betas"]
+    # Tensor betas are read on the host, as the reference does (the fused kernel takes floats).
+    beta1, beta2 = map(reference._number, group["betas"])
     states = bucket.states
     torch._foreach_add_(states["step"], 1)
     kernel = functools.partial(
@@ -240,7 +241,8 @@ def _lion_(bucket, grads, lr):
     group = bucket.group
     params, exp_avgs = bucket.params, bucket.states["exp_avg"]
     dtype = params[0].dtype
-    beta1, beta2 = group["betas"]
+    lr = reference._number(lr)  # tensor lr and betas read on the host, as the reference does
+    beta1, beta2 = map(reference._number, group["betas"])
     sign = -1.0 if group["maximize"] else 1.0  # a + alpha * (-g) is a + (-alpha) * g, to the bit
 
     def factor(value):
