@@ -58,6 +58,32 @@ def test_readme_table_and_plot_come_from_the_rows(tmp_path):
     assert png.read_bytes()[:4] == b"\x89PNG"
 
 
+def test_plot_sets_fusedlr_baselines_and_reference_apart(tmp_path):
+    """Fraction of copy per case, fusedlr's fused backends first, the torch reference last and
+    marked, bf16 in its own row, memory per bf16 case with bytes per parameter."""
+    rows = _fake_gpu_rows()
+    rows.insert(0, dict(rows[0], contender="fusedlr-torch", ms_p50="20.0", fraction_of_copy="0.07"))
+    rows += [dict(r, dtype="bfloat16", peak_mem_mb="1000") for r in rows]
+    layout = bench_report.plot_layout(bench_report.latest_run(rows))
+    ((panel, bars),) = layout["speed"]
+    assert panel == ("gpt2", "adamw", "float32")
+    assert [(c, role) for c, role, _, _ in bars] == [
+        ("fusedlr-triton", "fusedlr"),
+        ("torch-adamw-fused+clip", "baseline"),
+        ("fusedlr-torch", "reference"),
+    ]
+    assert [fraction for _, _, fraction, _ in bars] == [0.66, 0.44, 0.07]
+    ((bf16_panel, _),) = layout["bf16"]
+    assert bf16_panel == ("gpt2", "adamw", "bfloat16")
+    ((memory_panel, memory),) = layout["memory"]
+    assert memory_panel == bf16_panel
+    assert memory[0][2] == 1000.0 and abs(memory[0][3] - 1000 * 2**20 / 124_000_000) < 1e-9
+    pytest.importorskip("matplotlib")
+    png = tmp_path / "plot.png"
+    bench_report.plot(bench_report.latest_run(rows), png)
+    assert png.read_bytes()[:4] == b"\x89PNG"
+
+
 def test_bf16_rows_check_each_variant_against_an_fp32_run():
     """bf16: torch's fused AdamW on bf16 params, then fusedlr's master, master + bf16 states and
     stochastic-rounding variants, each checked for drift from an fp32 run (a lost update fails)."""
