@@ -31,7 +31,7 @@ import functools
 
 import torch
 
-from . import reference
+from . import _fused, reference
 
 _FUSED_DTYPES = (torch.float32, torch.float64)
 _MOMENTS = ("exp_avg", "exp_avg_sq", "max_exp_avg_sq")
@@ -117,13 +117,7 @@ def _same_dense_layout(param, state) -> bool:
 
 
 def _is_dense(tensor) -> bool:
-    dims = sorted((stride, size) for stride, size in zip(tensor.stride(), tensor.shape) if size != 1)
-    expected = 1
-    for stride, size in dims:
-        if stride != expected:
-            return False
-        expected *= size
-    return True
+    return _fused._dense_strides(tensor) is not None
 
 
 def plan_for(opt, kind, items, key) -> CpuPlan:

@@ -15,3 +15,16 @@ def pyplot(user: str, extra: str = "tools", to_file_only: bool = True):
     except ImportError as error:
         raise ImportError(f"{user} needs matplotlib: pip install 'fusedlr[{extra}]'") from error
     return plt
+
+
+def finish(figure, ax, path):
+    """Lay out and save a figure this code made (``figure`` None: drawn into the caller's ``ax``,
+    left to the caller); returns the figure."""
+    if figure is not None:
+        figure.tight_layout()
+        if path is not None:
+            figure.savefig(path, dpi=120)
+            import matplotlib.pyplot as plt
+
+            plt.close(figure)
+    return figure if figure is not None else ax.figure

@@ -40,7 +40,7 @@ class RangeTestResult:
     def plot(self, path=None, ax=None, show_raw: bool = True):
         """Loss against lr (log axis): the raw losses faintly, the smoothed curve, each suggestion
         marked. Saved to ``path`` when given. Needs matplotlib (``pip install 'fusedlr[tools]'``)."""
-        from .._pyplot import pyplot
+        from .._pyplot import finish, pyplot
 
         plt = pyplot("RangeTestResult.plot", "tools", to_file_only=path is not None and ax is None)
         figure = None
@@ -70,9 +70,4 @@ class RangeTestResult:
         ax.grid(alpha=0.3, which="both")
         ax.legend(fontsize=8)
         ax.set_title("LR range test", fontsize=10)
-        if figure is not None:
-            figure.tight_layout()
-            if path is not None:
-                figure.savefig(path, dpi=120)
-                plt.close(figure)
-        return figure if figure is not None else ax.figure
+        return finish(figure, ax, path)

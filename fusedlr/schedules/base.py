@@ -47,7 +47,7 @@ class Schedule:
 
     def plot(self, total_steps: int, path=None, base_lr: float = 1.0, ax=None):
         """Draw the lr curve (needs matplotlib: ``pip install fusedlr[bench]``); save to ``path``."""
-        from .._pyplot import pyplot
+        from .._pyplot import finish, pyplot
 
         plt = pyplot("Schedule.plot", "bench", to_file_only=path is not None and ax is None)
         figure = None
@@ -58,12 +58,7 @@ class Schedule:
         ax.set_ylabel("lr" if base_lr != 1.0 or self.program.has_offset else "lr multiplier")
         ax.set_title(repr(self), fontsize=8)
         ax.grid(alpha=0.3)
-        if figure is not None:
-            figure.tight_layout()
-            if path is not None:
-                figure.savefig(path, dpi=120)
-                plt.close(figure)
-        return figure if figure is not None else ax.figure
+        return finish(figure, ax, path)
 
 
 def check_int(name: str, value, *, minimum: int = 0) -> None:

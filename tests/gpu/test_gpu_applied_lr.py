@@ -5,6 +5,7 @@ import math
 
 import pytest
 import torch
+from helpers import capture_step
 from test_schedule_library import BASE_LR, CASES, IDS
 
 import fusedlr
@@ -53,14 +54,7 @@ def test_current_lr_follows_graph_replays(kernel_backend):
     param = torch.nn.Parameter(torch.zeros(256, device="cuda"))
     param.grad = torch.ones_like(param)
     opt = fusedlr.AdamW([param], lr=0.1, schedule=schedule, backend=kernel_backend)
-    stream = torch.cuda.Stream()
-    stream.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(stream):
-        opt.step()
-    torch.cuda.current_stream().wait_stream(stream)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        opt.step()
+    graph = capture_step(opt)
     for k in range(2, 6):  # the capture ran update 1 (captured work does not run); replays run 1, 2, ...
         graph.replay()
         assert float(opt.current_lr()[0]) == pytest.approx(schedule.lr(k - 1, 0.1), rel=1e-12)
