@@ -33,9 +33,12 @@ TENSOR_COLUMNS = (
     "numel", "group", "chunk_begin", "num_chunks",
     "master", "position",  # the fp32 master copy (0: none); the param's index among all params
 )  # fmt: skip
-GROUP_COLUMNS = ("lr", "weight_decay", "beta1", "beta2", "eps", "agc_clip_factor", "agc_eps", "grad_sign", "seed",
-                 # SGD (beta1 holds its momentum) and schedule-free AdamW: 0 for the other kinds.
-                 "dampening", "nesterov", "coupled_weight_decay", "warmup_steps", "r", "weight_lr_power")  # fmt: skip
+GROUP_COLUMNS = ("lr", "weight_decay", "beta1", "beta2", "eps", "agc_clip_factor", "agc_eps", "grad_sign", "seed")
+# Then the schedule program (fusedlr/schedules/program.py), INSTRUCTION_WIDTH floats per instruction.
+# Then the per-group hyperparameters of SGD (whose momentum sits in the beta1 column) and of
+# schedule-free AdamW, laid out as the group columns (0 for the other kinds). Last in the table,
+# so that the layout the CUDA extension shares (csrc/layout.h), which implements neither, stays.
+RULE_GROUP_COLUMNS = ("dampening", "nesterov", "coupled_weight_decay", "warmup_steps", "r", "weight_lr_power")
 # The update rule, a compile-time switch of the finalize and update kernels.
 RULES = {"adamw": 0, "lion": 1, "sgd": 2, "schedulefree": 3}
 # The states each address column of TENSOR_COLUMNS holds, by kind: SGD's momentum buffer and
@@ -45,7 +48,6 @@ STATE_COLUMNS = {
     "exp_avg_sq": ("exp_avg_sq",),
     "max_exp_avg_sq": ("max_exp_avg_sq",),
 }
-# Then the schedule program (fusedlr/schedules/program.py), INSTRUCTION_WIDTH floats per instruction.
 SCHEDULE_SLOTS = (
     "host_multiplier", "max_grad_norm", "num_instructions", "scale_register", "offset_register",
     "clip_value",  # clamp of every grad element (0: off); read by the norm pass and the finalize
@@ -212,6 +214,7 @@ def hyper_values(groups, schedule, host_multiplier, max_grad_norm, clip_value=No
     }
     # A tensor lr or beta is copied into the uploaded table on the device (copy_tensor_hypers):
     # its host value would cost a synchronisation, so the host table holds 0 in its place.
+    rule_values = [_number(v) for name in RULE_GROUP_COLUMNS for v in per_group.pop(name)]
     values = [0.0 if isinstance(v, torch.Tensor) else _number(v) for name in GROUP_COLUMNS for v in per_group[name]]
     program = schedule.program if isinstance(schedule, _schedules.Schedule) else _CONSTANT_PROGRAM
     values += [1.0 if host_multiplier is None else float(host_multiplier)]
@@ -219,6 +222,7 @@ def hyper_values(groups, schedule, host_multiplier, max_grad_norm, clip_value=No
     values += [float(len(program.instructions)), float(program.scale_register), float(program.offset_register)]
     values += [0.0 if clip_value is None else float(clip_value)]
     values += program.flat()
+    values += rule_values
     return tuple(values)
 
 

@@ -509,6 +509,8 @@ class _FusedOptimizer(torch.optim.Optimizer):
         backend = _backends.choose(self.backend, device)
         if self.norm_group is not None:
             self._check_norm_group()  # groups may have been edited since
+        if backend not in self._kind_backends and self.backend == "auto":
+            backend = "torch"  # auto: the reference, where the chosen backend lacks this kind's rule
         if backend not in self._kind_backends:
             raise RuntimeError(
                 f"{type(self).__name__} is not implemented by the {backend!r} backend; use one of {self._kind_backends}"

@@ -55,12 +55,13 @@ G_AGC_CLIP_FACTOR = tl.constexpr(_plan.GROUP_COLUMNS.index("agc_clip_factor"))
 G_AGC_EPS = tl.constexpr(_plan.GROUP_COLUMNS.index("agc_eps"))
 G_GRAD_SIGN = tl.constexpr(_plan.GROUP_COLUMNS.index("grad_sign"))
 G_SEED = tl.constexpr(_plan.GROUP_COLUMNS.index("seed"))
-G_DAMPENING = tl.constexpr(_plan.GROUP_COLUMNS.index("dampening"))
-G_NESTEROV = tl.constexpr(_plan.GROUP_COLUMNS.index("nesterov"))
-G_COUPLED_WEIGHT_DECAY = tl.constexpr(_plan.GROUP_COLUMNS.index("coupled_weight_decay"))
-G_WARMUP_STEPS = tl.constexpr(_plan.GROUP_COLUMNS.index("warmup_steps"))
-G_R = tl.constexpr(_plan.GROUP_COLUMNS.index("r"))
-G_WEIGHT_LR_POWER = tl.constexpr(_plan.GROUP_COLUMNS.index("weight_lr_power"))
+# Columns of the per-group block at the end of ``hyper`` (after the schedule program).
+R_DAMPENING = tl.constexpr(_plan.RULE_GROUP_COLUMNS.index("dampening"))
+R_NESTEROV = tl.constexpr(_plan.RULE_GROUP_COLUMNS.index("nesterov"))
+R_COUPLED_WEIGHT_DECAY = tl.constexpr(_plan.RULE_GROUP_COLUMNS.index("coupled_weight_decay"))
+R_WARMUP_STEPS = tl.constexpr(_plan.RULE_GROUP_COLUMNS.index("warmup_steps"))
+R_R = tl.constexpr(_plan.RULE_GROUP_COLUMNS.index("r"))
+R_WEIGHT_LR_POWER = tl.constexpr(_plan.RULE_GROUP_COLUMNS.index("weight_lr_power"))
 RULE_ADAMW = tl.constexpr(_plan.RULES["adamw"])
 RULE_LION = tl.constexpr(_plan.RULES["lion"])
 RULE_SGD = tl.constexpr(_plan.RULES["sgd"])
@@ -381,8 +382,11 @@ def _finalize_kernel(
 
     step_count = tl.load(counter)
     lr_scale, lr_offset = _run_schedule_program(sched, step_count.to(tl.float64), REGISTERS)
+    # SGD's and schedule-free's group hyperparameters: after the schedule program.
+    rules = sched + NUM_SCHEDULE_SLOTS + tl.load(sched + S_NUM_INSTRUCTIONS).to(tl.int64) * INSTRUCTION_WIDTH
     if RULE == RULE_SCHEDULEFREE:
-        _schedulefree_groups(hyper, num_groups, group_sums, step_count.to(tl.float64), lr_scale, lr_offset, skip, BLOCK)
+        _schedulefree_groups(hyper, rules, num_groups, group_sums, step_count.to(tl.float64), lr_scale, lr_offset,
+                             skip, BLOCK)  # fmt: skip
     for first in range(0, num_tensors, BLOCK):
         t = first + tl.arange(0, BLOCK)
         mask = t < num_tensors
@@ -418,9 +422,9 @@ def _finalize_kernel(
             step = tl.load(step_ptr, mask=mask & has_buffer, other=0.0)
             tl.store(step_ptr, step + 1.0, mask=mask & has_buffer & (skip == 0))
             first_update = step == 0.0
-            dampening = tl.load(hyper + G_DAMPENING * num_groups + group, mask=mask, other=0.0)
-            nesterov = tl.load(hyper + G_NESTEROV * num_groups + group, mask=mask, other=0.0)
-            coupled = tl.load(hyper + G_COUPLED_WEIGHT_DECAY * num_groups + group, mask=mask, other=0.0) != 0.0
+            dampening = tl.load(rules + R_DAMPENING * num_groups + group, mask=mask, other=0.0)
+            nesterov = tl.load(rules + R_NESTEROV * num_groups + group, mask=mask, other=0.0)
+            coupled = tl.load(rules + R_COUPLED_WEIGHT_DECAY * num_groups + group, mask=mask, other=0.0) != 0.0
             beta1 = tl.where(first_update, 0.0, momentum)  # torch's first buffer is a clone of the grad
             w1 = tl.where(first_update, 1.0, 1.0 - dampening)
             beta2 = tl.where(nesterov != 0.0, momentum, 0.0)
@@ -456,7 +460,7 @@ def _finalize_kernel(
 
 
 @triton.jit
-def _schedulefree_groups(hyper, num_groups, group_sums, k, lr_scale, lr_offset, skip, BLOCK: tl.constexpr):
+def _schedulefree_groups(hyper, rules, num_groups, group_sums, k, lr_scale, lr_offset, skip, BLOCK: tl.constexpr):
     """Schedule-free's per-group bookkeeping of update k, as schedulefree.AdamWScheduleFree does it
     on the host (reference.schedulefree_scalars): every group's warmed-up lr, lr_max, averaging
     weight and weight_sum (rows 0, 1 of ``group_sums``, kept unless the step is skipped), ckp1
@@ -465,11 +469,11 @@ def _schedulefree_groups(hyper, num_groups, group_sums, k, lr_scale, lr_offset, 
         g = first + tl.arange(0, BLOCK)
         mask = g < num_groups
         lr = tl.load(hyper + G_LR * num_groups + g, mask=mask, other=0.0) * lr_scale + lr_offset
-        warmup = tl.load(hyper + G_WARMUP_STEPS * num_groups + g, mask=mask, other=0.0)
+        warmup = tl.load(rules + R_WARMUP_STEPS * num_groups + g, mask=mask, other=0.0)
         lr = lr * tl.where(k < warmup, (k + 1.0) / warmup, 1.0)
         lr_max = tl.maximum(lr, tl.load(group_sums + g, mask=mask, other=0.0))
-        r = tl.load(hyper + G_R * num_groups + g, mask=mask, other=0.0)
-        power = tl.load(hyper + G_WEIGHT_LR_POWER * num_groups + g, mask=mask, other=0.0)
+        r = tl.load(rules + R_R * num_groups + g, mask=mask, other=0.0)
+        power = tl.load(rules + R_WEIGHT_LR_POWER * num_groups + g, mask=mask, other=0.0)
         weight = _pow(k + 1.0 + lr * 0.0, r) * _pow(lr_max, power)
         weight_sum = tl.load(group_sums + num_groups + g, mask=mask, other=0.0) + weight
         ckp1 = tl.where(weight_sum != 0.0, weight / weight_sum, 0.0)
