@@ -15,7 +15,7 @@ from numbers import Integral
 import torch
 
 from . import _precision, reference
-from .optim import _check_group_hypers, _check_real, _FusedOptimizer
+from .optim import _called_to_make_states, _check_group_hypers, _check_real, _FusedOptimizer
 
 # Group keys of schedulefree's state dicts that fusedlr keeps on the device (or, "foreach", has no use for).
 _PACKAGE_GROUP_KEYS = ("k", "lr_max", "weight_sum", "scheduled_lr", "foreach")
@@ -159,7 +159,10 @@ class AdamWScheduleFree(_FusedOptimizer):
 
     # ----- the step ---------------------------------------------------------------------------
     def step(self, closure=None):
-        if not all(group["train_mode"] for group in self.param_groups):
+        # torch.distributed.checkpoint steps a loading optimizer only to make its states (no
+        # update, see optim._called_to_make_states): allowed in eval mode, where checkpoints load.
+        making_states = closure is None and _called_to_make_states()
+        if not making_states and not all(group["train_mode"] for group in self.param_groups):
             raise RuntimeError(
                 "Optimizer was not in train mode when step is called. Call optimizer.train() before training "
                 "steps and optimizer.eval() before evaluation (as schedulefree.AdamWScheduleFree requires)."

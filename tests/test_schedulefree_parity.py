@@ -216,3 +216,38 @@ def test_schedulefree_added_group_and_deepcopy(backend):
         run_steps(o, p, grads[2:])
     assert_sf_close(opt, ours, ref, theirs)
     assert_sf_close(twin, twin_params, ref, theirs)
+
+
+@pytest.mark.filterwarnings("ignore:torch.distributed is disabled")
+def test_schedulefree_dcp_checkpoint_resumes(tmp_path, backend):
+    """torch.distributed.checkpoint (one process): saved in eval mode, loaded into a fresh optimizer
+    (DCP steps it in eval mode to make its states), then both continue alike."""
+    dcp = pytest.importorskip("torch.distributed.checkpoint")
+    from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict, set_optimizer_state_dict
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.Linear(3, 2))
+    twin = copy.deepcopy(model)
+    opt = fusedlr.AdamWScheduleFree(model.parameters(), lr=0.01, warmup_steps=2, backend=backend)
+    opt.train()
+    for _ in range(3):
+        model(torch.randn(5, 4)).sum().backward()
+        opt.step()
+        opt.zero_grad()
+    opt.eval()
+    dcp.save({"optim": get_optimizer_state_dict(model, opt)}, checkpoint_id=str(tmp_path))
+    twin.load_state_dict(model.state_dict())
+    resumed = fusedlr.AdamWScheduleFree(twin.parameters(), lr=0.01, warmup_steps=2, backend=backend)
+    state = {"optim": get_optimizer_state_dict(twin, resumed)}
+    dcp.load(state, checkpoint_id=str(tmp_path))
+    set_optimizer_state_dict(twin, resumed, state["optim"])
+    assert int(resumed._schedule_step) == 3
+    torch.testing.assert_close(resumed._group_sums[:2], opt._group_sums[:2], rtol=0, atol=0)
+    batch = torch.randn(5, 4)
+    for o, m in ((opt, model), (resumed, twin)):
+        o.train()
+        m(batch).sum().backward()
+        o.step()
+        o.eval()
+    for p, q in zip(model.parameters(), twin.parameters()):
+        torch.testing.assert_close(p, q, rtol=0, atol=0)

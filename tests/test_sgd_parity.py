@@ -204,3 +204,33 @@ def test_cuda_backend_refuses_sgd_and_schedulefree_before_anything(monkeypatch):
             assert all(torch.equal(p, b) for p, b in zip(params, before))
             assert not any(opt.state.values())
             assert int(opt._schedule_step) == 0
+
+
+@pytest.mark.filterwarnings("ignore:torch.distributed is disabled")
+def test_sgd_dcp_checkpoint_resumes(tmp_path, backend):
+    """torch.distributed.checkpoint (one process): the buffer and its step travel; both continue alike."""
+    dcp = pytest.importorskip("torch.distributed.checkpoint")
+    from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict, set_optimizer_state_dict
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.Linear(3, 2))
+    twin = copy.deepcopy(model)
+    hypers = dict(lr=0.05, momentum=0.9, dampening=0.2, backend=backend)
+    opt = fusedlr.SGD(model.parameters(), **hypers)
+    for _ in range(3):
+        model(torch.randn(5, 4)).sum().backward()
+        opt.step()
+        opt.zero_grad()
+    dcp.save({"optim": get_optimizer_state_dict(model, opt)}, checkpoint_id=str(tmp_path))
+    twin.load_state_dict(model.state_dict())
+    resumed = fusedlr.SGD(twin.parameters(), **hypers)
+    state = {"optim": get_optimizer_state_dict(twin, resumed)}
+    dcp.load(state, checkpoint_id=str(tmp_path))
+    set_optimizer_state_dict(twin, resumed, state["optim"])
+    assert all(float(s["step"]) == 3 for s in resumed.state.values())
+    batch = torch.randn(5, 4)
+    for o, m in ((opt, model), (resumed, twin)):
+        m(batch).sum().backward()
+        o.step()
+    for p, q in zip(model.parameters(), twin.parameters()):
+        torch.testing.assert_close(p, q, rtol=0, atol=0)
