@@ -181,6 +181,25 @@ class AdamWScheduleFree(_FusedOptimizer):
 
         return {"group_scalars": group_scalars}
 
+    # ----- applied lr ------------------------------------------------------------------------
+    def current_lr(self) -> list[torch.Tensor]:
+        """Per group, the lr of the last update applied, warmup included (the package's
+        ``scheduled_lr``); before the first update, the first one's. Device tensors, no sync."""
+        return self._with_warmup(super().current_lr(), upcoming=False)
+
+    def next_lr(self) -> list[torch.Tensor]:
+        """Per group, the lr the next update will apply, warmup included."""
+        return self._with_warmup(super().next_lr(), upcoming=True)
+
+    def _with_warmup(self, lrs, *, upcoming: bool) -> list[torch.Tensor]:
+        counter = self._schedule_step
+        k = (counter if upcoming else torch.clamp(counter - 1, min=0)).to(torch.float64)
+        out = []
+        for lr, group in zip(lrs, self.param_groups):
+            warmup = group["warmup_steps"]
+            out.append(lr * torch.where(k < warmup, (k + 1) / warmup, 1.0) if warmup else lr)
+        return out
+
     # ----- state dict -------------------------------------------------------------------------
     def state_dict(self) -> dict:
         state_dict = super().state_dict()

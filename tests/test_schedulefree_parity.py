@@ -251,3 +251,47 @@ def test_schedulefree_dcp_checkpoint_resumes(tmp_path, backend):
         o.eval()
     for p, q in zip(model.parameters(), twin.parameters()):
         torch.testing.assert_close(p, q, rtol=0, atol=0)
+
+
+def test_schedulefree_current_lr_is_the_packages_scheduled_lr(backend):
+    """current_lr() (device tensors) is the lr each update applied, warmup included: the
+    package's group["scheduled_lr"]; next_lr() the one to come."""
+    base = make_params([(3,), (4, 2)])
+    grads = make_grads(base, 6)
+    ours, theirs = clone_params(base), clone_params(base)
+    opt = fusedlr.AdamWScheduleFree([dict(params=ours[:1], warmup_steps=4), dict(params=ours[1:], lr=0.02)], lr=0.01,
+                                    backend=backend)  # fmt: skip
+    opt.train()
+    ref = package([dict(params=theirs[:1], warmup_steps=4), dict(params=theirs[1:], lr=0.02)], lr=0.01)
+    assert [float(lr) for lr in opt.current_lr()] == [0.01 / 4, 0.02]  # before the first update: the first's
+    for step_grads in grads:
+        upcoming = [float(lr) for lr in opt.next_lr()]
+        run_steps(opt, ours, [step_grads])
+        run_steps(ref, theirs, [step_grads])
+        applied = [float(lr) for lr in opt.current_lr()]
+        expected = [group["scheduled_lr"] for group in ref.param_groups]
+        assert applied == pytest.approx(expected, rel=1e-15) and upcoming == applied
+
+
+def test_schedulefree_with_a_device_schedule_is_the_package_under_lambdalr(backend):
+    """A fusedlr schedule multiplies the lr before warmup and lr_max, as LambdaLR driving the
+    package's group lr does."""
+    from oracles import hf_cosine
+
+    from fusedlr import schedules
+
+    base = make_params()
+    grads = make_grads(base, STEPS)
+    spec = [dict(params=list(range(len(base))), lr=0.01, warmup_steps=2)]
+    ours = clone_params(base)
+    opt = fusedlr.AdamWScheduleFree(ours, lr=0.01, warmup_steps=2, schedule=schedules.WarmupCosine(3, 8),
+                                    backend=backend)  # fmt: skip
+    opt.train()
+    run_steps(opt, ours, grads)
+    theirs = clone_params(base)
+    ref, _ = run_by_hand(package, theirs, spec, grads, lr_lambda=hf_cosine(3, 8))
+    for p, q in zip(ours, theirs):
+        torch.testing.assert_close(p, q, **FP32_TOL)
+    lr_max, weight_sum = opt._group_sums[:2, 0].tolist()
+    assert lr_max == pytest.approx(ref.param_groups[0]["lr_max"], rel=1e-12)
+    assert weight_sum == pytest.approx(ref.param_groups[0]["weight_sum"], rel=1e-12)
