@@ -234,3 +234,19 @@ def test_sgd_dcp_checkpoint_resumes(tmp_path, backend):
         o.step()
     for p, q in zip(model.parameters(), twin.parameters()):
         torch.testing.assert_close(p, q, rtol=0, atol=0)
+
+
+def test_sgd_momentum_edited_between_steps(backend):
+    """Momentum switched on, off and on again in param_groups: torch makes the buffer when
+    momentum first becomes non-zero, ignores it while momentum is 0, and resumes it after."""
+    base = make_params()
+    grads = make_grads(base, 6)
+    ours, theirs = clone_params(base), clone_params(base)
+    opt = fusedlr.SGD(ours, lr=0.05, dampening=0.2, backend=backend)
+    ref = torch.optim.SGD(theirs, lr=0.05, dampening=0.2, foreach=False)
+    for momentum, step_grads in zip([0.0, 0.9, 0.9, 0.0, 0.5, 0.5], grads):
+        for o in (opt, ref):
+            o.param_groups[0]["momentum"] = momentum
+        run_steps(opt, ours, [step_grads])
+        run_steps(ref, theirs, [step_grads])
+    assert_sgd_close(opt, ours, ref, theirs)
