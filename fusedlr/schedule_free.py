@@ -161,7 +161,7 @@ class AdamWScheduleFree(_FusedOptimizer):
     def step(self, closure=None):
         # torch.distributed.checkpoint steps a loading optimizer only to make its states (no
         # update, see optim._called_to_make_states): allowed in eval mode, where checkpoints load.
-        making_states = closure is None and _called_to_make_states()
+        making_states = closure is None and not torch.compiler.is_compiling() and _called_to_make_states()
         if not making_states and not all(group["train_mode"] for group in self.param_groups):
             raise RuntimeError(
                 "Optimizer was not in train mode when step is called. Call optimizer.train() before training "

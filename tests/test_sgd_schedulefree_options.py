@@ -90,3 +90,29 @@ def test_bf16_options_agree_across_backends(triton_backend, kind, options):
         torch.testing.assert_close(p.float(), q.float(), rtol=2**-7, atol=1e-6)
         for key, value in ref_opt.state[q].items():
             torch.testing.assert_close(opt.state[p][key].float(), value.float(), rtol=2**-7, atol=1e-6)
+
+
+@pytest.mark.parametrize("kind", ["sgd", "schedulefree"])
+def test_compiled_step_is_one_graph_matching_eager(backend, kind):
+    """opt.step() inside torch.compile(fullgraph=True): one graph, the eager numbers."""
+    from torch._dynamo.testing import CompileCounterWithBackend
+
+    torch._dynamo.reset()
+    base = make_params([(33,), (4, 5)])
+    grads = make_grads(base, 4)
+    ours, eager = clone_params(base), clone_params(base)
+    opt, eager_opt = (
+        _make_ours(kind, ours, backend, max_grad_norm=1.0),
+        _make_ours(kind, eager, backend, max_grad_norm=1.0),
+    )
+    counter = CompileCounterWithBackend("aot_eager")
+    compiled_step = torch.compile(opt.step, backend=counter, fullgraph=True)
+    for step_grads in grads:
+        for p, q, g in zip(ours, eager, step_grads):
+            p.grad, q.grad = g.clone(), g.clone()
+        compiled_step()
+        eager_opt.step()
+    torch._dynamo.reset()
+    assert counter.frame_count == 1
+    for p, q in zip(ours, eager):
+        torch.testing.assert_close(p, q, rtol=0, atol=0)
