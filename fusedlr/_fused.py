@@ -161,6 +161,8 @@ class StepFlags:
     found_inf: torch.Tensor | None
     reduction: object | None  # _distributed.NormReduction: the norms' collective, or None
     report_norm: bool = False  # AGC is set in a group without grads this step: still report the norm
+    rule: int = 0  # _plan.RULES code of the update rule
+    group_sums: torch.Tensor | None = None  # schedule-free's per-group device bookkeeping ([4, G] float64)
 
     @property
     def has_norms(self) -> bool:
@@ -193,6 +195,8 @@ def prepare(opt, items, grads, host_multiplier, key, active_groups):
         found_inf=_on(getattr(opt, "found_inf", None), plan.device),
         reduction=opt._reduction([opt._step_cache.sources[i] for i in plan.order]),
         report_norm=any(group["agc_clip_factor"] is not None for group in groups),
+        rule=_plan.RULES[opt._kind],
+        group_sums=getattr(opt, "_group_sums", None),
     )
     return plan, flags
 

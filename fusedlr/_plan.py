@@ -35,6 +35,19 @@ TENSOR_COLUMNS = (
 )  # fmt: skip
 GROUP_COLUMNS = ("lr", "weight_decay", "beta1", "beta2", "eps", "agc_clip_factor", "agc_eps", "grad_sign", "seed")
 # Then the schedule program (fusedlr/schedules/program.py), INSTRUCTION_WIDTH floats per instruction.
+# Then the per-group hyperparameters of SGD (whose momentum sits in the beta1 column) and of
+# schedule-free AdamW, laid out as the group columns (0 for the other kinds). Last in the table,
+# so that the layout the CUDA extension shares (csrc/layout.h), which implements neither, stays.
+RULE_GROUP_COLUMNS = ("dampening", "nesterov", "coupled_weight_decay", "warmup_steps", "r", "weight_lr_power")
+# The update rule, a compile-time switch of the finalize and update kernels.
+RULES = {"adamw": 0, "lion": 1, "sgd": 2, "schedulefree": 3}
+# The states each address column of TENSOR_COLUMNS holds, by kind: SGD's momentum buffer and
+# schedule-free's z sit in the "exp_avg" column.
+STATE_COLUMNS = {
+    "exp_avg": ("exp_avg", "momentum_buffer", "z"),
+    "exp_avg_sq": ("exp_avg_sq",),
+    "max_exp_avg_sq": ("max_exp_avg_sq",),
+}
 SCHEDULE_SLOTS = (
     "host_multiplier", "max_grad_norm", "num_instructions", "scale_register", "offset_register",
     "clip_value",  # clamp of every grad element (0: off); read by the norm pass and the finalize
@@ -141,8 +154,9 @@ def build_plan(items, grads, groups, key, positions) -> Plan:
         if not buckets or buckets[-1].storage != kinds[i]:
             buckets.append(Bucket(param.dtype, len(chunk_tensor), len(chunk_tensor), *kinds[i][1:]))
         addresses = [param.data_ptr(), grads[i].data_ptr()]
-        states = ("exp_avg", "exp_avg_sq", "max_exp_avg_sq")
-        addresses += [state[name].data_ptr() if name in state else 0 for name in states]
+        for names in STATE_COLUMNS.values():
+            held = [state[name] for name in names if name in state]
+            addresses.append(held[0].data_ptr() if held else 0)
         master = state["master_param"].data_ptr() if "master_param" in state else 0
         if numel and any(address % 16 for address in addresses + [master]):
             buckets[-1].aligned = False
@@ -184,16 +198,23 @@ def hyper_values(groups, schedule, host_multiplier, max_grad_norm, clip_value=No
     per_group = {
         "lr": [g["lr"] for g in groups],
         "weight_decay": [g["weight_decay"] for g in groups],
-        "beta1": [g["betas"][0] for g in groups],
-        "beta2": [g["betas"][1] for g in groups],
+        "beta1": [_betas(g)[0] for g in groups],
+        "beta2": [_betas(g)[1] for g in groups],
         "eps": [g.get("eps", 0.0) for g in groups],
         "agc_clip_factor": [g["agc_clip_factor"] or 0.0 for g in groups],
         "agc_eps": [g["agc_eps"] for g in groups],
         "grad_sign": [-1.0 if g["maximize"] else 1.0 for g in groups],
         "seed": [g.get("seed", 0) for g in groups],
+        "dampening": [g.get("dampening", 0.0) for g in groups],
+        "nesterov": [float(bool(g.get("nesterov", False))) for g in groups],
+        "coupled_weight_decay": [float(not g.get("decoupled_weight_decay", True)) for g in groups],
+        "warmup_steps": [g.get("warmup_steps", 0) for g in groups],
+        "r": [g.get("r", 0.0) for g in groups],
+        "weight_lr_power": [g.get("weight_lr_power", 0.0) for g in groups],
     }
     # A tensor lr or beta is copied into the uploaded table on the device (copy_tensor_hypers):
     # its host value would cost a synchronisation, so the host table holds 0 in its place.
+    rule_values = [_number(v) for name in RULE_GROUP_COLUMNS for v in per_group.pop(name)]
     values = [0.0 if isinstance(v, torch.Tensor) else _number(v) for name in GROUP_COLUMNS for v in per_group[name]]
     program = schedule.program if isinstance(schedule, _schedules.Schedule) else _CONSTANT_PROGRAM
     values += [1.0 if host_multiplier is None else float(host_multiplier)]
@@ -201,7 +222,13 @@ def hyper_values(groups, schedule, host_multiplier, max_grad_norm, clip_value=No
     values += [float(len(program.instructions)), float(program.scale_register), float(program.offset_register)]
     values += [0.0 if clip_value is None else float(clip_value)]
     values += program.flat()
+    values += rule_values
     return tuple(values)
+
+
+def _betas(group) -> tuple:
+    """The group's betas; for SGD (no betas) its momentum in the beta1 column."""
+    return group["betas"] if "betas" in group else (group.get("momentum", 0.0), 0.0)
 
 
 def _number(value) -> float:
@@ -224,7 +251,7 @@ def copy_tensor_hypers(plan: Plan, groups) -> None:
     CUDA graph that captured the step reads the tensor's value at every replay."""
     num_groups = len(groups)
     for g, group in enumerate(groups):
-        beta1, beta2 = group["betas"]
+        beta1, beta2 = _betas(group)
         for column, value in (("lr", group["lr"]), ("beta1", beta1), ("beta2", beta2)):
             if isinstance(value, torch.Tensor):
                 index = GROUP_COLUMNS.index(column) * num_groups + g

@@ -1,6 +1,6 @@
 """Throughput of one whole optimizer step, as users run it: clip + schedule + update.
 
-    python -m fusedlr.bench [--optimizer adamw|lion|all] [--case gpt2] [--steps 50] [--quick]
+    python -m fusedlr.bench [--optimizer adamw|lion|sgd|schedulefree|all] [--case gpt2] [--steps 50] [--quick]
 
 Every contender starts from the same parameters and gradients and runs the same clip
 (max norm 1.0) and warmup-cosine schedule; after its timed steps its parameters are compared
@@ -35,7 +35,16 @@ SCHEDULE = schedules.WarmupCosine(warmup_steps=10, total_steps=1_000, min_lr_rat
 # Bytes per parameter a fused step must move (README, "Byte model"): the same figure is used
 # for every contender of a case, so GB/s compares time against the fused roofline; in bfloat16
 # cases each fusedlr variant counts its own storage.
-BYTES_PER_PARAM = {"adamw": 32, "lion": 24}
+BYTES_PER_PARAM = {"adamw": 32, "lion": 24, "sgd": 24, "schedulefree": 32}
+OPTIMIZERS = tuple(BYTES_PER_PARAM)
+# Every contender of an optimizer gets the same hyperparameters (SGD: with momentum; schedule-free:
+# the case's schedule on top of its own warmup, as a LambdaLR on the package's group lr).
+HYPERS = {
+    "adamw": dict(lr=1e-3, weight_decay=0.1),
+    "lion": dict(lr=1e-3, weight_decay=0.1),
+    "sgd": dict(lr=1e-3, momentum=0.9, weight_decay=0.1),
+    "schedulefree": dict(lr=1e-3, weight_decay=0.1, warmup_steps=10),
+}
 BF16_BYTES_PER_PARAM = {"adamw": 16, "lion": 12}  # bf16 param, grad (read twice) and states
 RESULTS_CSV = Path(__file__).resolve().parent.parent / "benchmarks" / "results" / "results.csv"
 CSV_COLUMNS = [
@@ -93,6 +102,9 @@ class Contender:
     name: str
     make: callable  # params -> step function
     bytes_per_param: int | None = None  # None: the case's fused figure
+    # The schedulefree package divides .grad in place every step, so with the harness's fixed
+    # grads its weights leave the others' after the first step: same work, no parity check.
+    rewrites_grads: bool = False
 
 
 # bfloat16 params (grads bf16 too): fusedlr's three ways to train them, against torch's
@@ -105,19 +117,25 @@ BF16_VARIANTS = {
 
 
 def _fusedlr(optimizer, backend, variant=None):
-    cls = {"adamw": fusedlr.AdamW, "lion": fusedlr.Lion}[optimizer]
+    cls = _FUSEDLR_CLASSES[optimizer]
     options, nbytes = BF16_VARIANTS[variant] if variant else ({}, {})
 
     def make(params):
-        opt = cls(params, lr=1e-3, weight_decay=0.1, schedule=SCHEDULE, max_grad_norm=MAX_GRAD_NORM, backend=backend,
+        opt = cls(params, **HYPERS[optimizer], schedule=SCHEDULE, max_grad_norm=MAX_GRAD_NORM, backend=backend,
                   **options)  # fmt: skip
+        if optimizer == "schedulefree":
+            opt.train()
         return opt.step
 
     name = f"fusedlr-{backend}" + (f"-{variant}" if variant else "")
     return Contender(name, make, nbytes.get(optimizer))
 
 
-def _by_hand(name, make_optimizer, compiled=False):
+_FUSEDLR_CLASSES = {"adamw": fusedlr.AdamW, "lion": fusedlr.Lion, "sgd": fusedlr.SGD,
+                    "schedulefree": fusedlr.AdamWScheduleFree}  # fmt: skip
+
+
+def _by_hand(name, make_optimizer, compiled=False, rewrites_grads=False):
     """The step users write today: clip_grad_norm_(foreach=True), optimizer.step(), LambdaLR."""
 
     def make(params):
@@ -141,7 +159,7 @@ def _by_hand(name, make_optimizer, compiled=False):
 
         return step
 
-    return Contender(name, make)
+    return Contender(name, make, rewrites_grads=rewrites_grads)
 
 
 def _torch_adamw(flavour):
@@ -165,6 +183,21 @@ def _lion_pytorch(use_triton):
     return _by_hand(f"lion-pytorch{'-triton' if use_triton else ''}+clip", make_optimizer)
 
 
+def _torch_sgd(flavour):
+    return _by_hand(f"torch-sgd-{flavour}+clip", lambda p: torch.optim.SGD(p, **HYPERS["sgd"], **{flavour: True}))
+
+
+def _schedulefree_package():
+    def make_optimizer(params):
+        import schedulefree
+
+        opt = schedulefree.AdamWScheduleFree(params, **HYPERS["schedulefree"], foreach=True)
+        opt.train()
+        return opt
+
+    return _by_hand("schedulefree+clip", make_optimizer, rewrites_grads=True)
+
+
 BASELINES = {
     "adamw": {
         "foreach": lambda: _torch_adamw("foreach"),
@@ -172,6 +205,8 @@ BASELINES = {
         "compile": _torch_adamw_compiled,
     },
     "lion": {"lion-pytorch": lambda: _lion_pytorch(False), "lion-pytorch-triton": lambda: _lion_pytorch(True)},
+    "sgd": {"foreach": lambda: _torch_sgd("foreach"), "fused": lambda: _torch_sgd("fused")},
+    "schedulefree": {"schedulefree": _schedulefree_package},
 }
 GPU_ONLY_BASELINES = {"compile", "lion-pytorch-triton"}  # inductor on a CPU compiles for minutes
 
@@ -183,9 +218,11 @@ def contenders(optimizer: str, device: torch.device, baselines=None, dtype=torch
         ours = [_fusedlr(optimizer, backend, variant) for variant in BF16_VARIANTS]
         baselines = ["fused"] if baselines is None and optimizer == "adamw" else baselines or ["lion-pytorch"]
         return [BASELINES[optimizer][b]() for b in baselines] + ours
-    # The reference first (the others are checked against it), then the backends for this device.
+    # The reference first (the others are checked against it), then the backends for this device
+    # that implement this optimizer (the cuda extension and the cpu backend have no SGD, no schedule-free).
     runs_here = {"cuda": ("torch", "triton", "cuda"), "cpu": ("torch", "cpu")}.get(device.type, ("torch",))
-    ours = [_fusedlr(optimizer, b) for b in fusedlr.available_backends() if b in runs_here]
+    kind_backends = _FUSEDLR_CLASSES[optimizer]._kind_backends
+    ours = [_fusedlr(optimizer, b) for b in fusedlr.available_backends() if b in runs_here and b in kind_backends]
     if baselines is None:
         baselines = [b for b in BASELINES[optimizer] if device.type == "cuda" or b not in GPU_ONLY_BASELINES]
     unknown = set(baselines) - set(BASELINES[optimizer])
@@ -406,7 +443,7 @@ def _run(args) -> list[dict]:
     print(f"device: {env['device']}  torch {env['torch']}  triton {env['triton']}  cuda {env['cuda']}{label}")
     print(f"device copy bandwidth: {copy_gbps:.1f} GB/s (read + write)\n")
     rows = []
-    optimizers = ["adamw", "lion"] if args.optimizer == "all" else [args.optimizer]
+    optimizers = list(OPTIMIZERS) if args.optimizer == "all" else [args.optimizer]
     dtypes = args.dtype or (["float32", "bfloat16"] if device.type == "cuda" else ["float32"])
     # bfloat16 rows: AdamW on the LLM layouts (the fp32 reference they are checked against is AdamW's).
     runs = [(o, d, c) for o in optimizers for d in dtypes for c in cases
@@ -439,7 +476,7 @@ def _run(args) -> list[dict]:
                     raise AssertionError(f"{contender.name}: bf16 weights drifted {drift:+.3f} updates from fp32")
             elif reference is None:
                 reference = final
-            else:
+            elif not contender.rewrites_grads:
                 _check_parity(contender.name, final, reference)
             p50 = _quantile(times, 0.5)
             nbytes = (
@@ -520,13 +557,14 @@ def _append_rows(rows, path: Path):
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(prog="python -m fusedlr.bench", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--optimizer", choices=["adamw", "lion", "all"], default="all")
+    parser.add_argument("--optimizer", choices=[*OPTIMIZERS, "all"], default="all")
     parser.add_argument("--case", action="append", choices=sorted(CASES), help="repeatable; default by device")
     parser.add_argument(
         "--baseline",
         action="append",
         help="repeatable; default: every baseline that fits the device "
-        "(adamw: foreach, fused, compile; lion: lion-pytorch, lion-pytorch-triton)",
+        "(adamw: foreach, fused, compile; lion: lion-pytorch, lion-pytorch-triton; sgd: foreach, fused; "
+        "schedulefree: schedulefree)",
     )
     parser.add_argument("--dtype", action="append", choices=["float32", "bfloat16"],
                         help="repeatable; default float32 and bfloat16 on a GPU, float32 on a CPU (bfloat16 rows: "

@@ -88,7 +88,9 @@ def _shares_elements(tensor: torch.Tensor) -> bool:
 class _FusedOptimizer(ShardedSteps, CachedChecks, StateDictMethods, torch.optim.Optimizer):
     """Shared machinery of AdamW and Lion: everything but the per-kind state and checks."""
 
-    _kind: str  # "adamw" or "lion": selects the update rule in every backend
+    _kind: str  # "adamw", "lion", "sgd" or "schedulefree": selects the update rule in every backend
+    _kind_backends = ("torch", "cpu", "triton", "cuda")  # the backends that implement this kind's rule
+    _check_group_hypers = staticmethod(_check_group_hypers)  # a kind with other hyperparameters overrides it
     # torch.amp.GradScaler hands us `grad_scale` and `found_inf` and lets us unscale and skip
     # inside the fused passes, instead of unscaling every grad in place first.
     _step_supports_amp_scaling = True
@@ -97,7 +99,7 @@ class _FusedOptimizer(ShardedSteps, CachedChecks, StateDictMethods, torch.optim.
                  grad_attribute: str = "grad", clip_value: float | None = None, norm_group=None):  # fmt: skip
         # Params that are the same on every rank of norm_group: counted once in the norm.
         defaults.setdefault("replicated", False)
-        _check_group_hypers(defaults)
+        self._check_group_hypers(defaults)
         _precision.check_group_options(defaults)
         check_schedule(schedule)
         if not isinstance(grad_attribute, str) or not grad_attribute.isidentifier():
@@ -141,7 +143,7 @@ class _FusedOptimizer(ShardedSteps, CachedChecks, StateDictMethods, torch.optim.
     def add_param_group(self, param_group: dict) -> None:
         super().add_param_group(param_group)
         try:
-            _check_group_hypers(self.param_groups[-1])
+            self._check_group_hypers(self.param_groups[-1])
             _precision.check_group_options(self.param_groups[-1])
         except Exception:
             self.param_groups.pop()  # a refused group must not stay (nor block a corrected retry)
@@ -223,7 +225,7 @@ class _FusedOptimizer(ShardedSteps, CachedChecks, StateDictMethods, torch.optim.
         """The constructor's checks of every group's hyperparameters, again (after a user wrote
         ``param_groups`` by hand, or a state dict was loaded)."""
         for group in self.param_groups:
-            _check_group_hypers(group)
+            self._check_group_hypers(group)
             _precision.check_group_options(group)
 
     def _agc_configured(self) -> bool:
@@ -332,6 +334,14 @@ class _FusedOptimizer(ShardedSteps, CachedChecks, StateDictMethods, torch.optim.
         backend = _backends.choose(self.backend, device)
         if self.norm_group is not None:
             self._check_norm_group()  # groups may have been edited since
+        if backend not in self._kind_backends and (self.backend == "auto" or backend == "cpu"):
+            # auto: the reference, where the chosen backend lacks this kind's rule; the cpu backend
+            # takes the reference's step for what it does not fuse (here: the whole rule).
+            backend = "torch"
+        if backend not in self._kind_backends:
+            raise RuntimeError(
+                f"{type(self).__name__} is not implemented by the {backend!r} backend; use one of {self._kind_backends}"
+            )
         pairs, grads, sources = self._local_items(params, grads, counts)
         if backend in ("triton", "cuda", "cpu"):
             items = self._kernel_items(pairs, grads, counts, backend, sources)
@@ -363,7 +373,7 @@ class _FusedOptimizer(ShardedSteps, CachedChecks, StateDictMethods, torch.optim.
                 skip_nonfinite=self.skip_nonfinite, counter=self._schedule_step, clip_value=self.clip_value,
                 report_norm=self._agc_configured(),
                 positions=self._positions(params) if any(g["stochastic_rounding"] for g in self.param_groups) else None,
-                reduction=self._reduction(params),
+                reduction=self._reduction(params), **self._reference_options(),
             )  # fmt: skip
             if applied:
                 self._schedule_step += 1
@@ -371,6 +381,10 @@ class _FusedOptimizer(ShardedSteps, CachedChecks, StateDictMethods, torch.optim.
                 self.skipped_steps += 1
                 return
         self._host_step += 1
+
+    def _reference_options(self) -> dict:
+        """Extra keyword arguments of ``reference.step_`` for this kind (schedule-free's per-group sums)."""
+        return {}
 
     # ----- state dict ---------------------------------------------------------------------
 

@@ -140,8 +140,71 @@ def lion_update_(param, grad, state, group, lr: float) -> None:
     exp_avg.mul_(beta2).add_(grad, alpha=1 - beta2)
 
 
-_UPDATES = {"adamw": adamw_update_, "lion": lion_update_}
-_STATE_KEYS = ("exp_avg", "exp_avg_sq", "max_exp_avg_sq")
+def sgd_update_(param, grad, state, group, lr: float) -> None:
+    """One SGD update of one tensor: torch.optim.SGD(foreach=False), or with
+    ``decoupled_weight_decay`` the decay ``p *= 1 - lr * wd`` in place of ``g += wd * p``.
+    The momentum buffer exists before its first update (the kernels address it), and its
+    ``step`` says whether it was ever written: a first update copies the grad into it, as
+    torch's clone of the grad does."""
+    weight_decay = group["weight_decay"]
+    if weight_decay != 0:
+        if group["decoupled_weight_decay"]:
+            param.mul_(1 - lr * weight_decay)
+        else:
+            grad = grad.add(param, alpha=weight_decay)
+    momentum = group["momentum"]
+    if momentum != 0:
+        buf = state["momentum_buffer"]
+        if _step_number(state["step"]) == 0:
+            buf.copy_(grad)
+        else:
+            buf.mul_(momentum).add_(grad, alpha=1 - group["dampening"])
+        state["step"] += 1
+        grad = grad.add(buf, alpha=momentum) if group["nesterov"] else buf
+    param.add_(grad, alpha=-lr)
+
+
+def schedulefree_update_(param, grad, state, group, lr: float) -> None:
+    """One Schedule-Free AdamW update of one tensor, as schedulefree.AdamWScheduleFree: ``param``
+    holds y, ``state["z"]`` the base sequence. ``group`` carries this update's ``ckp1`` and
+    ``bias_correction2`` (schedulefree_scalars), ``lr`` the warmed-up lr."""
+    beta1, beta2 = map(_number, group["betas"])
+    z, exp_avg_sq = state["z"], state["exp_avg_sq"]
+    ckp1 = group["ckp1"]
+    exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
+    denom = exp_avg_sq.div(group["bias_correction2"]).sqrt_().add_(group["eps"])
+    normalized = grad.div(denom)
+    if group["weight_decay"] != 0:
+        normalized.add_(param, alpha=group["weight_decay"])  # weight decay at y
+    param.lerp_(z, ckp1)
+    param.add_(normalized, alpha=lr * (beta1 * (1 - ckp1) - 1))
+    z.sub_(normalized, alpha=lr)
+
+
+def schedulefree_scalars(groups, sums: torch.Tensor, k: int, group_lr):
+    """Schedule-free's per-group bookkeeping of update ``k`` (0-based), as the package does it on
+    the host: the warmed-up lr, ``lr_max``, the averaging weight and ``weight_sum`` (kept on the
+    device in ``sums``, float64 ``[4, G]``: lr_max, weight_sum, then this update's ckp1 and lr;
+    updated here) and ``ckp1 = weight / weight_sum``. Every group advances, with or without grads,
+    as in the package. Returns ``{id(group): (group with ckp1 and bias_correction2, lr)}``."""
+    lr_maxes, weight_sums, ckp1s, lrs = sums.tolist()
+    out = {}
+    for i, group in enumerate(groups):
+        warmup = group["warmup_steps"]
+        lr = group_lr(group) * ((k + 1) / warmup if k < warmup else 1.0)
+        lr_maxes[i] = lr_max = max(lr, lr_maxes[i])
+        weight = ((k + 1) ** group["r"]) * (lr_max ** group["weight_lr_power"])
+        weight_sums[i] = weight_sum = weight_sums[i] + weight
+        ckp1s[i] = ckp1 = weight / weight_sum if weight_sum != 0 else 0.0
+        lrs[i] = lr
+        bias_correction2 = 1 - _number(group["betas"][1]) ** (k + 1)
+        out[id(group)] = (dict(group, ckp1=ckp1, bias_correction2=bias_correction2), lr)
+    sums.copy_(torch.tensor([lr_maxes, weight_sums, ckp1s, lrs], dtype=torch.float64))
+    return out
+
+
+_UPDATES = {"adamw": adamw_update_, "lion": lion_update_, "sgd": sgd_update_, "schedulefree": schedulefree_update_}
+_STATE_KEYS = ("exp_avg", "exp_avg_sq", "max_exp_avg_sq", "momentum_buffer", "z")
 
 
 def _in_fp32(param, grad, state) -> bool:
@@ -175,7 +238,7 @@ def update_in_fp32_(kind, param, grad, state, group, lr, key=None) -> None:
 @torch.no_grad()
 def step_(kind: str, items, grads, lr_scale: float, lr_offset: float, max_grad_norm, *, grad_scale=None,
           found_inf=None, skip_nonfinite=False, positions=None, counter=None, clip_value=None,
-          reduction=None, report_norm=False):  # fmt: skip
+          reduction=None, report_norm=False, group_scalars=None):  # fmt: skip
     """Apply one step to ``items``: a list of ``(param, group, state)`` for params with grads,
     and their ``grads``.
 
@@ -190,6 +253,8 @@ def step_(kind: str, items, grads, lr_scale: float, lr_offset: float, max_grad_n
     ranks, in one collective.
     ``report_norm`` asks for the norm even when no clipping applies to these params (AGC is set in
     a group without grads this step).
+    ``group_scalars``: for rules with per-group bookkeeping (schedule-free), called once when the
+    update is applied with ``group -> scheduled lr``; returns ``{id(group): (group, lr)}`` to use.
 
     Returns ``(norm, applied)``: the global grad norm after AGC and before clipping (``None``
     when nothing needed it), and whether the update was applied.
@@ -216,8 +281,13 @@ def step_(kind: str, items, grads, lr_scale: float, lr_offset: float, max_grad_n
         skip = True
     if skip:
         return total_norm, False
+    per_group = None
+    if group_scalars is not None:
+        per_group = group_scalars(lambda group: _number(group["lr"]) * lr_scale + lr_offset)
     for i, ((param, group, state), grad, scale) in enumerate(zip(items, grads, scales)):
         lr = _number(group["lr"]) * lr_scale + lr_offset
+        if per_group is not None:
+            group, lr = per_group[id(group)]
         if _in_fp32(param, grad, state):
             key = None
             if _precision.rounds_stochastically(param, group):

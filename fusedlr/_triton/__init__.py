@@ -29,7 +29,7 @@ REDUCE_BLOCK = 256  # chunk partials per vector operation in the per-tensor redu
 def step_(opt, items, grads, host_multiplier, key, active_groups):
     """One fused step of ``opt`` over ``items`` (``(param, group, state)``); returns the norm."""
     plan, flags = _fused.prepare(opt, items, grads, host_multiplier, key, active_groups)
-    has_agc, has_clip, has_norms, is_adamw = flags.has_agc, flags.has_clip, flags.has_norms, flags.is_adamw
+    has_agc, has_clip, has_norms, rule = flags.has_agc, flags.has_clip, flags.has_norms, flags.rule
     grad_scale = flags.grad_scale if flags.grad_scale is not None else plan.status  # a dummy when absent
     counter = opt._schedule_step
     norm = torch.empty((), dtype=torch.float32, device=plan.device) if has_norms else None
@@ -59,8 +59,8 @@ def step_(opt, items, grads, host_multiplier, key, active_groups):
         plan.coef, counter, norm if has_norms else plan.coef,
         grad_scale,
         found_inf if found_inf is not None else plan.status,
-        plan.status, opt.skipped_steps,
-        HAS_NORMS=has_norms, HAS_CLIP=has_clip, HAS_AGC=has_agc, IS_ADAMW=is_adamw,
+        plan.status, opt.skipped_steps, flags.group_sums if flags.group_sums is not None else plan.status,
+        HAS_NORMS=has_norms, HAS_CLIP=has_clip, HAS_AGC=has_agc, RULE=rule,
         HAS_GRAD_SCALE=flags.grad_scale is not None, HAS_FOUND_INF=flags.found_inf is not None,
         SKIP_NONFINITE=flags.skip_nonfinite, BLOCK=FINALIZE_BLOCK,
         REGISTERS=_plan.schedule_registers(opt.schedule), HAS_CLIP_VALUE=flags.has_clip_value, num_warps=1,
@@ -72,7 +72,7 @@ def step_(opt, items, grads, host_multiplier, key, active_groups):
             plan.tensor_table, T, plan.chunk_table, C, bucket.chunk_begin, plan.coef, plan.status,
             ELEM=TRITON_DTYPES[bucket.dtype], GRAD_ELEM=TRITON_DTYPES[bucket.grad_dtype],
             STATE_ELEM=TRITON_DTYPES[bucket.state_dtype], COMPUTE=_compute_dtype(bucket.dtype),
-            IS_FP64=bucket.dtype == torch.float64, IS_ADAMW=is_adamw, HAS_MAX=bucket.has_max, MASTER=bucket.master,
+            IS_FP64=bucket.dtype == torch.float64, RULE=rule, HAS_MAX=bucket.has_max, MASTER=bucket.master,
             STOCHASTIC=bucket.stochastic, ALIGNED=bucket.aligned,
             CHUNK=_plan.CHUNK_SIZE, BLOCK=BLOCK, HAS_CLIP_VALUE=flags.has_clip_value,
         )  # fmt: skip

@@ -10,8 +10,16 @@ Per step, on one device:
      corrections, written as per-tensor coefficients; the decision to skip the step (GradScaler's
      found_inf, or skip_nonfinite and a non-finite norm), written to ``status``; advances the
      counter unless skipped.
-  4. ``_update_kernel``       one launch per dtype bucket: the AdamW or the LION update (nothing
-     when ``status`` says skip).
+  4. ``_update_kernel``       one launch per dtype bucket: the AdamW, LION, SGD or schedule-free
+     AdamW update (constexpr RULE; nothing when ``status`` says skip).
+
+The coefficient columns (``COEF_COLUMNS``) are named after AdamW's; SGD and schedule-free reuse
+them (see ``_finalize_kernel``): SGD  beta1 = the buffer's decay (momentum, 0 on a buffer's
+first update), one_minus_beta1 = the grad's weight in it (1 - dampening, 1 on the first),
+beta2 = nesterov's momentum (0 without), one_minus_beta2 = 1 where the tensor has a momentum
+buffer, eps = the coupled weight decay, decay = the decoupled one. Schedule-free: step_size =
+the warmed-up lr, bc2_sqrt = the bias correction 1 - beta2^(k+1) itself, beta1 = ckp1,
+one_minus_beta1 = the y step lr * (beta1 * (1 - ckp1) - 1), decay = the weight decay.
 
 Hyperparameters only ever arrive through device tables, never as ``tl.constexpr`` or float
 arguments: a new lr neither recompiles nor loses float64 precision. Scalar maths of the
@@ -47,6 +55,17 @@ G_AGC_CLIP_FACTOR = tl.constexpr(_plan.GROUP_COLUMNS.index("agc_clip_factor"))
 G_AGC_EPS = tl.constexpr(_plan.GROUP_COLUMNS.index("agc_eps"))
 G_GRAD_SIGN = tl.constexpr(_plan.GROUP_COLUMNS.index("grad_sign"))
 G_SEED = tl.constexpr(_plan.GROUP_COLUMNS.index("seed"))
+# Columns of the per-group block at the end of ``hyper`` (after the schedule program).
+R_DAMPENING = tl.constexpr(_plan.RULE_GROUP_COLUMNS.index("dampening"))
+R_NESTEROV = tl.constexpr(_plan.RULE_GROUP_COLUMNS.index("nesterov"))
+R_COUPLED_WEIGHT_DECAY = tl.constexpr(_plan.RULE_GROUP_COLUMNS.index("coupled_weight_decay"))
+R_WARMUP_STEPS = tl.constexpr(_plan.RULE_GROUP_COLUMNS.index("warmup_steps"))
+R_R = tl.constexpr(_plan.RULE_GROUP_COLUMNS.index("r"))
+R_WEIGHT_LR_POWER = tl.constexpr(_plan.RULE_GROUP_COLUMNS.index("weight_lr_power"))
+RULE_ADAMW = tl.constexpr(_plan.RULES["adamw"])
+RULE_LION = tl.constexpr(_plan.RULES["lion"])
+RULE_SGD = tl.constexpr(_plan.RULES["sgd"])
+RULE_SCHEDULEFREE = tl.constexpr(_plan.RULES["schedulefree"])
 S_HOST_MULTIPLIER = tl.constexpr(_plan.SCHEDULE_SLOTS.index("host_multiplier"))
 S_MAX_GRAD_NORM = tl.constexpr(_plan.SCHEDULE_SLOTS.index("max_grad_norm"))
 S_NUM_INSTRUCTIONS = tl.constexpr(_plan.SCHEDULE_SLOTS.index("num_instructions"))
@@ -310,10 +329,11 @@ def _finalize_kernel(
     found_inf,
     status,
     skipped_steps,
+    group_sums,
     HAS_NORMS: tl.constexpr,
     HAS_CLIP: tl.constexpr,
     HAS_AGC: tl.constexpr,
-    IS_ADAMW: tl.constexpr,
+    RULE: tl.constexpr,
     HAS_GRAD_SCALE: tl.constexpr,
     HAS_FOUND_INF: tl.constexpr,
     SKIP_NONFINITE: tl.constexpr,
@@ -362,6 +382,11 @@ def _finalize_kernel(
 
     step_count = tl.load(counter)
     lr_scale, lr_offset = _run_schedule_program(sched, step_count.to(tl.float64), REGISTERS)
+    # SGD's and schedule-free's group hyperparameters: after the schedule program.
+    rules = sched + NUM_SCHEDULE_SLOTS + tl.load(sched + S_NUM_INSTRUCTIONS).to(tl.int64) * INSTRUCTION_WIDTH
+    if RULE == RULE_SCHEDULEFREE:
+        _schedulefree_groups(hyper, rules, num_groups, group_sums, step_count.to(tl.float64), lr_scale, lr_offset,
+                             skip, BLOCK)  # fmt: skip
     for first in range(0, num_tensors, BLOCK):
         t = first + tl.arange(0, BLOCK)
         mask = t < num_tensors
@@ -375,26 +400,53 @@ def _finalize_kernel(
             scale = scale * _agc_scale(
                 tensor_table, num_tensors, hyper, num_groups, grad_sumsq, param_sumsq, t, mask, inv_scale
             )
-        if IS_ADAMW:
+        eps = tl.load(hyper + G_EPS * num_groups + group, mask=mask, other=0.0)
+        decay = 1.0 - lr * weight_decay
+        w1 = 1.0 - beta1
+        w2 = 1.0 - beta2
+        step_size = lr
+        bc2_sqrt = lr * 0.0 + 1.0
+        if RULE == RULE_ADAMW:
             step_ptr = _address(tensor_table, T_STEP, num_tensors, t, tl.float32)
             step = tl.load(step_ptr, mask=mask, other=0.0) + 1.0
             tl.store(step_ptr, step, mask=mask & (skip == 0))
             step64 = step.to(tl.float64)
             step_size = lr / (1.0 - _pow_int(beta1, step64))
             bc2_sqrt = tl.sqrt(1.0 - _pow_int(beta2, step64))
-        else:
-            step_size = lr
-            bc2_sqrt = lr * 0.0 + 1.0
+        elif RULE == RULE_SGD:
+            # The momentum buffer's step (0: never written) sits in the step column; a tensor
+            # without a buffer (momentum 0) has address 0 there.
+            momentum = beta1
+            has_buffer = (tl.load(tensor_table + T_STEP * num_tensors + t, mask=mask, other=0) != 0) & (momentum != 0.0)
+            step_ptr = _address(tensor_table, T_STEP, num_tensors, t, tl.float32)
+            step = tl.load(step_ptr, mask=mask & has_buffer, other=0.0)
+            tl.store(step_ptr, step + 1.0, mask=mask & has_buffer & (skip == 0))
+            first_update = step == 0.0
+            dampening = tl.load(rules + R_DAMPENING * num_groups + group, mask=mask, other=0.0)
+            nesterov = tl.load(rules + R_NESTEROV * num_groups + group, mask=mask, other=0.0)
+            coupled = tl.load(rules + R_COUPLED_WEIGHT_DECAY * num_groups + group, mask=mask, other=0.0) != 0.0
+            beta1 = tl.where(first_update, 0.0, momentum)  # torch's first buffer is a clone of the grad
+            w1 = tl.where(first_update, 1.0, 1.0 - dampening)
+            beta2 = tl.where(nesterov != 0.0, momentum, 0.0)
+            w2 = tl.where(has_buffer, 1.0, 0.0)
+            eps = tl.where(coupled, weight_decay, 0.0)
+            decay = tl.where(coupled, 1.0, decay)
+        elif RULE == RULE_SCHEDULEFREE:
+            ckp1 = tl.load(group_sums + 2 * num_groups + group, mask=mask, other=0.0)
+            step_size = tl.load(group_sums + 3 * num_groups + group, mask=mask, other=0.0)  # warmed-up lr
+            bc2_sqrt = 1.0 - _pow_int(beta2, step_count.to(tl.float64) + 1.0)  # not its square root
+            w1 = step_size * (beta1 * (1.0 - ckp1) - 1.0)
+            beta1 = ckp1
+            decay = weight_decay
         out = coef + t
         tl.store(out + C_GRAD_SCALE * num_tensors, scale, mask=mask)
-        tl.store(out + C_DECAY * num_tensors, (1.0 - lr * weight_decay), mask=mask)
+        tl.store(out + C_DECAY * num_tensors, decay, mask=mask)
         tl.store(out + C_STEP_SIZE * num_tensors, step_size, mask=mask)
         tl.store(out + C_BC2_SQRT * num_tensors, bc2_sqrt, mask=mask)
         tl.store(out + C_BETA1 * num_tensors, beta1, mask=mask)
-        tl.store(out + C_ONE_MINUS_BETA1 * num_tensors, (1.0 - beta1), mask=mask)
+        tl.store(out + C_ONE_MINUS_BETA1 * num_tensors, w1, mask=mask)
         tl.store(out + C_BETA2 * num_tensors, beta2, mask=mask)
-        tl.store(out + C_ONE_MINUS_BETA2 * num_tensors, (1.0 - beta2), mask=mask)
-        eps = tl.load(hyper + G_EPS * num_groups + group, mask=mask, other=0.0)
+        tl.store(out + C_ONE_MINUS_BETA2 * num_tensors, w2, mask=mask)
         tl.store(out + C_EPS * num_tensors, eps, mask=mask)
         # The key of this update's stochastic-rounding stream: hash(hash(hash(seed) ^ position) + k).
         seed = tl.load(hyper + G_SEED * num_groups + group, mask=mask, other=0.0).to(tl.uint32)
@@ -405,6 +457,32 @@ def _finalize_kernel(
             tl.store(out + C_UNSCALE * num_tensors, unscale + lr * 0.0, mask=mask)
             tl.store(out + C_CLIP_VALUE * num_tensors, tl.load(sched + S_CLIP_VALUE) + lr * 0.0, mask=mask)
     tl.store(counter, step_count + 1 - skip.to(tl.int64))
+
+
+@triton.jit
+def _schedulefree_groups(hyper, rules, num_groups, group_sums, k, lr_scale, lr_offset, skip, BLOCK: tl.constexpr):
+    """Schedule-free's per-group bookkeeping of update k, as schedulefree.AdamWScheduleFree does it
+    on the host (reference.schedulefree_scalars): every group's warmed-up lr, lr_max, averaging
+    weight and weight_sum (rows 0, 1 of ``group_sums``, kept unless the step is skipped), ckp1
+    and the lr (rows 2, 3, read by the per-tensor loop after the barrier)."""
+    for first in range(0, num_groups, BLOCK):
+        g = first + tl.arange(0, BLOCK)
+        mask = g < num_groups
+        lr = tl.load(hyper + G_LR * num_groups + g, mask=mask, other=0.0) * lr_scale + lr_offset
+        warmup = tl.load(rules + R_WARMUP_STEPS * num_groups + g, mask=mask, other=0.0)
+        lr = lr * tl.where(k < warmup, (k + 1.0) / warmup, 1.0)
+        lr_max = tl.maximum(lr, tl.load(group_sums + g, mask=mask, other=0.0))
+        r = tl.load(rules + R_R * num_groups + g, mask=mask, other=0.0)
+        power = tl.load(rules + R_WEIGHT_LR_POWER * num_groups + g, mask=mask, other=0.0)
+        weight = _pow(k + 1.0 + lr * 0.0, r) * _pow(lr_max, power)
+        weight_sum = tl.load(group_sums + num_groups + g, mask=mask, other=0.0) + weight
+        ckp1 = tl.where(weight_sum != 0.0, weight / weight_sum, 0.0)
+        keep = mask & (skip == 0)
+        tl.store(group_sums + g, lr_max, mask=keep)
+        tl.store(group_sums + num_groups + g, weight_sum, mask=keep)
+        tl.store(group_sums + 2 * num_groups + g, ckp1, mask=mask)
+        tl.store(group_sums + 3 * num_groups + g, lr, mask=mask)
+    tl.debug_barrier()  # the per-tensor loop reads rows 2 and 3
 
 
 @triton.jit
@@ -474,21 +552,24 @@ def _store(ptr, offs, value, mask, MASKED: tl.constexpr):
 def _update_block(
     param, master, grad, exp_avg, exp_avg_sq, max_sq, offs, mask, index, sr_key,
     grad_scale, decay, step_size, bc2_sqrt, beta1, w1, beta2, w2, eps, unscale, clip_value,
-    COMPUTE: tl.constexpr, IS_FP64: tl.constexpr, IS_ADAMW: tl.constexpr, HAS_MAX: tl.constexpr,
+    COMPUTE: tl.constexpr, IS_FP64: tl.constexpr, RULE: tl.constexpr, HAS_MAX: tl.constexpr,
     MASTER: tl.constexpr, STOCHASTIC: tl.constexpr, MASKED: tl.constexpr, HAS_CLIP_VALUE: tl.constexpr,
 ):  # fmt: skip
-    """One block of the AdamW or LION update (unmasked for the full blocks of a chunk): loads
-    widened to COMPUTE, one rounding per stored value."""
+    """One block of the AdamW, LION, SGD or schedule-free update (unmasked for the full blocks of
+    a chunk): loads widened to COMPUTE, one rounding per stored value."""
     g = _load(grad, offs, mask, COMPUTE, MASKED)
     if HAS_CLIP_VALUE:
         g = _clamp(g * unscale, clip_value)
     g = g * grad_scale
     if MASTER:
-        p = _load(master, offs, mask, COMPUTE, MASKED) * decay
+        p = _load(master, offs, mask, COMPUTE, MASKED)
     else:
-        p = _load(param, offs, mask, COMPUTE, MASKED) * decay
-    m = _load(exp_avg, offs, mask, COMPUTE, MASKED)
-    if IS_ADAMW:
+        p = _load(param, offs, mask, COMPUTE, MASKED)
+    if RULE != RULE_SCHEDULEFREE:
+        p = p * decay
+    if RULE != RULE_SGD:  # SGD loads its momentum buffer only where it has one
+        m = _load(exp_avg, offs, mask, COMPUTE, MASKED)
+    if RULE == RULE_ADAMW:
         v = _load(exp_avg_sq, offs, mask, COMPUTE, MASKED)
         # torch's lerp(m, g, w): two forms, picked by |w| < 0.5, for accuracy at both ends.
         m = tl.where(w1 < 0.5, m + w1 * (g - m), g - (g - m) * (1.0 - w1))
@@ -502,6 +583,28 @@ def _update_block(
             p = p - step_size * (m / (tl.sqrt(v_hat) / bc2_sqrt + eps))
         else:
             p = p - step_size * tl.div_rn(m, tl.div_rn(tl.sqrt_rn(v_hat), bc2_sqrt) + eps)
+        _store(exp_avg_sq, offs, v, mask, MASKED)
+    elif RULE == RULE_SGD:
+        g = g + eps * p  # coupled weight decay (eps holds it; decay is 1 then)
+        direction = g
+        if w2 != 0.0:  # the tensor has a momentum buffer
+            m = _load(exp_avg, offs, mask, COMPUTE, MASKED)
+            m = m * beta1 + w1 * g
+            direction = tl.where(beta2 != 0.0, g + beta2 * m, m)  # nesterov, or the buffer
+            _store(exp_avg, offs, m, mask, MASKED)
+        p = p - step_size * direction
+    elif RULE == RULE_SCHEDULEFREE:
+        # p is y, m is z; eps, bc2_sqrt (the bias correction), beta1 (ckp1), w1 (y's step): see above.
+        v = _load(exp_avg_sq, offs, mask, COMPUTE, MASKED)
+        v = v * beta2 + w2 * g * g
+        if IS_FP64:
+            normalized = g / (tl.sqrt(v / bc2_sqrt) + eps)
+        else:
+            normalized = tl.div_rn(g, tl.sqrt_rn(tl.div_rn(v, bc2_sqrt)) + eps)
+        normalized = normalized + decay * p  # weight decay at y
+        p = tl.where(beta1 < 0.5, p + beta1 * (m - p), m - (m - p) * (1.0 - beta1))  # lerp(y, z, ckp1)
+        p = p + w1 * normalized
+        m = m - step_size * normalized
         _store(exp_avg_sq, offs, v, mask, MASKED)
     else:
         update = m * beta1 + w1 * g
@@ -518,7 +621,8 @@ def _update_block(
             tl.store(param + offs, rounded)
     else:
         _store(param, offs, p, mask, MASKED)
-    _store(exp_avg, offs, m, mask, MASKED)
+    if RULE != RULE_SGD:
+        _store(exp_avg, offs, m, mask, MASKED)
 
 
 @triton.jit
@@ -535,7 +639,7 @@ def _update_kernel(
     STATE_ELEM: tl.constexpr,
     COMPUTE: tl.constexpr,
     IS_FP64: tl.constexpr,
-    IS_ADAMW: tl.constexpr,
+    RULE: tl.constexpr,
     HAS_MAX: tl.constexpr,
     MASTER: tl.constexpr,
     STOCHASTIC: tl.constexpr,
@@ -544,7 +648,7 @@ def _update_kernel(
     BLOCK: tl.constexpr,
     HAS_CLIP_VALUE: tl.constexpr,
 ):
-    """The AdamW (IS_ADAMW) or LION update of one chunk, with the finalize's coefficients.
+    """The update of one chunk by RULE (_plan.RULES), with the finalize's coefficients.
     HAS_MAX: amsgrad's running maximum; MASTER: the update runs on the fp32 master copy and
     writes the param rounded from it; STOCHASTIC: the bfloat16 param is written with stochastic
     rounding. A bucket holds tensors alike in all of these."""
@@ -555,7 +659,7 @@ def _update_kernel(
     master = _address(tensor_table, T_MASTER, num_tensors, t, tl.float32) + start  # MASTER only
     grad = _address(tensor_table, T_GRAD, num_tensors, t, GRAD_ELEM) + start
     exp_avg = _address(tensor_table, T_EXP_AVG, num_tensors, t, STATE_ELEM) + start
-    exp_avg_sq = _address(tensor_table, T_EXP_AVG_SQ, num_tensors, t, STATE_ELEM) + start  # AdamW only
+    exp_avg_sq = _address(tensor_table, T_EXP_AVG_SQ, num_tensors, t, STATE_ELEM) + start  # AdamW, schedule-free
     max_sq = _address(tensor_table, T_MAX_EXP_AVG_SQ, num_tensors, t, STATE_ELEM) + start  # HAS_MAX only
     if ALIGNED:
         # Every address of the bucket is a multiple of 16 bytes (checked by the launcher): with
@@ -587,11 +691,11 @@ def _update_kernel(
         offs = i + tl.arange(0, BLOCK).to(tl.int64)
         _update_block(param, master, grad, exp_avg, exp_avg_sq, max_sq, offs, offs < length, start + offs, sr_key,
                       grad_scale, decay, step_size, bc2_sqrt, beta1, w1, beta2, w2, eps, unscale, clip_value,
-                      COMPUTE, IS_FP64, IS_ADAMW, HAS_MAX, MASTER, STOCHASTIC, False, HAS_CLIP_VALUE)  # fmt: skip
+                      COMPUTE, IS_FP64, RULE, HAS_MAX, MASTER, STOCHASTIC, False, HAS_CLIP_VALUE)  # fmt: skip
     offs = full + tl.arange(0, BLOCK).to(tl.int64)
     _update_block(param, master, grad, exp_avg, exp_avg_sq, max_sq, offs, offs < length, start + offs, sr_key,
                   grad_scale, decay, step_size, bc2_sqrt, beta1, w1, beta2, w2, eps, unscale, clip_value,
-                  COMPUTE, IS_FP64, IS_ADAMW, HAS_MAX, MASTER, STOCHASTIC, True, HAS_CLIP_VALUE)  # fmt: skip
+                  COMPUTE, IS_FP64, RULE, HAS_MAX, MASTER, STOCHASTIC, True, HAS_CLIP_VALUE)  # fmt: skip
 
 
 @triton.jit

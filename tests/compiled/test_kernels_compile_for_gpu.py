@@ -52,25 +52,27 @@ def _variants():
         sig = dict(tensor_table="*i64", num_tensors="i32", partial_grad="*fp64", partial_param="*fp64",
                    grad_sumsq="*fp64", param_sumsq="*fp64")  # fmt: skip
         yield f"tensor_sumsq-agc{with_param}", kernels._tensor_sumsq_kernel, sig, dict(WITH_PARAM=with_param, BLOCK=256)
-    for (norms, clip, agc, clip_value), adamw in itertools.product(
-        [(False, False, False, False), (True, True, False, False), (True, False, True, False),
-         (True, True, True, False), (True, True, True, True), (False, False, False, True)], (True, False)
-    ):  # fmt: skip
+    finalize_flags = [(False, False, False, False), (True, True, False, False), (True, False, True, False),
+                      (True, True, True, False), (True, True, True, True), (False, False, False, True)]  # fmt: skip
+    finalize_variants = [(flags, rule) for flags in finalize_flags for rule in ("adamw", "lion")]
+    finalize_variants += [(flags, rule) for flags in finalize_flags[::4] for rule in ("sgd", "schedulefree")]
+    for (norms, clip, agc, clip_value), rule in finalize_variants:
         sig = dict(tensor_table="*i64", num_tensors="i32", hyper="*fp64", num_groups="i32", grad_sumsq="*fp64",
                    param_sumsq="*fp64", coef="*fp64", counter="*i64", norm_out="*fp32", grad_scale="*fp32",
-                   found_inf="*fp32", status="*fp32", skipped_steps="*i64")  # fmt: skip
+                   found_inf="*fp32", status="*fp32", skipped_steps="*i64", group_sums="*fp64")  # fmt: skip
         amp = norms  # GradScaler's scale, found_inf and skip_nonfinite with the norm variants
-        flags = dict(HAS_NORMS=norms, HAS_CLIP=clip, HAS_AGC=agc, IS_ADAMW=adamw, HAS_GRAD_SCALE=amp,
+        flags = dict(HAS_NORMS=norms, HAS_CLIP=clip, HAS_AGC=agc, RULE=_plan.RULES[rule], HAS_GRAD_SCALE=amp,
                      HAS_FOUND_INF=amp, SKIP_NONFINITE=amp, BLOCK=1024, REGISTERS=64,
                      HAS_CLIP_VALUE=clip_value)  # fmt: skip
-        label = f"finalize-n{norms}c{clip}a{agc}" + ("v" if clip_value else "") + f"-adamw{adamw}"
+        label = f"finalize-n{norms}c{clip}a{agc}" + ("v" if clip_value else "")
+        label += f"-adamw{rule == 'adamw'}" if rule in ("adamw", "lion") else f"-{rule}"
         yield label, kernels._finalize_kernel, sig, flags
     yield "schedule-values", kernels._schedule_values_kernel, dict(sched="*fp64", ks="*i64", out_scale="*fp64",
                                                                    out_offset="*fp64"), dict(REGISTERS=64)  # fmt: skip
-    for elem, name in itertools.product(ELEMS, ("adamw", "lion")):
+    for elem, name in itertools.product(ELEMS, ("adamw", "lion", "sgd", "schedulefree")):
         for aligned, clip_value in ((True, False), (False, False), (True, True)):
             flags = dict(_chunk_constexprs(elem), GRAD_ELEM=ELEMS[elem], STATE_ELEM=ELEMS[elem],
-                         IS_FP64=elem == "fp64", IS_ADAMW=name == "adamw", HAS_MAX=name == "adamw",
+                         IS_FP64=elem == "fp64", RULE=_plan.RULES[name], HAS_MAX=name == "adamw",
                          MASTER=False, STOCHASTIC=False, ALIGNED=aligned, HAS_CLIP_VALUE=clip_value)  # fmt: skip
             suffix = ("" if aligned else "-unaligned") + ("-clip_value" if clip_value else "")
             yield (f"{name}-{elem}{suffix}", kernels._update_kernel,
@@ -83,8 +85,8 @@ def _variants():
         "bf16-states": dict(ELEM=tl.float32, GRAD_ELEM=tl.float32, STATE_ELEM=tl.bfloat16, MASTER=False,
                             STOCHASTIC=False),
     }  # fmt: skip
-    for (label, storage), name in itertools.product(mixed.items(), ("adamw", "lion")):
-        flags = dict(_chunk_constexprs("bf16"), **storage, IS_FP64=False, IS_ADAMW=name == "adamw", HAS_MAX=False,
+    for (label, storage), name in itertools.product(mixed.items(), ("adamw", "lion", "sgd", "schedulefree")):
+        flags = dict(_chunk_constexprs("bf16"), **storage, IS_FP64=False, RULE=_plan.RULES[name], HAS_MAX=False,
                      ALIGNED=True, HAS_CLIP_VALUE=label == "master")  # fmt: skip
         yield f"{name}-{label}", kernels._update_kernel, dict(CHUNKED, coef="*fp64", status="*fp32"), flags
 
@@ -98,13 +100,17 @@ def test_compiles_for_hopper_without_atomics(name, kernel, signature, constexprs
     ptx = compiled.asm["ptx"]
     assert len(compiled.asm["cubin"]) > 0
     assert not re.search(r"\b(atom|red)\.", ptx), f"{name}: atomics make the reduction order vary"
-    if name.startswith(("adamw-fp32", "lion-fp32", "adamw-bf16", "adamw-fp16")):
+    ieee = ("adamw-fp32", "lion-fp32", "adamw-bf16", "adamw-fp16", "sgd-fp32", "sgd-bf16", "schedulefree-fp32",
+            "schedulefree-bf16", "schedulefree-fp16")  # fmt: skip
+    if name.startswith(ieee):
         assert not re.search(r"\b(div\.full|div\.approx|sqrt\.approx|rsqrt\.approx)", ptx), name
-    if name.startswith("adamw-"):
+    if name.startswith(("adamw-", "schedulefree-")):
         assert "sqrt.rn" in ptx and "div.rn" in ptx, name
 
 
-@pytest.mark.parametrize("name", [v[0] for v in VARIANTS if v[0].startswith(("adamw-", "lion-", "grad_sumsq-"))])
+@pytest.mark.parametrize(
+    "name", [v[0] for v in VARIANTS if v[0].startswith(("adamw-", "lion-", "sgd-", "schedulefree-", "grad_sumsq-"))]
+)
 def test_aligned_buckets_move_16_bytes_per_access(name):
     """Full blocks of an aligned bucket load and store 16 bytes at a time (v4.b32 / v2.b64);
     an unaligned bucket (a param viewed at an odd offset) keeps scalar accesses."""
