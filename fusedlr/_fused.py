@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import torch
 
-from . import _plan
+from . import _plan, _quantized, _split_master
 
 SUPPORTED_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
 
@@ -69,6 +69,9 @@ def check_grad(param, grad) -> None:
         )
 
 
+_INTEGER_STATES = (*_quantized.CODE_KEYS, _split_master.RESIDUAL_KEY)  # 8-bit states, checked apart
+
+
 def check_states(pairs, state, *, kernels=False) -> None:
     """Raise before anything is touched if a param's existing state cannot serve it: a
     non-tensor, another device, another shape; for the kernels also another memory layout,
@@ -85,11 +88,13 @@ def check_states(pairs, state, *, kernels=False) -> None:
                     f"fusedlr: state {name!r} is on {value.device}, its parameter on {param.device}; "
                     "load the state dict after moving the model, or move the state with the parameters."
                 )
+            if name in _quantized.SCALE_KEYS:
+                continue  # checked above
             if name == "step":
                 if kernels and (value.numel() != 1 or value.dtype != torch.float32):
                     raise RuntimeError(f"fusedlr: state 'step' must be a one-element float32 tensor; got {value!r}")
                 continue
-            if value.shape != param.shape or not value.is_floating_point():
+            if value.shape != param.shape or not (value.is_floating_point() or name in _INTEGER_STATES):
                 raise RuntimeError(
                     f"fusedlr: state {name!r} is {value.dtype} of shape {tuple(value.shape)}; its parameter is "
                     f"{param.dtype} of shape {tuple(param.shape)}"
@@ -99,6 +104,8 @@ def check_states(pairs, state, *, kernels=False) -> None:
                     f"fusedlr: state {name!r} of a parameter of shape {tuple(param.shape)} has strides "
                     f"{value.stride()}, its parameter {param.stride()}; the fused backends need the same memory layout."
                 )
+        _quantized.check_quantized_states(param, state.get(param, {}))
+        _split_master.check_state(param, state.get(param, {}))
 
 
 def check_inputs(pairs, grads, devices, state) -> None:

@@ -15,7 +15,7 @@ from numbers import Real
 
 import torch
 
-from . import _backends, _compile, _distributed, _fused, _precision, reference
+from . import _backends, _compile, _distributed, _fused, _precision, _quantized, _split_master, reference
 from ._state import StateTable as _StateTable
 from .schedules import Schedule, check_schedule
 
@@ -217,11 +217,13 @@ class _FusedOptimizer(torch.optim.Optimizer):
                 state["step"] = torch.zeros((), dtype=torch.float32, device=param.device)
             for name in self._state_names:
                 state[name] = torch.zeros_like(param, dtype=dtype, memory_format=torch.preserve_format)
+        _quantized.convert_state_(state, param, group, dtype)  # 8-bit moments in, or out
         if group.get("amsgrad") and "max_exp_avg_sq" not in state:
             state["max_exp_avg_sq"] = torch.zeros_like(param, dtype=dtype, memory_format=torch.preserve_format)
         for name in ("exp_avg", "exp_avg_sq", "max_exp_avg_sq"):
             if name in state and state[name].dtype != dtype:
                 state[name] = state[name].to(dtype)
+        _split_master.convert_state_(state, param, group, _precision.has_master(param, group))
         if _precision.has_master(param, group):
             if "master_param" not in state:
                 master = torch.empty_like(param, dtype=torch.float32, memory_format=torch.preserve_format)
@@ -389,6 +391,8 @@ class _FusedOptimizer(torch.optim.Optimizer):
         what torch.distributed.checkpoint asks of a step with zero grads and lr 0 (a real step
         would advance the schedule counter, and an absolute schedule would move the params)."""
         params, grads, counts = self._active()
+        _quantized.check_step(self.backend, self.param_groups, self._sharded)
+        _split_master.check_step(self.backend, self.param_groups, self._sharded)
         pairs, grads, sources = self._local_items(params, grads, counts)
         for (param, group), grad in zip(pairs, grads):
             self._check_param(param, grad, group)
@@ -403,6 +407,8 @@ class _FusedOptimizer(torch.optim.Optimizer):
             return
         device = params[0].device
         backend = _backends.choose(self.backend, device)
+        _quantized.check_step(backend, self.param_groups, self._sharded)
+        _split_master.check_step(backend, self.param_groups, self._sharded)
         if self.norm_group is not None:
             self._check_norm_group()  # groups may have been edited since
         pairs, grads, sources = self._local_items(params, grads, counts)
@@ -471,7 +477,11 @@ class _FusedOptimizer(torch.optim.Optimizer):
             for name, saved in state_dict["state"].get(index, {}).items():
                 if name != "step" and isinstance(saved, torch.Tensor) and saved.dtype != param.dtype:
                     self.state[param][name] = saved.to(device=param.device, copy=True)
+        owners = {param: group for group in self.param_groups for param in group["params"]}
         for param, state in self.state.items():
+            if param in owners and not _distributed.is_dtensor(param):  # 8-bit moments in, or out
+                group = owners[param]
+                _quantized.convert_state_(state, param, group, _precision.state_dtype(param, group))
             if "step" in state:
                 # torch keeps a non-capturable step on the CPU; the kernels read it on the
                 # param's device. Copy, so we never step a tensor the caller still holds.
@@ -519,9 +529,9 @@ class AdamW(_FusedOptimizer):
         agc_clip_factor: float | None = None,
         agc_eps: float = 1e-3,
         skip_nonfinite: bool = False,
-        master_weights: bool = False,
+        master_weights: bool | str = False,
         stochastic_rounding: bool = False,
-        state_dtype: torch.dtype | None = None,
+        state_dtype: torch.dtype | str | None = None,
         seed: int = 0,
         grad_attribute: str = "grad",
         norm_group=None,
@@ -536,7 +546,7 @@ class AdamW(_FusedOptimizer):
             maximize=bool(maximize),
             agc_clip_factor=agc_clip_factor,
             agc_eps=agc_eps,
-            master_weights=bool(master_weights),
+            master_weights=_precision.master_option(master_weights),
             stochastic_rounding=bool(stochastic_rounding),
             state_dtype=state_dtype,
             seed=seed,
@@ -578,9 +588,9 @@ class Lion(_FusedOptimizer):
         agc_clip_factor: float | None = None,
         agc_eps: float = 1e-3,
         skip_nonfinite: bool = False,
-        master_weights: bool = False,
+        master_weights: bool | str = False,
         stochastic_rounding: bool = False,
-        state_dtype: torch.dtype | None = None,
+        state_dtype: torch.dtype | str | None = None,
         seed: int = 0,
         grad_attribute: str = "grad",
         norm_group=None,
@@ -593,7 +603,7 @@ class Lion(_FusedOptimizer):
             maximize=bool(maximize),
             agc_clip_factor=agc_clip_factor,
             agc_eps=agc_eps,
-            master_weights=bool(master_weights),
+            master_weights=_precision.master_option(master_weights),
             stochastic_rounding=bool(stochastic_rounding),
             state_dtype=state_dtype,
             seed=seed,
