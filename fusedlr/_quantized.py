@@ -207,8 +207,8 @@ def check_quantized_states(param: torch.Tensor, state: dict) -> None:
                 f"fusedlr: state {codes!r} must be a dense {code_dtype} tensor of the parameter's shape "
                 f"{tuple(param.shape)}; got {value.dtype} of shape {tuple(value.shape)}"
             )
-        if scale.dtype != torch.float32 or scale.shape != (num_blocks(param.numel()),):
+        if scale.dtype != torch.float32 or scale.shape != (num_blocks(param.numel()),) or not scale.is_contiguous():
             raise RuntimeError(
-                f"fusedlr: state {scales!r} must be float32 of shape ({num_blocks(param.numel())},) (one scale per "
-                f"{QUANT_BLOCK} elements); got {scale.dtype} of shape {tuple(scale.shape)}"
+                f"fusedlr: state {scales!r} must be contiguous float32 of shape ({num_blocks(param.numel())},) "
+                f"(one scale per {QUANT_BLOCK} elements); got {scale.dtype} of shape {tuple(scale.shape)}"
             )

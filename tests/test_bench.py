@@ -60,7 +60,8 @@ def test_readme_table_and_plot_come_from_the_rows(tmp_path):
 
 def test_bf16_rows_check_each_variant_against_an_fp32_run():
     """bf16: torch's fused AdamW on bf16 params, then fusedlr's master, master + bf16 states,
-    stochastic-rounding, master + 8-bit states and split master + 8-bit states variants, each checked for drift from an fp32 run (a lost update fails)."""
+    stochastic-rounding, master + 8-bit states and split master + 8-bit states variants, each
+    checked for drift from an fp32 run (a lost update fails)."""
     rows = bench.run(bench.parse_args(["--quick", "--dtype", "bfloat16", "--case", "gpt2_cpu", "--case",
                                        "many_small_cpu", "--no-record"]))  # fmt: skip
     assert [r["contender"] for r in rows] == [

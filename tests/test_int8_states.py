@@ -4,6 +4,7 @@ against their fp32 references, state dicts and conversions, and the refusals.
 """
 
 import io
+import os
 
 import pytest
 import torch
@@ -323,3 +324,38 @@ def test_corrupt_quantised_state_fails_before_any_change(backend):
     assert all(torch.equal(p.detach(), b) for p, b in zip(params, before))
     for p, saved in zip(params, states):
         assert all(torch.equal(opt.state[p][k], v) for k, v in saved.items())
+
+
+_DTENSOR_SCRIPT = """
+import torch, torch.distributed as dist
+from torch.distributed.device_mesh import init_device_mesh
+from torch.distributed.tensor import Shard, distribute_tensor
+import fusedlr
+dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
+mesh = init_device_mesh("cpu", (1,))
+for options in (dict(state_dtype="int8"), dict(master_weights="split")):
+    dtype = torch.bfloat16 if "master_weights" in options else torch.float32
+    p = torch.nn.Parameter(distribute_tensor(torch.randn(64, 80, dtype=dtype), mesh, [Shard(0)]))
+    p.grad = distribute_tensor(torch.randn(64, 80, dtype=dtype), mesh, [Shard(0)])
+    before = p.detach().full_tensor().clone()
+    opt = fusedlr.AdamW([p], backend="torch", **options)
+    try:
+        opt.step()
+    except RuntimeError as error:
+        assert "DTensor" in str(error), error
+        assert torch.equal(p.detach().full_tensor(), before) and not opt.state
+    else:
+        raise AssertionError("no error")
+print("refused")
+"""
+
+
+def test_dtensor_params_are_refused_before_any_change():
+    """FSDP2's DTensor params: 8-bit moments and split masters refuse them (README, "Byte
+    model"), before anything is modified. One process, a world of one, in a subprocess."""
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-c", _DTENSOR_SCRIPT], capture_output=True, text=True, timeout=120,
+                         cwd=os.path.join(os.path.dirname(__file__), ".."))  # fmt: skip
+    assert out.returncode == 0 and "refused" in out.stdout, out.stderr[-2000:]

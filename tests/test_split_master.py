@@ -81,6 +81,20 @@ def test_split_master_follows_torch_adamw_on_fp32_copies(backend):
         assert (p.detach() != m.to(torch.bfloat16)).float().mean() < 0.01
 
 
+def test_lion_with_split_master_follows_lion_pytorch_on_fp32_copies(backend):
+    from lion_pytorch import Lion as ReferenceLion
+
+    params = _bf16_params()
+    grads = [[g.to(torch.bfloat16) for g in step] for step in make_grads(params, 10)]
+    masters = [p.detach().float().requires_grad_() for p in params]
+    run_steps(ReferenceLion(masters, lr=1e-3, weight_decay=0.1), masters, [[g.float() for g in s] for s in grads])
+    opt = fusedlr.Lion(params, lr=1e-3, weight_decay=0.1, master_weights="split", backend=backend)
+    run_steps(opt, params, grads)
+    for p, m in zip(params, masters):
+        weight = _split_master.reconstruct(p.detach(), opt.state[p]["master_residual"])
+        torch.testing.assert_close(weight, m.detach(), rtol=10 * 2**-15, atol=1e-6)
+
+
 def test_updates_below_half_a_bf16_step_accumulate(backend):
     """With lr far below a bf16 step, the param only moves through the residual: it moves as the
     fp32-master run does, where plain bf16 rounding to nearest stalls."""
