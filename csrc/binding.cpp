@@ -24,6 +24,8 @@ std::map<std::string, int> layout() {
       {"tensor.exp_avg_sq", kExpAvgSq}, {"tensor.max_exp_avg_sq", kMaxExpAvgSq}, {"tensor.step", kStep},
       {"tensor.numel", kNumel}, {"tensor.group", kGroup}, {"tensor.chunk_begin", kChunkBegin},
       {"tensor.num_chunks", kNumChunks}, {"tensor.master", kMaster}, {"tensor.position", kPosition},
+      {"tensor.exp_avg_scales", kExpAvgScales}, {"tensor.exp_avg_sq_scales", kExpAvgSqScales},
+      {"tensor.master_residual", kMasterResidual},
       {"tensor.columns", kTensorColumns},
       {"group.lr", kLr}, {"group.weight_decay", kWeightDecay}, {"group.beta1", kBeta1}, {"group.beta2", kBeta2},
       {"group.eps", kEps}, {"group.agc_clip_factor", kAgcClipFactor}, {"group.agc_eps", kAgcEps},

@@ -9,6 +9,8 @@ namespace fusedlr {
 enum TensorColumn : int {
   kParam = 0, kGrad, kExpAvg, kExpAvgSq, kMaxExpAvgSq, kStep, kNumel, kGroup, kChunkBegin, kNumChunks,
   kMaster, kPosition,  // read by the Triton kernels only (the CUDA backend refuses those options)
+  kExpAvgScales, kExpAvgSqScales,  // 8-bit moments: Triton kernels only (the CUDA backend refuses them)
+  kMasterResidual,  // split master weights: Triton kernels only (the CUDA backend refuses them)
   kTensorColumns
 };
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import torch
 
-from . import _fused, _state_dict, _torch_migration
+from . import _distributed, _fused, _precision, _quantized, _state_dict, _torch_migration
 
 
 class StateDictMethods:
@@ -59,7 +59,11 @@ class StateDictMethods:
             for name, saved in state_dict["state"].get(index, {}).items():
                 if name != "step" and isinstance(saved, torch.Tensor) and saved.dtype != param.dtype:
                     self.state[param][name] = saved.to(device=param.device, copy=True)
+        owners = {param: group for group in self.param_groups for param in group["params"]}
         for param, state in self.state.items():
+            if param in owners and not _distributed.is_dtensor(param):  # 8-bit moments in, or out
+                group = owners[param]
+                _quantized.convert_state_(state, param, group, _precision.state_dtype(param, group))
             if "step" in state:
                 # torch keeps a non-capturable step on the CPU; the kernels read it on the
                 # param's device.

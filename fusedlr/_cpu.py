@@ -12,8 +12,8 @@ rewritten here.
 Where a feature cannot be fused, the step falls back to the reference, documented per case:
 
 * the whole step, when the params are not all float32 or all float64 (bf16/fp16 params,
-  fp32 master weights, stochastic rounding, bf16 moments of fp32 params), or not all on the
-  CPU: ``reference.step_`` as is;
+  fp32 master weights, stochastic rounding, bf16 or 8-bit moments, a split master), or not all
+  on the CPU: ``reference.step_`` as is;
 * the whole step, with ``clip_value``, a distributed norm (DTensor params or ``norm_group``:
   ``reduction``), or AGC set only in groups without grads this step;
 * one tensor's AdamW update, when its param, grad and states do not share one dense memory
@@ -31,7 +31,7 @@ import functools
 
 import torch
 
-from . import _fused, reference
+from . import _fused, _quantized, _split_master, reference
 
 _FUSED_DTYPES = (torch.float32, torch.float64)
 _MOMENTS = ("exp_avg", "exp_avg_sq", "max_exp_avg_sq")
@@ -93,6 +93,9 @@ class CpuPlan:
         self.agc_params = [params[i] for start, stop, _, _ in self.agc_ranges for i in range(start, stop)]
 
 
+_LEAN_STATES = (*_quantized.CODE_KEYS, _split_master.RESIDUAL_KEY)
+
+
 def _fusable_step(items) -> bool:
     """Whether every tensor of the step can take the multi-tensor path: all params on the CPU,
     of one dtype (float32 or float64), with states of that dtype and no master copy."""
@@ -102,6 +105,8 @@ def _fusable_step(items) -> bool:
     dtype = next(iter(dtypes))
     for param, _, state in items:
         if param.device.type != "cpu" or "master_param" in state:
+            return False
+        if any(name in state for name in _LEAN_STATES):  # 8-bit moments, a split master: the reference
             return False
         if any(state[n].dtype != dtype for n in _MOMENTS if n in state):
             return False

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import torch
 
-from . import _plan
+from . import _plan, _quantized, _split_master
 
 SUPPORTED_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
 
@@ -69,6 +69,9 @@ def check_grad(param, grad) -> None:
         )
 
 
+_INTEGER_STATES = (*_quantized.CODE_KEYS, _split_master.RESIDUAL_KEY)  # 8-bit states, checked apart
+
+
 def check_states(pairs, state, *, kernels=False, required=()) -> None:
     """Raise before anything is touched if a param's existing state cannot serve it: a state
     without one of the ``required`` entries (one loaded from another optimizer: torch raises
@@ -78,7 +81,10 @@ def check_states(pairs, state, *, kernels=False, required=()) -> None:
     ``_init_state``, after every check.)"""
     for param, _ in pairs:
         param_state = state.get(param, {})
-        missing = [name for name in required if name not in param_state] if param_state else []
+        held = set(param_state) | {
+            moment for moment, (codes, _, _) in _quantized.QUANTIZED_KEYS.items() if codes in param_state
+        }
+        missing = [name for name in required if name not in held] if param_state else []
         if missing:
             raise KeyError(
                 f"fusedlr: the state of a parameter of shape {tuple(param.shape)} lacks "
@@ -95,13 +101,15 @@ def check_states(pairs, state, *, kernels=False, required=()) -> None:
                     f"fusedlr: state {name!r} is on {value.device}, its parameter on {param.device}; "
                     "load the state dict after moving the model, or move the state with the parameters."
                 )
+            if name in _quantized.SCALE_KEYS:
+                continue  # checked above
             if name == "step":
                 if value.numel() != 1 or value.is_complex() or value.dtype == torch.bool:
                     raise RuntimeError(f"fusedlr: state 'step' must be a one-element real tensor; got {value!r}")
                 if kernels and value.dtype != torch.float32:
                     raise RuntimeError(f"fusedlr: state 'step' must be a one-element float32 tensor; got {value!r}")
                 continue
-            if value.shape != param.shape or not value.is_floating_point():
+            if value.shape != param.shape or not (value.is_floating_point() or name in _INTEGER_STATES):
                 raise RuntimeError(
                     f"fusedlr: state {name!r} is {value.dtype} of shape {tuple(value.shape)}; its parameter is "
                     f"{param.dtype} of shape {tuple(param.shape)}"
@@ -111,6 +119,8 @@ def check_states(pairs, state, *, kernels=False, required=()) -> None:
                     f"fusedlr: state {name!r} of a parameter of shape {tuple(param.shape)} has strides "
                     f"{value.stride()}, its parameter {param.stride()}; the fused backends need the same memory layout."
                 )
+        _quantized.check_quantized_states(param, state.get(param, {}))
+        _split_master.check_state(param, state.get(param, {}))
 
 
 def check_inputs(pairs, grads, devices, state, *, required=()) -> None:

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from . import _precision
+from . import _precision, _quantized, _split_master
 from . import schedules as _schedules
 
 _CONSTANT_PROGRAM = _schedules.Constant().program
@@ -32,6 +32,10 @@ TENSOR_COLUMNS = (
     "param", "grad", "exp_avg", "exp_avg_sq", "max_exp_avg_sq", "step",
     "numel", "group", "chunk_begin", "num_chunks",
     "master", "position",  # the fp32 master copy (0: none); the param's index among all params
+    # 8-bit moments (fusedlr/_quantized.py): the float32 block scales; exp_avg / exp_avg_sq then
+    # hold the addresses of the int8 / uint8 codes.
+    "exp_avg_scales", "exp_avg_sq_scales",
+    "master_residual",  # split master weights (fusedlr/_split_master.py): the int8 residuals
 )  # fmt: skip
 GROUP_COLUMNS = ("lr", "weight_decay", "beta1", "beta2", "eps", "agc_clip_factor", "agc_eps", "grad_sign", "seed")
 # Then the schedule program (fusedlr/schedules/program.py), INSTRUCTION_WIDTH floats per instruction.
@@ -85,6 +89,8 @@ class Bucket:
     master: bool = False
     stochastic: bool = False
     has_max: bool = False  # amsgrad
+    quantized: bool = False  # 8-bit moments (state_dtype="int8")
+    split_master: bool = False  # bf16 param + int8 residual (master_weights="split")
     # Every param, grad and state address of the bucket is a multiple of 16 bytes: the kernels
     # may then move 16 bytes per load and store (chunk starts keep that alignment).
     aligned: bool = True
@@ -95,7 +101,16 @@ class Bucket:
 
     @property
     def storage(self) -> tuple:
-        return self.dtype, self.grad_dtype, self.state_dtype, self.master, self.stochastic, self.has_max
+        return (
+            self.dtype,
+            self.grad_dtype,
+            self.state_dtype,
+            self.master,
+            self.stochastic,
+            self.has_max,
+            self.quantized,
+            self.split_master,
+        )
 
 
 @dataclass
@@ -136,7 +151,19 @@ def storage(param, grad, group) -> tuple:
         _precision.has_master(param, group),
         _precision.rounds_stochastically(param, group),
         bool(group.get("amsgrad")),
+        _quantized.quantizes(param, group),
+        _precision.has_split_master(param, group),
     )
+
+
+_SCALE_KEYS = tuple(scales for _, scales, _ in _quantized.QUANTIZED_KEYS.values())
+
+
+def _state_address(state: dict, name: str) -> int:
+    """Address of state ``name``, or of its 8-bit codes when the moment is quantised; 0 if none."""
+    if name not in state and name in _quantized.QUANTIZED_KEYS:
+        name = _quantized.QUANTIZED_KEYS[name][0]
+    return state[name].data_ptr() if name in state else 0
 
 
 def build_plan(items, grads, groups, key, positions) -> Plan:
@@ -154,15 +181,16 @@ def build_plan(items, grads, groups, key, positions) -> Plan:
         if not buckets or buckets[-1].storage != kinds[i]:
             buckets.append(Bucket(param.dtype, len(chunk_tensor), len(chunk_tensor), *kinds[i][1:]))
         addresses = [param.data_ptr(), grads[i].data_ptr()]
-        for names in STATE_COLUMNS.values():
-            held = [state[name] for name in names if name in state]
-            addresses.append(held[0].data_ptr() if held else 0)
+        for column, names in STATE_COLUMNS.items():
+            held = [name for name in names if name in state]
+            addresses.append(_state_address(state, held[0] if held else column))
         master = state["master_param"].data_ptr() if "master_param" in state else 0
         if numel and any(address % 16 for address in addresses + [master]):
             buckets[-1].aligned = False
         step = state["step"].data_ptr() if "step" in state else 0
         rows.append(addresses + [step, numel, group_index[id(group)], len(chunk_tensor), num_chunks,
-                                 master, positions[i]])  # fmt: skip
+                                 master, positions[i]] + [_state_address(state, name) for name in _SCALE_KEYS]
+                    + [_state_address(state, _split_master.RESIDUAL_KEY)])  # fmt: skip
         for c in range(num_chunks):
             chunk_tensor.append(t)
             chunk_start.append(c * CHUNK_SIZE)

@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import torch
 
+from . import _quantized, _split_master
+
 LOW_PRECISION = (torch.bfloat16, torch.float16)
-STATE_DTYPES = (None, torch.float32, torch.bfloat16)
+STATE_DTYPES = (None, torch.float32, torch.bfloat16, _quantized.INT8)
 MASK32 = 0xFFFFFFFF
 # lowbias32 (C. Wellons, "Prospecting for hash functions"): a well-mixed 32-bit permutation.
 HASH_MUL1 = 0x7FEB352D
@@ -23,7 +25,12 @@ HASH_MUL2 = 0x846CA68B
 def check_group_options(group: dict) -> None:
     """ValueErrors for the precision options of a param group, as the constructor raises them."""
     if group["state_dtype"] not in STATE_DTYPES:
-        raise ValueError(f"Invalid state_dtype: {group['state_dtype']} (choose None, torch.float32 or torch.bfloat16)")
+        raise ValueError(
+            f"Invalid state_dtype: {group['state_dtype']} (choose None, torch.float32, torch.bfloat16 or 'int8')"
+        )
+    _quantized.check_group(group)
+    if group["master_weights"] not in (False, True, _split_master.SPLIT):
+        raise ValueError(f"Invalid master_weights: {group['master_weights']!r} (choose False, True or 'split')")
     if group["master_weights"] and group["stochastic_rounding"]:
         raise ValueError(
             "master_weights and stochastic_rounding exclude each other: with an fp32 master copy the "
@@ -34,8 +41,19 @@ def check_group_options(group: dict) -> None:
         raise ValueError(f"Invalid seed: {seed!r} (an int in [0, 2**32))")
 
 
+def master_option(value):
+    """The constructor's ``master_weights`` as stored in a group: a bool, or ``"split"``."""
+    return value if isinstance(value, str) else bool(value)
+
+
 def has_master(param: torch.Tensor, group: dict) -> bool:
-    return bool(group["master_weights"]) and param.dtype in LOW_PRECISION
+    """An fp32 master copy (``master_weights=True``) beside a bf16/fp16 param."""
+    return group["master_weights"] is True and param.dtype in LOW_PRECISION
+
+
+def has_split_master(param: torch.Tensor, group: dict) -> bool:
+    """A bf16 param plus an int8 residual (``master_weights="split"``, fusedlr/_split_master.py)."""
+    return _split_master.uses_split(param, group)
 
 
 def rounds_stochastically(param: torch.Tensor, group: dict) -> bool:
@@ -44,18 +62,24 @@ def rounds_stochastically(param: torch.Tensor, group: dict) -> bool:
 
 def state_dtype(param: torch.Tensor, group: dict) -> torch.dtype:
     """Storage dtype of exp_avg / exp_avg_sq / max_exp_avg_sq: ``state_dtype`` when set, else
-    float32 beside an fp32 master copy, else the param's own dtype (as torch.optim)."""
+    float32 beside an fp32 master copy, else the param's own dtype (as torch.optim). With
+    ``"int8"``: float32, the dtype the moments are computed in (and stored in, for tensors too
+    small to quantise; fusedlr/_quantized.py)."""
     if param.dtype == torch.float64:
         return torch.float64
+    if group["state_dtype"] == _quantized.INT8:
+        return torch.float32
     if group["state_dtype"] is not None:
         return group["state_dtype"]
-    return torch.float32 if has_master(param, group) else param.dtype
+    return torch.float32 if has_master(param, group) or has_split_master(param, group) else param.dtype
 
 
 def check_param_options(param: torch.Tensor, grad: torch.Tensor, group: dict, name: str) -> None:
     """RuntimeErrors, before anything is modified, for a param the options cannot serve."""
     if rounds_stochastically(param, group) and param.dtype != torch.bfloat16:
         raise RuntimeError(f"{name}: stochastic_rounding supports bfloat16 parameters; got {param.dtype}")
+    if group["master_weights"] == _split_master.SPLIT and param.dtype == torch.float16:
+        raise RuntimeError(f"{name}: master_weights='split' supports bfloat16 parameters; got {param.dtype}")
     if param.dtype == torch.float64 and group["state_dtype"] not in (None, torch.float64):
         raise RuntimeError(f"{name}: state_dtype does not apply to float64 parameters (their state is float64)")
     if grad.dtype != param.dtype and not (grad.dtype == torch.float32 and param.dtype in LOW_PRECISION):

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import sys
 
-from . import _distributed, _fused
+from . import _distributed, _fused, _quantized, _split_master
 
 
 def _called_to_make_states() -> bool:
@@ -90,6 +90,8 @@ class ShardedSteps:
         what torch.distributed.checkpoint asks of a step with zero grads and lr 0 (a real step
         would advance the schedule counter, and an absolute schedule would move the params)."""
         params, grads, counts = self._active()
+        _quantized.check_step(self.backend, self.param_groups, self._sharded)
+        _split_master.check_step(self.backend, self.param_groups, self._sharded)
         pairs, grads, sources = self._local_items(params, grads, counts)
         for (param, group), grad in zip(pairs, grads):
             self._check_param(param, grad, group)

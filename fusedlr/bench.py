@@ -113,6 +113,9 @@ BF16_VARIANTS = {
     "master": (dict(master_weights=True), {"adamw": 30, "lion": 22}),
     "master+bf16-states": (dict(master_weights=True, state_dtype=torch.bfloat16), {"adamw": 22, "lion": 18}),
     "stochastic": (dict(stochastic_rounding=True), {"adamw": 16, "lion": 12}),
+    # 8-bit moments (+ 4/256 byte of scales per moment each way, left out of these integers).
+    "master+int8-states": (dict(master_weights=True, state_dtype="int8"), {"adamw": 18, "lion": 16}),
+    "split+int8-states": (dict(master_weights="split", state_dtype="int8"), {"adamw": 14, "lion": 12}),
 }
 
 

@@ -21,6 +21,8 @@ from . import (
     _distributed,
     _fused,
     _precision,
+    _quantized,
+    _split_master,
     reference,
 )
 from ._checkpoint import StateDictMethods
@@ -100,7 +102,7 @@ class _FusedOptimizer(ShardedSteps, CachedChecks, StateDictMethods, torch.optim.
         # Params that are the same on every rank of norm_group: counted once in the norm.
         defaults.setdefault("replicated", False)
         self._check_group_hypers(defaults)
-        _precision.check_group_options(defaults)
+        self._check_group_options(defaults)
         check_schedule(schedule)
         if not isinstance(grad_attribute, str) or not grad_attribute.isidentifier():
             raise ValueError(f"Invalid grad_attribute: {grad_attribute!r}")
@@ -144,7 +146,7 @@ class _FusedOptimizer(ShardedSteps, CachedChecks, StateDictMethods, torch.optim.
         super().add_param_group(param_group)
         try:
             self._check_group_hypers(self.param_groups[-1])
-            _precision.check_group_options(self.param_groups[-1])
+            self._check_group_options(self.param_groups[-1])
         except Exception:
             self.param_groups.pop()  # a refused group must not stay (nor block a corrected retry)
             raise
@@ -226,7 +228,19 @@ class _FusedOptimizer(ShardedSteps, CachedChecks, StateDictMethods, torch.optim.
         ``param_groups`` by hand, or a state dict was loaded)."""
         for group in self.param_groups:
             self._check_group_hypers(group)
-            _precision.check_group_options(group)
+            self._check_group_options(group)
+
+    def _check_group_options(self, group: dict) -> None:
+        """The bf16/fp16 and lean-state options of a group; 8-bit moments and split master weights
+        are AdamW's and LION's (the kernels decode them in those rules only)."""
+        _precision.check_group_options(group)
+        if self._kind not in ("adamw", "lion") and (
+            group.get("state_dtype") == "int8" or group.get("master_weights") == "split"
+        ):
+            raise ValueError(
+                f"{type(self).__name__} does not support state_dtype='int8' or master_weights='split' "
+                "(AdamW and Lion do)"
+            )
 
     def _agc_configured(self) -> bool:
         """AGC is set in some group: ``last_grad_norm`` is then reported on every step, also
@@ -244,11 +258,13 @@ class _FusedOptimizer(ShardedSteps, CachedChecks, StateDictMethods, torch.optim.
                 state["step"] = torch.zeros((), dtype=torch.float32, device=param.device)
             for name in self._state_names:
                 state[name] = torch.zeros_like(param, dtype=dtype, memory_format=torch.preserve_format)
+        _quantized.convert_state_(state, param, group, dtype)  # 8-bit moments in, or out
         if group.get("amsgrad") and "max_exp_avg_sq" not in state:
             state["max_exp_avg_sq"] = torch.zeros_like(param, dtype=dtype, memory_format=torch.preserve_format)
         for name in ("exp_avg", "exp_avg_sq", "max_exp_avg_sq"):
             if name in state and state[name].dtype != dtype:
                 state[name] = state[name].to(dtype)
+        _split_master.convert_state_(state, param, group, _precision.has_master(param, group))
         if _precision.has_master(param, group):
             if "master_param" not in state:
                 master = torch.empty_like(param, dtype=torch.float32, memory_format=torch.preserve_format)
@@ -332,6 +348,8 @@ class _FusedOptimizer(ShardedSteps, CachedChecks, StateDictMethods, torch.optim.
             return
         device = params[0].device
         backend = _backends.choose(self.backend, device)
+        _quantized.check_step(backend, self.param_groups, self._sharded)
+        _split_master.check_step(backend, self.param_groups, self._sharded)
         if self.norm_group is not None:
             self._check_norm_group()  # groups may have been edited since
         if backend not in self._kind_backends and (self.backend == "auto" or backend == "cpu"):
@@ -419,9 +437,9 @@ class AdamW(_FusedOptimizer):
         agc_clip_factor: float | None = None,
         agc_eps: float = 1e-3,
         skip_nonfinite: bool = False,
-        master_weights: bool = False,
+        master_weights: bool | str = False,
         stochastic_rounding: bool = False,
-        state_dtype: torch.dtype | None = None,
+        state_dtype: torch.dtype | str | None = None,
         seed: int = 0,
         grad_attribute: str = "grad",
         norm_group=None,
@@ -436,7 +454,7 @@ class AdamW(_FusedOptimizer):
             maximize=bool(maximize),
             agc_clip_factor=agc_clip_factor,
             agc_eps=agc_eps,
-            master_weights=bool(master_weights),
+            master_weights=_precision.master_option(master_weights),
             stochastic_rounding=bool(stochastic_rounding),
             state_dtype=state_dtype,
             seed=seed,
@@ -479,9 +497,9 @@ class Lion(_FusedOptimizer):
         agc_clip_factor: float | None = None,
         agc_eps: float = 1e-3,
         skip_nonfinite: bool = False,
-        master_weights: bool = False,
+        master_weights: bool | str = False,
         stochastic_rounding: bool = False,
-        state_dtype: torch.dtype | None = None,
+        state_dtype: torch.dtype | str | None = None,
         seed: int = 0,
         grad_attribute: str = "grad",
         norm_group=None,
@@ -494,7 +512,7 @@ class Lion(_FusedOptimizer):
             maximize=bool(maximize),
             agc_clip_factor=agc_clip_factor,
             agc_eps=agc_eps,
-            master_weights=bool(master_weights),
+            master_weights=_precision.master_option(master_weights),
             stochastic_rounding=bool(stochastic_rounding),
             state_dtype=state_dtype,
             seed=seed,

@@ -13,7 +13,7 @@ import math
 
 import torch
 
-from . import _precision
+from . import _precision, _quantized, _split_master
 
 _LOW = _precision.LOW_PRECISION
 # The same constant torch.nn.utils.clip_grad_norm_ and the AGC rule add to a norm.
@@ -211,6 +211,8 @@ def _in_fp32(param, grad, state) -> bool:
     """Whether this tensor's step runs on float32 copies and rounds once, as the kernels do:
     any low-precision param, grad or state, or an fp32 master copy."""
     tensors = [param, grad] + [state[k] for k in _STATE_KEYS if k in state]
+    if _quantized.is_quantized(state):  # 8-bit moments: decoded, updated, encoded again
+        return True
     return "master_param" in state or any(t.dtype in _precision.LOW_PRECISION for t in tensors)
 
 
@@ -219,17 +221,25 @@ def update_in_fp32_(kind, param, grad, state, group, lr, key=None) -> None:
     then each stored value rounded once: states and the param to nearest-even, or the param
     stochastically when ``key`` (the random stream's key) is given."""
     master = state.get("master_param")
-    p32 = master.clone() if master is not None else param.float()
+    residual = state.get(_split_master.RESIDUAL_KEY)
+    if residual is not None:  # split master weights: the bf16 param and its residual
+        p32 = _split_master.reconstruct(param, residual)
+    else:
+        p32 = master.clone() if master is not None else param.float()
     work = {k: v.float() for k, v in state.items() if k in _STATE_KEYS}
+    work.update(_quantized.decoded_moments(state))
     if "step" in state:
         work["step"] = state["step"]
     _UPDATES[kind](p32, grad, work, group, lr)
     for k in _STATE_KEYS:
         if k in state:
             state[k].copy_(work[k])
+    _quantized.store_moments_(state, {k: work[k] for k in _quantized.QUANTIZED_KEYS if k in work and k not in state})
     if master is not None:
         master.copy_(p32)
-    if key is not None:
+    if residual is not None:
+        _split_master.store_(param, residual, p32)
+    elif key is not None:
         param.copy_(_precision.round_stochastically(p32, key))
     else:
         param.copy_(p32)

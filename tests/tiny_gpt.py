@@ -57,9 +57,21 @@ def _schedule(steps):
 
 def fp32_master_reference(model, steps):
     """What users write by hand: torch AdamW on fp32 copies, bf16 grads cast up, clip, copy back."""
+    return fp32_master_loop(lambda masters: torch.optim.AdamW(masters, lr=3e-3, weight_decay=0.1, foreach=False))(
+        model, steps
+    )
+
+
+def fp32_master_loop(make_optimizer):
+    """The hand-written fp32-master loop around any torch.optim-style optimizer (bitsandbytes'
+    and torchao's 8-bit AdamW, for the quality comparison)."""
+    return lambda model, steps: _master_loop(model, steps, make_optimizer)
+
+
+def _master_loop(model, steps, make_optimizer):
     params = list(model.parameters())
     masters = [p.detach().float().requires_grad_() for p in params]
-    opt = torch.optim.AdamW(masters, lr=3e-3, weight_decay=0.1, foreach=False)
+    opt = make_optimizer(masters)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, _schedule(steps))
 
     def step():

@@ -8,7 +8,7 @@ from __future__ import annotations
 import torch
 import triton.language as tl
 
-from .. import _backends, _fused, _plan
+from .. import _backends, _fused, _plan, _quantized
 from . import kernels
 
 TRITON_DTYPES = {
@@ -75,8 +75,19 @@ def step_(opt, items, grads, host_multiplier, key, active_groups):
             IS_FP64=bucket.dtype == torch.float64, RULE=rule, HAS_MAX=bucket.has_max, MASTER=bucket.master,
             STOCHASTIC=bucket.stochastic, ALIGNED=bucket.aligned,
             CHUNK=_plan.CHUNK_SIZE, BLOCK=BLOCK, HAS_CLIP_VALUE=flags.has_clip_value,
+            QUANTIZED=bucket.quantized, QBLOCK=_quantization_block(bucket), SPLIT_MASTER=bucket.split_master,
         )  # fmt: skip
     return norm
+
+
+def _quantization_block(bucket) -> int:
+    """Elements per quantisation block; blocks must tile the chunks and the vectors exactly."""
+    if bucket.quantized and (_plan.CHUNK_SIZE % _quantized.QUANT_BLOCK or BLOCK % _quantized.QUANT_BLOCK):
+        raise RuntimeError(
+            f"fusedlr: CHUNK_SIZE ({_plan.CHUNK_SIZE}) and BLOCK ({BLOCK}) must be multiples of the 8-bit "
+            f"quantisation block ({_quantized.QUANT_BLOCK})"
+        )
+    return _quantized.QUANT_BLOCK
 
 
 def _compute_dtype(dtype: torch.dtype):

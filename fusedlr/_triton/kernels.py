@@ -30,7 +30,7 @@ finalize runs in float64, like torch's host-side Python floats; element maths ru
 import triton
 import triton.language as tl
 
-from .. import _plan, _precision
+from .. import _plan, _precision, _quantized
 from ..schedules import program
 
 # Column and slot indices of the tables in fusedlr/_plan.py, as compile-time constants.
@@ -46,6 +46,9 @@ T_CHUNK_BEGIN = tl.constexpr(_plan.TENSOR_COLUMNS.index("chunk_begin"))
 T_NUM_CHUNKS = tl.constexpr(_plan.TENSOR_COLUMNS.index("num_chunks"))
 T_MASTER = tl.constexpr(_plan.TENSOR_COLUMNS.index("master"))
 T_POSITION = tl.constexpr(_plan.TENSOR_COLUMNS.index("position"))
+T_EXP_AVG_SCALES = tl.constexpr(_plan.TENSOR_COLUMNS.index("exp_avg_scales"))
+T_EXP_AVG_SQ_SCALES = tl.constexpr(_plan.TENSOR_COLUMNS.index("exp_avg_sq_scales"))
+T_MASTER_RESIDUAL = tl.constexpr(_plan.TENSOR_COLUMNS.index("master_residual"))
 G_LR = tl.constexpr(_plan.GROUP_COLUMNS.index("lr"))
 G_WEIGHT_DECAY = tl.constexpr(_plan.GROUP_COLUMNS.index("weight_decay"))
 G_BETA1 = tl.constexpr(_plan.GROUP_COLUMNS.index("beta1"))
@@ -84,6 +87,8 @@ C_EPS = tl.constexpr(_plan.COEF_COLUMNS.index("eps"))
 C_SR_KEY = tl.constexpr(_plan.COEF_COLUMNS.index("sr_key"))
 C_UNSCALE = tl.constexpr(_plan.COEF_COLUMNS.index("unscale"))
 C_CLIP_VALUE = tl.constexpr(_plan.COEF_COLUMNS.index("clip_value"))
+SIGNED_LEVELS = tl.constexpr(_quantized.SIGNED_LEVELS)
+UNSIGNED_LEVELS = tl.constexpr(_quantized.UNSIGNED_LEVELS)
 HASH_MUL1 = tl.constexpr(_precision.HASH_MUL1)
 HASH_MUL2 = tl.constexpr(_precision.HASH_MUL2)
 G_NUM_COLUMNS = tl.constexpr(len(_plan.GROUP_COLUMNS))
@@ -549,28 +554,122 @@ def _store(ptr, offs, value, mask, MASKED: tl.constexpr):
 
 
 @triton.jit
+def _load_signed(codes, scales, offs, index, mask, QBLOCK: tl.constexpr, MASKED: tl.constexpr):
+    """Decode 8-bit first moments (fusedlr/_quantized.py, ``dequantize_signed``)."""
+    y = _load(codes, offs, mask, tl.float32, MASKED) * (1.0 / SIGNED_LEVELS)
+    scale = _load(scales, index // QBLOCK, mask, tl.float32, MASKED)
+    return tl.div_rn(y, 2.0 - tl.abs(y)) * scale
+
+
+@triton.jit
+def _load_unsigned(codes, scales, offs, index, mask, QBLOCK: tl.constexpr, MASKED: tl.constexpr):
+    """Decode 8-bit second moments (``dequantize_unsigned``): the square of the decoded root."""
+    r = _load(scales, index // QBLOCK, mask, tl.float32, MASKED) * (
+        _load(codes, offs, mask, tl.float32, MASKED) * (1.0 / UNSIGNED_LEVELS)
+    )
+    return r * r
+
+
+@triton.jit
+def _store_scales(scales, index, mask, scale, QBLOCK: tl.constexpr):
+    """One float32 scale per row of the ``[rows, QBLOCK]`` tile (rows with no element skipped)."""
+    rows = tl.min(index, axis=1) // QBLOCK
+    tl.store(scales + rows, scale, mask=tl.max(mask.to(tl.int32), axis=1) > 0)
+
+
+@triton.jit
+def _store_signed(codes, scales, offs, index, mask, value, QBLOCK: tl.constexpr, MASKED: tl.constexpr):
+    """Encode a ``[rows, QBLOCK]`` tile of first moments (``quantize_signed``)."""
+    value = tl.where(mask, value, 0.0)
+    scale = tl.max(tl.abs(value), axis=1)
+    x = tl.div_rn(value, tl.where(scale > 0.0, scale, 1.0)[:, None])
+    y = tl.div_rn(x * 2.0, tl.abs(x) + 1.0)
+    code = tl.floor(y * SIGNED_LEVELS + 0.5).to(tl.int8)
+    if MASKED:
+        tl.store(codes + offs, code, mask=mask)
+    else:
+        tl.store(codes + offs, code)
+    _store_scales(scales, index, mask, scale, QBLOCK)
+
+
+@triton.jit
+def _store_unsigned(codes, scales, offs, index, mask, value, QBLOCK: tl.constexpr, MASKED: tl.constexpr):
+    """Encode a ``[rows, QBLOCK]`` tile of second moments (``quantize_unsigned``): their roots."""
+    r = tl.sqrt_rn(tl.where(mask, value, 0.0))
+    scale = tl.max(r, axis=1)
+    code = tl.floor(tl.div_rn(r, tl.where(scale > 0.0, scale, 1.0)[:, None]) * UNSIGNED_LEVELS + 0.5).to(tl.uint8)
+    if MASKED:
+        tl.store(codes + offs, code, mask=mask)
+    else:
+        tl.store(codes + offs, code)
+    _store_scales(scales, index, mask, scale, QBLOCK)
+
+
+@triton.jit
+def _load_split(param, residual, offs, mask, MASKED: tl.constexpr):
+    """The float32 weight of a bf16 param and its int8 residual (fusedlr/_split_master.py,
+    ``reconstruct``): bits(p) << 16 plus 256 residual units, in integer arithmetic."""
+    if MASKED:
+        p = tl.load(param + offs, mask=mask, other=0.0)
+        e = tl.load(residual + offs, mask=mask, other=0)
+    else:
+        p = tl.load(param + offs)
+        e = tl.load(residual + offs)
+    bits = (p.to(tl.int16, bitcast=True).to(tl.int32) << 16) + e.to(tl.int32) * 256
+    return bits.to(tl.float32, bitcast=True)
+
+
+@triton.jit
+def _store_split(param, residual, offs, value, mask, MASKED: tl.constexpr):
+    """Write ``value`` as the bf16 param (nearest-even) and the int8 residual (``residual``)."""
+    bits = value.to(tl.uint32, bitcast=True)
+    rounded = ((bits + 0x7FFF + ((bits >> 16) & 1)) >> 16) << 16
+    d = value.to(tl.int32, bitcast=True) - rounded.to(tl.int32, bitcast=True)
+    e = tl.minimum(tl.maximum((d + 128) >> 8, -127), 127).to(tl.int8)
+    p = _bf16_from_bits(bits + 0x7FFF + ((bits >> 16) & 1), value)
+    if MASKED:
+        tl.store(param + offs, p, mask=mask)
+        tl.store(residual + offs, e, mask=mask)
+    else:
+        tl.store(param + offs, p)
+        tl.store(residual + offs, e)
+
+
+@triton.jit
 def _update_block(
     param, master, grad, exp_avg, exp_avg_sq, max_sq, offs, mask, index, sr_key,
     grad_scale, decay, step_size, bc2_sqrt, beta1, w1, beta2, w2, eps, unscale, clip_value,
+    exp_avg_scales, exp_avg_sq_scales, residual,
     COMPUTE: tl.constexpr, IS_FP64: tl.constexpr, RULE: tl.constexpr, HAS_MAX: tl.constexpr,
     MASTER: tl.constexpr, STOCHASTIC: tl.constexpr, MASKED: tl.constexpr, HAS_CLIP_VALUE: tl.constexpr,
+    QUANTIZED: tl.constexpr, QBLOCK: tl.constexpr, SPLIT_MASTER: tl.constexpr,
 ):  # fmt: skip
     """One block of the AdamW, LION, SGD or schedule-free update (unmasked for the full blocks of
-    a chunk): loads widened to COMPUTE, one rounding per stored value."""
+    a chunk): loads widened to COMPUTE, one rounding per stored value. QUANTIZED (AdamW, LION):
+    the moments are 8-bit codes with a scale per QBLOCK elements, decoded and encoded here;
+    ``offs`` is then a ``[rows, QBLOCK]`` tile, one quantisation block per row."""
     g = _load(grad, offs, mask, COMPUTE, MASKED)
     if HAS_CLIP_VALUE:
         g = _clamp(g * unscale, clip_value)
     g = g * grad_scale
     if MASTER:
         p = _load(master, offs, mask, COMPUTE, MASKED)
+    elif SPLIT_MASTER:
+        p = _load_split(param, residual, offs, mask, MASKED)
     else:
         p = _load(param, offs, mask, COMPUTE, MASKED)
     if RULE != RULE_SCHEDULEFREE:
         p = p * decay
     if RULE != RULE_SGD:  # SGD loads its momentum buffer only where it has one
-        m = _load(exp_avg, offs, mask, COMPUTE, MASKED)
+        if QUANTIZED:
+            m = _load_signed(exp_avg, exp_avg_scales, offs, index, mask, QBLOCK, MASKED)
+        else:
+            m = _load(exp_avg, offs, mask, COMPUTE, MASKED)
     if RULE == RULE_ADAMW:
-        v = _load(exp_avg_sq, offs, mask, COMPUTE, MASKED)
+        if QUANTIZED:
+            v = _load_unsigned(exp_avg_sq, exp_avg_sq_scales, offs, index, mask, QBLOCK, MASKED)
+        else:
+            v = _load(exp_avg_sq, offs, mask, COMPUTE, MASKED)
         # torch's lerp(m, g, w): two forms, picked by |w| < 0.5, for accuracy at both ends.
         m = tl.where(w1 < 0.5, m + w1 * (g - m), g - (g - m) * (1.0 - w1))
         v = v * beta2 + w2 * g * g
@@ -583,7 +682,10 @@ def _update_block(
             p = p - step_size * (m / (tl.sqrt(v_hat) / bc2_sqrt + eps))
         else:
             p = p - step_size * tl.div_rn(m, tl.div_rn(tl.sqrt_rn(v_hat), bc2_sqrt) + eps)
-        _store(exp_avg_sq, offs, v, mask, MASKED)
+        if QUANTIZED:
+            _store_unsigned(exp_avg_sq, exp_avg_sq_scales, offs, index, mask, v, QBLOCK, MASKED)
+        else:
+            _store(exp_avg_sq, offs, v, mask, MASKED)
     elif RULE == RULE_SGD:
         g = g + eps * p  # coupled weight decay (eps holds it; decay is 1 then)
         direction = g
@@ -613,7 +715,9 @@ def _update_block(
         m = m * beta2 + w2 * g
     if MASTER:
         _store(master, offs, p, mask, MASKED)
-    if STOCHASTIC:
+    if SPLIT_MASTER:
+        _store_split(param, residual, offs, p, mask, MASKED)
+    elif STOCHASTIC:
         rounded = _round_stochastically(p, sr_key, index)
         if MASKED:
             tl.store(param + offs, rounded, mask=mask)
@@ -622,7 +726,10 @@ def _update_block(
     else:
         _store(param, offs, p, mask, MASKED)
     if RULE != RULE_SGD:
-        _store(exp_avg, offs, m, mask, MASKED)
+        if QUANTIZED:
+            _store_signed(exp_avg, exp_avg_scales, offs, index, mask, m, QBLOCK, MASKED)
+        else:
+            _store(exp_avg, offs, m, mask, MASKED)
 
 
 @triton.jit
@@ -647,11 +754,17 @@ def _update_kernel(
     CHUNK: tl.constexpr,
     BLOCK: tl.constexpr,
     HAS_CLIP_VALUE: tl.constexpr,
+    QUANTIZED: tl.constexpr,
+    QBLOCK: tl.constexpr,
+    SPLIT_MASTER: tl.constexpr,
 ):
     """The update of one chunk by RULE (_plan.RULES), with the finalize's coefficients.
     HAS_MAX: amsgrad's running maximum; MASTER: the update runs on the fp32 master copy and
-    writes the param rounded from it; STOCHASTIC: the bfloat16 param is written with stochastic
-    rounding. A bucket holds tensors alike in all of these."""
+    writes the param rounded from it; SPLIT_MASTER: the update runs on the float32 weight that the
+    bf16 param and its int8 residual stand for and writes both back; STOCHASTIC: the bfloat16 param is written with stochastic
+    rounding; QUANTIZED: 8-bit moments with a float32 scale per QBLOCK elements (a power of two
+    that divides CHUNK and BLOCK: blocks start at multiples of QBLOCK in the tensor). A bucket
+    holds tensors alike in all of these."""
     c = chunk_base + tl.program_id(0)
     t, start, length = _chunk_extent(tensor_table, num_tensors, chunk_table, num_chunks, c, CHUNK)
     length = tl.where(tl.load(status) != 0.0, 0, length)  # the finalize skipped this step
@@ -661,6 +774,12 @@ def _update_kernel(
     exp_avg = _address(tensor_table, T_EXP_AVG, num_tensors, t, STATE_ELEM) + start
     exp_avg_sq = _address(tensor_table, T_EXP_AVG_SQ, num_tensors, t, STATE_ELEM) + start  # AdamW, schedule-free
     max_sq = _address(tensor_table, T_MAX_EXP_AVG_SQ, num_tensors, t, STATE_ELEM) + start  # HAS_MAX only
+    exp_avg_scales = _address(tensor_table, T_EXP_AVG_SCALES, num_tensors, t, tl.float32)  # QUANTIZED only
+    exp_avg_sq_scales = _address(tensor_table, T_EXP_AVG_SQ_SCALES, num_tensors, t, tl.float32)
+    residual = _address(tensor_table, T_MASTER_RESIDUAL, num_tensors, t, tl.int8) + start  # SPLIT_MASTER only
+    if QUANTIZED:  # the codes: int8 for the signed first moment, uint8 for the second
+        exp_avg = _address(tensor_table, T_EXP_AVG, num_tensors, t, tl.int8) + start
+        exp_avg_sq = _address(tensor_table, T_EXP_AVG_SQ, num_tensors, t, tl.uint8) + start
     if ALIGNED:
         # Every address of the bucket is a multiple of 16 bytes (checked by the launcher): with
         # the unmasked full blocks below, loads and stores move 16 bytes. Inline on purpose: the
@@ -688,14 +807,29 @@ def _update_kernel(
         clip_value = _coef(coef, C_CLIP_VALUE, num_tensors, t, COMPUTE)
     full = (length // BLOCK) * BLOCK
     for i in range(0, full, BLOCK):
-        offs = i + tl.arange(0, BLOCK).to(tl.int64)
+        offs = i + _block_offsets(BLOCK, QBLOCK, QUANTIZED)
         _update_block(param, master, grad, exp_avg, exp_avg_sq, max_sq, offs, offs < length, start + offs, sr_key,
                       grad_scale, decay, step_size, bc2_sqrt, beta1, w1, beta2, w2, eps, unscale, clip_value,
-                      COMPUTE, IS_FP64, RULE, HAS_MAX, MASTER, STOCHASTIC, False, HAS_CLIP_VALUE)  # fmt: skip
-    offs = full + tl.arange(0, BLOCK).to(tl.int64)
+                      exp_avg_scales, exp_avg_sq_scales, residual,
+                      COMPUTE, IS_FP64, RULE, HAS_MAX, MASTER, STOCHASTIC, False, HAS_CLIP_VALUE,
+                      QUANTIZED, QBLOCK, SPLIT_MASTER)  # fmt: skip
+    offs = full + _block_offsets(BLOCK, QBLOCK, QUANTIZED)
     _update_block(param, master, grad, exp_avg, exp_avg_sq, max_sq, offs, offs < length, start + offs, sr_key,
                   grad_scale, decay, step_size, bc2_sqrt, beta1, w1, beta2, w2, eps, unscale, clip_value,
-                  COMPUTE, IS_FP64, RULE, HAS_MAX, MASTER, STOCHASTIC, True, HAS_CLIP_VALUE)  # fmt: skip
+                  exp_avg_scales, exp_avg_sq_scales, residual,
+                  COMPUTE, IS_FP64, RULE, HAS_MAX, MASTER, STOCHASTIC, True, HAS_CLIP_VALUE,
+                  QUANTIZED, QBLOCK, SPLIT_MASTER)  # fmt: skip
+
+
+@triton.jit
+def _block_offsets(BLOCK: tl.constexpr, QBLOCK: tl.constexpr, QUANTIZED: tl.constexpr):
+    """Offsets of one BLOCK of elements: flat, or as a [BLOCK // QBLOCK, QBLOCK] tile whose rows
+    are quantisation blocks (the same elements, in the same memory order)."""
+    if QUANTIZED:
+        rows = tl.arange(0, BLOCK // QBLOCK).to(tl.int64)[:, None] * QBLOCK
+        return rows + tl.arange(0, QBLOCK).to(tl.int64)[None, :]
+    else:
+        return tl.arange(0, BLOCK).to(tl.int64)
 
 
 @triton.jit

@@ -1,0 +1,214 @@
+"""8-bit optimizer moments (``state_dtype="int8"``): the readable reference of the quantisation
+the Triton update kernel applies in registers, and the state conversions around it.
+
+Each moment tensor is cut, in memory order, into blocks of ``QUANT_BLOCK`` elements (a block
+never straddles two tensors, or two local shards); each block keeps one float32 scale and one
+8-bit code per element:
+
+* ``exp_avg`` (signed, LION's and AdamW's first moment): ``s = max |m|`` over the block,
+  ``y = 2x / (1 + |x|)`` of ``x = m / s`` (a companding that spends more codes near zero), code
+  ``floor(127 y + 0.5)`` in int8 ``[-127, 127]``; decoded ``y = code / 127``,
+  ``m = s * y / (2 - |y|)``;
+* ``exp_avg_sq`` (non-negative): ``r = sqrt(v)``, ``s = max r`` over the block, code
+  ``floor(255 r / s + 0.5)`` in uint8; decoded ``v = (s * code / 255) ** 2``.
+
+This is FlashOptim's companding (arXiv 2602.23349) with float32 scales on blocks of 256;
+``benchmarks/quantization_error.py`` measures it against bitsandbytes' dynamic map on moments
+of a trained model (README, "8-bit moments"). Every operation is an IEEE multiplication,
+division, square root or floor, so the kernels reproduce it bit for bit. Blocks with scale 0
+(all zeros) keep code 0.
+
+Tensors of fewer than ``MIN_QUANTIZED_NUMEL`` elements keep float32 moments (as bitsandbytes):
+their bytes do not matter and biases and norms are the most sensitive to noise.
+"""
+
+from __future__ import annotations
+
+import torch
+
+INT8 = "int8"  # the state_dtype value that asks for 8-bit moments
+QUANT_BLOCK = 256  # elements per scale: a power of two that divides every chunk of the kernels
+MIN_QUANTIZED_NUMEL = 4096
+# Per quantised moment: (codes key, scales key, signed).
+QUANTIZED_KEYS = {
+    "exp_avg": ("exp_avg_codes", "exp_avg_scales", True),
+    "exp_avg_sq": ("exp_avg_sq_codes", "exp_avg_sq_scales", False),
+}
+CODE_KEYS = {codes: (moment, scales, signed) for moment, (codes, scales, signed) in QUANTIZED_KEYS.items()}
+SCALE_KEYS = {scales: (moment, codes) for moment, (codes, scales, _) in QUANTIZED_KEYS.items()}
+SIGNED_LEVELS = 127.0
+UNSIGNED_LEVELS = 255.0
+
+
+def wants_int8(group: dict) -> bool:
+    return group.get("state_dtype") == INT8
+
+
+def quantizes(param: torch.Tensor, group: dict) -> bool:
+    """Whether ``param``'s moments are stored in 8 bits (large enough, not float64)."""
+    return wants_int8(group) and param.dtype != torch.float64 and param.numel() >= MIN_QUANTIZED_NUMEL
+
+
+def num_blocks(numel: int) -> int:
+    return -(-numel // QUANT_BLOCK)
+
+
+def check_group(group: dict) -> None:
+    """ValueErrors, as the constructor raises them, for options 8-bit moments cannot serve."""
+    if wants_int8(group) and group.get("amsgrad"):
+        raise ValueError("amsgrad is not supported with state_dtype='int8' (its running maximum would be 8-bit too)")
+
+
+def check_step(backend: str, groups, sharded: bool) -> None:
+    """RuntimeErrors, before anything is modified, where 8-bit moments cannot run."""
+    if not any(map(wants_int8, groups)):
+        return
+    if backend == "cuda":
+        raise RuntimeError(
+            "fusedlr: state_dtype='int8' is implemented by the 'torch' and 'triton' backends; backend='cuda' "
+            "does not quantise moments yet. Use backend='triton' (the default on CUDA) or 'torch'."
+        )
+    if sharded:
+        raise RuntimeError(
+            "fusedlr: state_dtype='int8' does not support DTensor (FSDP2) parameters yet: block scales of local "
+            "shards would not reshard with the checkpoint. Use state_dtype=torch.bfloat16 for sharded params."
+        )
+
+
+# ----- the quantisation (the kernels' twin is in fusedlr/_triton/kernels.py) -----------------
+
+
+def _blocks(flat: torch.Tensor) -> torch.Tensor:
+    """``flat`` (memory order) zero-padded to whole blocks, as ``[num_blocks, QUANT_BLOCK]``."""
+    padded = torch.zeros(num_blocks(flat.numel()) * QUANT_BLOCK, dtype=torch.float32, device=flat.device)
+    padded[: flat.numel()] = flat
+    return padded.view(-1, QUANT_BLOCK)
+
+
+def _safe(scale: torch.Tensor) -> torch.Tensor:
+    return torch.where(scale > 0, scale, torch.ones_like(scale))
+
+
+def quantize_signed(flat: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """float32 values in memory order -> (int8 codes, float32 block scales)."""
+    blocks = _blocks(flat)
+    scale = blocks.abs().amax(dim=1)
+    x = blocks / _safe(scale)[:, None]
+    y = (x * 2.0) / (x.abs() + 1.0)
+    codes = torch.floor(y * SIGNED_LEVELS + 0.5)
+    return codes.flatten()[: flat.numel()].to(torch.int8), scale
+
+
+def dequantize_signed(codes: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    y = codes.to(torch.float32) * (1.0 / SIGNED_LEVELS)
+    x = y / (2.0 - y.abs())
+    index = torch.arange(codes.numel(), device=codes.device) // QUANT_BLOCK
+    return x * scale[index]
+
+
+def quantize_unsigned(flat: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Non-negative float32 values in memory order -> (uint8 codes of sqrt, block max of sqrt)."""
+    # The root in float64, rounded once: the correctly rounded float32 root, as the kernels'
+    # sqrt_rn (torch's float32 CPU sqrt is not always correctly rounded).
+    blocks = torch.sqrt(_blocks(flat).double()).float()
+    scale = blocks.amax(dim=1)
+    codes = torch.floor(blocks / _safe(scale)[:, None] * UNSIGNED_LEVELS + 0.5)
+    return codes.flatten()[: flat.numel()].to(torch.uint8), scale
+
+
+def dequantize_unsigned(codes: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    index = torch.arange(codes.numel(), device=codes.device) // QUANT_BLOCK
+    r = scale[index] * (codes.to(torch.float32) * (1.0 / UNSIGNED_LEVELS))
+    return r * r
+
+
+# ----- moments in and out of states --------------------------------------------------------
+
+
+def _memory_flat(tensor: torch.Tensor) -> torch.Tensor:
+    """A dense tensor's elements in memory order, as a 1-D view."""
+    return tensor.as_strided((tensor.numel(),), (1,))
+
+
+def encode(values: torch.Tensor, like: torch.Tensor, signed: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """Codes laid out as ``like`` (dense) and block scales of ``values`` (any layout)."""
+    ordered = torch.empty_like(like, dtype=torch.float32).copy_(values)  # like's memory order
+    codes, scale = (quantize_signed if signed else quantize_unsigned)(_memory_flat(ordered))
+    out = torch.empty_like(like, dtype=codes.dtype)
+    _memory_flat(out).copy_(codes)
+    return out, scale
+
+
+def decode(codes: torch.Tensor, scale: torch.Tensor, signed: bool) -> torch.Tensor:
+    """float32 moment laid out as ``codes``."""
+    flat = (dequantize_signed if signed else dequantize_unsigned)(_memory_flat(codes), scale)
+    out = torch.empty_like(codes, dtype=torch.float32)
+    _memory_flat(out).copy_(flat)
+    return out
+
+
+def is_quantized(state: dict) -> bool:
+    return any(codes in state for codes in CODE_KEYS)
+
+
+def decoded_moments(state: dict) -> dict:
+    """``{moment name: float32 tensor}`` of the quantised moments in ``state``."""
+    return {
+        moment: decode(state[codes], state[scales], signed)
+        for moment, (codes, scales, signed) in QUANTIZED_KEYS.items()
+        if codes in state
+    }
+
+
+def store_moments_(state: dict, moments: dict) -> None:
+    """Quantise float32 ``moments`` back into ``state``'s codes and scales, in place."""
+    for moment, value in moments.items():
+        codes, scales, signed = QUANTIZED_KEYS[moment]
+        new_codes, new_scales = encode(value, state[codes], signed)
+        state[codes].copy_(new_codes)
+        state[scales].copy_(new_scales)
+
+
+def convert_state_(state: dict, param: torch.Tensor, group: dict, float_dtype: torch.dtype) -> None:
+    """Bring ``state`` to the form the group asks for: float moments quantised when ``param``
+    takes 8-bit moments, codes decoded to ``float_dtype`` when it does not (the options changed,
+    or a checkpoint of the other form was loaded). The conversion error is one quantisation."""
+    if quantizes(param, group):
+        for moment, (codes, scales, signed) in QUANTIZED_KEYS.items():
+            if moment in state:
+                like = torch.empty_like(param, dtype=torch.int8, memory_format=torch.preserve_format)
+                if not _is_dense(like):
+                    like = torch.empty(param.shape, dtype=torch.int8, device=param.device)
+                state[codes], state[scales] = encode(state.pop(moment).float(), like, signed)
+    else:
+        for moment, (codes, scales, signed) in QUANTIZED_KEYS.items():
+            if codes in state:
+                value = decode(state.pop(codes), state.pop(scales), signed)
+                state[moment] = torch.empty_like(param, dtype=float_dtype).copy_(value)
+
+
+def _is_dense(tensor: torch.Tensor) -> bool:
+    from ._fused import _dense_strides
+
+    return tensor.numel() == 0 or _dense_strides(tensor) is not None
+
+
+def check_quantized_states(param: torch.Tensor, state: dict) -> None:
+    """RuntimeErrors for codes and scales that cannot belong to ``param`` (a step's checks)."""
+    for codes, scales, signed in QUANTIZED_KEYS.values():
+        if (codes in state) != (scales in state):
+            raise RuntimeError(f"fusedlr: state has {codes!r} or {scales!r} without the other")
+        if codes not in state:
+            continue
+        code_dtype = torch.int8 if signed else torch.uint8
+        value, scale = state[codes], state[scales]
+        if value.dtype != code_dtype or value.shape != param.shape or not _is_dense(value):
+            raise RuntimeError(
+                f"fusedlr: state {codes!r} must be a dense {code_dtype} tensor of the parameter's shape "
+                f"{tuple(param.shape)}; got {value.dtype} of shape {tuple(value.shape)}"
+            )
+        if scale.dtype != torch.float32 or scale.shape != (num_blocks(param.numel()),) or not scale.is_contiguous():
+            raise RuntimeError(
+                f"fusedlr: state {scales!r} must be contiguous float32 of shape ({num_blocks(param.numel())},) "
+                f"(one scale per {QUANT_BLOCK} elements); got {scale.dtype} of shape {tuple(scale.shape)}"
+            )

@@ -1,0 +1,361 @@
+"""8-bit moments (``state_dtype="int8"``): the quantisation's error bounds, the Triton kernel
+against the torch backend's reference (bit for bit where the inputs are exact), AdamW and LION
+against their fp32 references, state dicts and conversions, and the refusals.
+"""
+
+import io
+import os
+
+import pytest
+import torch
+from helpers import make_grads, make_params, run_steps
+from lion_pytorch import Lion as ReferenceLion
+
+import fusedlr
+from fusedlr import _quantized
+
+SHAPES = [(64, 100), (4097,), (30, 7), "transposed-big", (3, 50, 40)]
+
+
+def _params(dtype=torch.float32, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    out = []
+    for shape in SHAPES:
+        if shape == "transposed-big":  # dense, not contiguous: blocks follow memory order
+            t = torch.randn(90, 70, generator=gen).t()
+        else:
+            t = torch.randn(shape, generator=gen)
+        out.append(t.to(dtype).requires_grad_())
+    return out
+
+
+def _clone(params):
+    return [p.detach().clone(memory_format=torch.preserve_format).requires_grad_() for p in params]
+
+
+# ----- the quantisation itself ------------------------------------------------------------
+
+
+def test_signed_roundtrip_error_is_within_one_127th_of_the_block_scale():
+    x = torch.randn(10_000) * torch.logspace(-6, 0, 10_000)  # magnitudes spread within blocks
+    codes, scale = _quantized.quantize_signed(x)
+    assert codes.dtype == torch.int8 and scale.shape == (_quantized.num_blocks(x.numel()),)
+    back = _quantized.dequantize_signed(codes, scale)
+    block_scale = scale[torch.arange(x.numel()) // _quantized.QUANT_BLOCK]
+    assert torch.equal(block_scale, torch.stack([b.abs().max() for b in x.split(256)]).repeat_interleave(256)[:10_000])
+    assert ((back - x).abs() <= block_scale / 127 * (1 + 1e-5)).all()
+    # Companding spends codes near zero: there the decoding's slope is 1/2, not 2, so small values
+    # of a block are kept four times better (half a code step of 1/127, times 1/2).
+    small = x.abs() < 0.01 * block_scale
+    assert ((back - x).abs()[small] <= block_scale[small] / 480).all()
+
+
+def test_unsigned_roundtrip_error_is_within_one_255th_of_the_block_maximum():
+    v = torch.rand(10_000).square() * torch.logspace(-8, 0, 10_000)
+    codes, scale = _quantized.quantize_unsigned(v)
+    assert codes.dtype == torch.uint8
+    back = _quantized.dequantize_unsigned(codes, scale)
+    block_max = torch.stack([b.max() for b in v.split(256)]).repeat_interleave(256)[:10_000]
+    assert torch.allclose(scale.square().repeat_interleave(256)[:10_000], block_max, rtol=1e-6)
+    assert ((back - v).abs() <= block_max / 255 * (1 + 1e-5)).all()
+    assert (back >= 0).all()
+
+
+def test_zero_blocks_and_exact_extremes_survive():
+    x = torch.zeros(600)
+    x[300] = -2.5
+    codes, scale = _quantized.quantize_signed(x)
+    assert scale[0] == 0 and (codes[:256] == 0).all()
+    back = _quantized.dequantize_signed(codes, scale)
+    assert back[300] == -2.5 and (back[:300] == 0).all() and (back[301:] == 0).all()
+
+
+def test_companding_beats_the_dynamic_map_on_trained_moments():
+    """The choice of map, measured (README, "8-bit moments"): on a trained model's moments the
+    companding's error is below bitsandbytes' dynamic map's, for m, v and the Adam direction."""
+    pytest.importorskip("bitsandbytes")
+    import os
+    import sys
+
+    sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "benchmarks"))
+    import quantization_error as study
+
+    moments = study.trained_moments(60)
+    ours, theirs = study.errors(moments, study.companded), study.errors(moments, study.dynamic_map)
+    for name in ("m", "v", "direction"):
+        assert ours[name] < theirs[name], (name, ours, theirs)
+
+
+# ----- the update ---------------------------------------------------------------------------
+
+
+def _exact_grads(params, steps, seed=1):
+    """Grads k/64 (|k| <= 64): their squares, halves and the lerps below are exact in float32."""
+    gen = torch.Generator().manual_seed(seed)
+    return [
+        [torch.empty_like(p).copy_(torch.randint(-64, 65, p.shape, generator=gen).float() / 64) for p in params]
+        for _ in range(steps)
+    ]
+
+
+def test_triton_encodes_and_decodes_bit_for_bit_as_the_reference(monkeypatch, triton_backend):
+    """Inputs on which both backends' AdamW arithmetic is exact (lr 0, betas 0.5, grads k/64, then
+    zero grads that halve the moments): any difference left is the quantisation's. The codes and
+    scales must then be identical, step after step (a decode one ulp off changes the scales)."""
+    import fusedlr._triton as launcher
+
+    monkeypatch.setattr(launcher, "BLOCK", 256)  # unmasked full blocks and masked tails
+    base = _params()
+    grads = _exact_grads(base, 2)
+    grads += [[torch.zeros_like(p) for p in base]] * 3
+    states = []
+    for backend in ("torch", triton_backend):
+        params = _clone(base)
+        opt = fusedlr.AdamW(params, lr=0.0, betas=(0.5, 0.5), weight_decay=0.0, state_dtype="int8", backend=backend)
+        run_steps(opt, params, grads)
+        states.append([opt.state[p] for p in params])
+    for ours, theirs in zip(states[1], states[0]):
+        assert ours.keys() == theirs.keys()
+        for name in ours:
+            assert torch.equal(ours[name], theirs[name]), name
+
+
+@pytest.mark.parametrize("kind", ["adamw", "lion"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_triton_matches_the_torch_backend(triton_backend, kind, dtype):
+    """Clipped, scheduled steps: the backends differ in the last bits of the AdamW arithmetic
+    (the norm's summation order), which can move a code by one step, rarely."""
+    base = _params(dtype)
+    grads = make_grads(base, 5, scale=2.0)
+    runs = []
+    for backend in ("torch", triton_backend):
+        params = _clone(base)
+        options = dict(lr=1e-2, weight_decay=0.1, max_grad_norm=1.0, state_dtype="int8", backend=backend)
+        options["schedule"] = fusedlr.schedules.WarmupCosine(2, 10)
+        if dtype == torch.bfloat16:
+            options["master_weights"] = True
+        opt = fusedlr.Lion(params, **options) if kind == "lion" else fusedlr.AdamW(params, **options)
+        run_steps(opt, params, grads)
+        runs.append((params, opt))
+    (ours, opt), (theirs, ref) = runs[1], runs[0]
+    for p, q in zip(ours, theirs):
+        torch.testing.assert_close(p.float(), q.float(), rtol=0, atol=1e-2 * 2**-6)
+        assert opt.state[p].keys() == ref.state[q].keys()
+        for name, value in ref.state[q].items():
+            mine = opt.state[p][name]
+            if name in _quantized.CODE_KEYS:
+                off = (mine.int() - value.int()).abs()
+                assert off.max() <= 1 and (off > 0).float().mean() < 0.01, name
+            elif name != "step":
+                torch.testing.assert_close(mine, value, rtol=1e-3, atol=1e-7)
+
+
+def test_adamw_int8_follows_fp32_adamw(backend):
+    """20 steps against torch.optim.AdamW with fp32 moments: the 8-bit moments move the params
+    by a small fraction of the distance the updates travel (lr per step)."""
+    base = _params()
+    grads = make_grads(base, 20)
+    params, reference = _clone(base), _clone(base)
+    opt = fusedlr.AdamW(params, lr=1e-2, weight_decay=0.1, state_dtype="int8", backend=backend)
+    ref = torch.optim.AdamW(reference, lr=1e-2, weight_decay=0.1, foreach=False)
+    run_steps(opt, params, grads)
+    run_steps(ref, reference, grads)
+    travel = 1e-2 * 20
+    for p, q in zip(params, reference):
+        gap = (p.detach() - q.detach()).abs()
+        assert gap.mean() < 0.01 * travel and gap.max() < 0.05 * travel
+    assert "exp_avg" in opt.state[params[2]]  # 210 elements: below MIN_QUANTIZED_NUMEL, fp32
+    assert opt.state[params[2]]["exp_avg"].dtype == torch.float32
+    assert opt.state[params[0]]["exp_avg_codes"].dtype == torch.int8
+    assert opt.state[params[0]]["exp_avg_sq_codes"].dtype == torch.uint8
+
+
+def test_lion_int8_follows_the_lion_reference(backend):
+    base = _params()
+    grads = make_grads(base, 20)
+    params, reference = _clone(base), _clone(base)
+    opt = fusedlr.Lion(params, lr=1e-3, weight_decay=0.1, state_dtype="int8", backend=backend)
+    ref = ReferenceLion(reference, lr=1e-3, weight_decay=0.1)
+    run_steps(opt, params, grads)
+    run_steps(ref, reference, grads)
+    for p, q in zip(params, reference):
+        # A sign flips only where b1*m + (1-b1)*g sits within a quantisation step of zero.
+        gap = (p.detach() - q.detach()).abs()
+        assert (gap > 1e-6).float().mean() < 0.05
+        assert gap.max() <= 2 * 1e-3 * 20 * 1.01  # a flipped sign moves a param by 2 lr per step
+
+
+def test_int8_state_bytes():
+    p = torch.zeros(4096 * 4, requires_grad=True)
+    p.grad = torch.ones_like(p)
+    opt = fusedlr.AdamW([p], state_dtype="int8", backend="torch")
+    opt.step()
+    moment_bytes = sum(v.numel() * v.element_size() for k, v in opt.state[p].items() if k != "step")
+    assert moment_bytes == p.numel() * (2 + 2 * 4 / _quantized.QUANT_BLOCK)
+
+
+# ----- state dicts --------------------------------------------------------------------------
+
+
+def _roundtrip(state_dict):
+    buffer = io.BytesIO()
+    torch.save(state_dict, buffer)
+    buffer.seek(0)
+    return torch.load(buffer, weights_only=True)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_state_dict_resumes_bit_for_bit(backend, dtype):
+    base = _params(dtype)
+    grads = make_grads(base, 6)
+    options = dict(lr=1e-2, state_dtype="int8", backend=backend, master_weights=dtype == torch.bfloat16)
+    straight = _clone(base)
+    opt = fusedlr.AdamW(straight, **options)
+    run_steps(opt, straight, grads)
+
+    first = _clone(base)
+    opt_a = fusedlr.AdamW(first, **options)
+    run_steps(opt_a, first, grads[:3])
+    saved = _roundtrip(opt_a.state_dict())
+    resumed = [p.detach().clone(memory_format=torch.preserve_format).requires_grad_() for p in first]
+    opt_b = fusedlr.AdamW(resumed, **options)
+    opt_b.load_state_dict(saved)
+    for p, q in zip(first, resumed):
+        for name, value in opt_a.state[p].items():
+            assert opt_b.state[q][name].dtype == value.dtype and torch.equal(opt_b.state[q][name], value), name
+    run_steps(opt_b, resumed, grads[3:])
+    for p, q in zip(straight, resumed):
+        assert torch.equal(p.detach(), q.detach())
+        for name, value in opt.state[p].items():
+            assert torch.equal(opt_b.state[q][name], value), name
+
+
+def test_fp32_checkpoint_into_int8_and_back_converts_with_one_quantisation(backend):
+    """A torch.optim.AdamW checkpoint loads into an 8-bit optimizer (moments quantised on load,
+    error within the documented bound), and an 8-bit checkpoint into an fp32 optimizer (moments
+    decoded exactly)."""
+    base = _params()
+    grads = make_grads(base, 3)
+    ref_params = _clone(base)
+    ref = torch.optim.AdamW(ref_params, lr=1e-2)
+    run_steps(ref, ref_params, grads)
+    saved = _roundtrip(ref.state_dict())
+
+    params = _clone(base)
+    opt = fusedlr.AdamW(params, lr=1e-2, state_dtype="int8", backend=backend)
+    opt.load_state_dict(saved)
+    for p, q in zip(params, ref_params):
+        state, exact = opt.state[p], ref.state[q]
+        if p.numel() < _quantized.MIN_QUANTIZED_NUMEL:
+            assert torch.equal(state["exp_avg"], exact["exp_avg"])
+            continue
+        m = _quantized.decode(state["exp_avg_codes"], state["exp_avg_scales"], signed=True)
+        v = _quantized.decode(state["exp_avg_sq_codes"], state["exp_avg_sq_scales"], signed=False)
+        assert (m - exact["exp_avg"]).abs().max() <= exact["exp_avg"].abs().max() / 127 * (1 + 1e-5)
+        assert (v - exact["exp_avg_sq"]).abs().max() <= exact["exp_avg_sq"].max() / 255 * (1 + 1e-5)
+
+    # Back: the checkpoint's groups say "int8" (options travel with a state dict, as torch's);
+    # set the option after loading and the next step decodes the moments into float32.
+    saved = _roundtrip(opt.state_dict())
+    back_params = _clone(params)
+    back = fusedlr.AdamW(back_params, lr=1e-2, backend=backend)
+    back.load_state_dict(saved)
+    back.param_groups[0]["state_dtype"] = None
+    # The independent reference: torch's AdamW from the decoded moments.
+    oracle_params = _clone(params)
+    oracle = torch.optim.AdamW(oracle_params, lr=1e-2, foreach=False)
+    oracle.load_state_dict(ref.state_dict())
+    for p, q in zip(oracle_params, params):
+        state = opt.state[q]
+        for moment, (codes, scales, signed) in _quantized.QUANTIZED_KEYS.items():
+            if codes in state:
+                oracle.state[p][moment] = _quantized.decode(state[codes], state[scales], signed)
+    step = make_grads(base, 1, seed=9)
+    run_steps(back, back_params, step)
+    run_steps(oracle, oracle_params, step)
+    for p, q in zip(back_params, oracle_params):
+        assert back.state[p].keys() == {"step", "exp_avg", "exp_avg_sq"}
+        torch.testing.assert_close(p.detach(), q.detach(), rtol=2e-5, atol=2e-6)
+        torch.testing.assert_close(back.state[p]["exp_avg"], oracle.state[q]["exp_avg"], rtol=2e-5, atol=1e-7)
+
+
+def test_turning_int8_on_and_off_between_steps(backend):
+    params = _params()
+    grads = make_grads(params, 4)
+    opt = fusedlr.AdamW(params, lr=1e-2, backend=backend)
+    run_steps(opt, params, grads[:2])
+    opt.param_groups[0]["state_dtype"] = "int8"
+    run_steps(opt, params, grads[2:3])
+    assert "exp_avg_codes" in opt.state[params[0]] and "exp_avg" not in opt.state[params[0]]
+    opt.param_groups[0]["state_dtype"] = None
+    run_steps(opt, params, grads[3:])
+    assert "exp_avg" in opt.state[params[0]] and "exp_avg_codes" not in opt.state[params[0]]
+
+
+# ----- refusals -------------------------------------------------------------------------------
+
+
+def test_amsgrad_with_int8_is_a_value_error():
+    with pytest.raises(ValueError, match="amsgrad"):
+        fusedlr.AdamW(make_params([(5,)]), amsgrad=True, state_dtype="int8")
+    with pytest.raises(ValueError, match="Invalid state_dtype"):
+        fusedlr.AdamW(make_params([(5,)]), state_dtype="int4")
+
+
+def test_cuda_backend_and_sharded_params_are_refused_clearly():
+    groups = [dict(state_dtype="int8")]
+    with pytest.raises(RuntimeError, match="backend='cuda' does not quantise"):
+        _quantized.check_step("cuda", groups, sharded=False)
+    with pytest.raises(RuntimeError, match="DTensor"):
+        _quantized.check_step("triton", groups, sharded=True)
+    _quantized.check_step("cuda", [dict(state_dtype=None)], sharded=True)  # not asked: no error
+
+
+def test_corrupt_quantised_state_fails_before_any_change(backend):
+    params = _params()
+    grads = make_grads(params, 2)
+    opt = fusedlr.AdamW(params, lr=1e-2, state_dtype="int8", backend=backend)
+    run_steps(opt, params, grads[:1])
+    opt.state[params[3]]["exp_avg_scales"] = torch.zeros(3)  # wrong number of blocks
+    before = [p.detach().clone() for p in params]
+    states = [{k: v.clone() for k, v in opt.state[p].items()} for p in params]
+    with pytest.raises(RuntimeError, match="exp_avg_scales"):
+        run_steps(opt, params, grads[1:])
+    assert all(torch.equal(p.detach(), b) for p, b in zip(params, before))
+    for p, saved in zip(params, states):
+        assert all(torch.equal(opt.state[p][k], v) for k, v in saved.items())
+
+
+_DTENSOR_SCRIPT = """
+import torch, torch.distributed as dist
+from torch.distributed.device_mesh import init_device_mesh
+from torch.distributed.tensor import Shard, distribute_tensor
+import fusedlr
+dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
+mesh = init_device_mesh("cpu", (1,))
+for options in (dict(state_dtype="int8"), dict(master_weights="split")):
+    dtype = torch.bfloat16 if "master_weights" in options else torch.float32
+    p = torch.nn.Parameter(distribute_tensor(torch.randn(64, 80, dtype=dtype), mesh, [Shard(0)]))
+    p.grad = distribute_tensor(torch.randn(64, 80, dtype=dtype), mesh, [Shard(0)])
+    before = p.detach().full_tensor().clone()
+    opt = fusedlr.AdamW([p], backend="torch", **options)
+    try:
+        opt.step()
+    except RuntimeError as error:
+        assert "DTensor" in str(error), error
+        assert torch.equal(p.detach().full_tensor(), before) and not opt.state
+    else:
+        raise AssertionError("no error")
+print("refused")
+"""
+
+
+def test_dtensor_params_are_refused_before_any_change():
+    """FSDP2's DTensor params: 8-bit moments and split masters refuse them (README, "Byte
+    model"), before anything is modified. One process, a world of one, in a subprocess."""
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-c", _DTENSOR_SCRIPT], capture_output=True, text=True, timeout=120,
+                         cwd=os.path.join(os.path.dirname(__file__), ".."))  # fmt: skip
+    assert out.returncode == 0 and "refused" in out.stdout, out.stderr[-2000:]
