@@ -48,7 +48,8 @@ def master_option(value):
 
 def has_master(param: torch.Tensor, group: dict) -> bool:
     """An fp32 master copy (``master_weights=True``) beside a bf16/fp16 param."""
-    return group["master_weights"] is True and param.dtype in LOW_PRECISION
+    option = group["master_weights"]
+    return option != _split_master.SPLIT and bool(option) and param.dtype in LOW_PRECISION
 
 
 def has_split_master(param: torch.Tensor, group: dict) -> bool:
