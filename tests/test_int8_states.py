@@ -80,7 +80,7 @@ def test_companding_beats_the_dynamic_map_on_trained_moments():
     sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "benchmarks"))
     import quantization_error as study
 
-    moments = study.trained_moments(60)
+    moments = study.trained_moments(25)
     ours, theirs = study.errors(moments, study.companded), study.errors(moments, study.dynamic_map)
     for name in ("m", "v", "direction"):
         assert ours[name] < theirs[name], (name, ours, theirs)
