@@ -37,6 +37,10 @@ def _chunk_constexprs(elem):
                 BLOCK=1024)  # fmt: skip
 
 
+# The update kernel's memory-lean options, off (fusedlr/_quantized.py, _split_master.py).
+LEAN_OFF = dict(QUANTIZED=False, QBLOCK=256, SPLIT_MASTER=False)
+
+
 def _variants():
     for elem, with_param, clip_value in itertools.product(ELEMS, (False, True), (False, True)):
         sig = dict(CHUNKED, partial_grad="*fp64", partial_param="*fp64", hyper="*fp64", num_groups="i32",
@@ -73,7 +77,8 @@ def _variants():
         for aligned, clip_value in ((True, False), (False, False), (True, True)):
             flags = dict(_chunk_constexprs(elem), GRAD_ELEM=ELEMS[elem], STATE_ELEM=ELEMS[elem],
                          IS_FP64=elem == "fp64", RULE=_plan.RULES[name], HAS_MAX=name == "adamw",
-                         MASTER=False, STOCHASTIC=False, ALIGNED=aligned, HAS_CLIP_VALUE=clip_value)  # fmt: skip
+                         MASTER=False, STOCHASTIC=False, ALIGNED=aligned, HAS_CLIP_VALUE=clip_value,
+                         **LEAN_OFF)  # fmt: skip
             suffix = ("" if aligned else "-unaligned") + ("-clip_value" if clip_value else "")
             yield (f"{name}-{elem}{suffix}", kernels._update_kernel,
                    dict(CHUNKED, coef="*fp64", status="*fp32"), flags)  # fmt: skip
@@ -87,7 +92,21 @@ def _variants():
     }  # fmt: skip
     for (label, storage), name in itertools.product(mixed.items(), ("adamw", "lion", "sgd", "schedulefree")):
         flags = dict(_chunk_constexprs("bf16"), **storage, IS_FP64=False, RULE=_plan.RULES[name], HAS_MAX=False,
-                     ALIGNED=True, HAS_CLIP_VALUE=label == "master")  # fmt: skip
+                     ALIGNED=True, HAS_CLIP_VALUE=label == "master", **LEAN_OFF)  # fmt: skip
+        yield f"{name}-{label}", kernels._update_kernel, dict(CHUNKED, coef="*fp64", status="*fp32"), flags
+    # Memory-lean state (AdamW and LION): 8-bit moments (fp32 params, or bf16 + fp32 master), split masters.
+    bf16_master = dict(ELEM=tl.bfloat16, GRAD_ELEM=tl.bfloat16, STATE_ELEM=tl.float32, STOCHASTIC=False)
+    lean = {
+        "int8": dict(ELEM=tl.float32, GRAD_ELEM=tl.float32, STATE_ELEM=tl.float32, MASTER=False, STOCHASTIC=False,
+                     QUANTIZED=True),
+        "int8-master": dict(bf16_master, MASTER=True, QUANTIZED=True),
+        "int8-split": dict(bf16_master, MASTER=False, QUANTIZED=True, SPLIT_MASTER=True),
+        "split": dict(bf16_master, MASTER=False, SPLIT_MASTER=True),
+    }  # fmt: skip
+    for (label, storage), name in itertools.product(lean.items(), ("adamw", "lion")):
+        flags = dict(_chunk_constexprs("bf16"), **dict(LEAN_OFF, **storage), IS_FP64=False,
+                     RULE=_plan.RULES[name], HAS_MAX=False, ALIGNED=True, HAS_CLIP_VALUE=False)  # fmt: skip
+        flags["COMPUTE"] = tl.float32
         yield f"{name}-{label}", kernels._update_kernel, dict(CHUNKED, coef="*fp64", status="*fp32"), flags
 
 
