@@ -87,6 +87,38 @@ def _shares_elements(tensor: torch.Tensor) -> bool:
     return any(stride == 0 and size > 1 for stride, size in zip(tensor.stride(), tensor.shape))
 
 
+# The keywords every optimizer kind takes beside its rule's hyperparameters: options copied into
+# each param group's defaults, and options of the whole optimizer.
+_GROUP_OPTIONS = (
+    "maximize",
+    "agc_clip_factor",
+    "agc_eps",
+    "master_weights",
+    "stochastic_rounding",
+    "state_dtype",
+    "seed",
+)
+_OPTIMIZER_OPTIONS = (
+    "schedule",
+    "max_grad_norm",
+    "skip_nonfinite",
+    "backend",
+    "grad_attribute",
+    "clip_value",
+    "norm_group",
+)
+
+
+def _kind_arguments(rule: dict, arguments: dict) -> tuple[dict, dict]:
+    """``(group defaults, optimizer options)`` for ``_FusedOptimizer.__init__`` from a kind's rule
+    hyperparameters and its constructor's ``locals()``."""
+    defaults = dict(rule, **{name: arguments[name] for name in _GROUP_OPTIONS})
+    defaults["maximize"] = bool(defaults["maximize"])
+    defaults["master_weights"] = _precision.master_option(defaults["master_weights"])
+    defaults["stochastic_rounding"] = bool(defaults["stochastic_rounding"])
+    return defaults, {name: arguments[name] for name in _OPTIMIZER_OPTIONS}
+
+
 class _FusedOptimizer(ShardedSteps, CachedChecks, StateDictMethods, torch.optim.Optimizer):
     """Shared machinery of AdamW and Lion: everything but the per-kind state and checks."""
 
@@ -445,31 +477,15 @@ class AdamW(_FusedOptimizer):
         norm_group=None,
         backend: str = "auto",
     ):
-        defaults = dict(
+        rule = dict(
             lr=lr,
             betas=tuple(betas) if isinstance(betas, list) else betas,
             eps=eps,
             weight_decay=weight_decay,
             amsgrad=bool(amsgrad),
-            maximize=bool(maximize),
-            agc_clip_factor=agc_clip_factor,
-            agc_eps=agc_eps,
-            master_weights=_precision.master_option(master_weights),
-            stochastic_rounding=bool(stochastic_rounding),
-            state_dtype=state_dtype,
-            seed=seed,
         )
-        super().__init__(
-            params,
-            defaults,
-            schedule=schedule,
-            max_grad_norm=max_grad_norm,
-            skip_nonfinite=skip_nonfinite,
-            backend=backend,
-            grad_attribute=grad_attribute,
-            clip_value=clip_value,
-            norm_group=norm_group,
-        )
+        defaults, options = _kind_arguments(rule, locals())
+        super().__init__(params, defaults, **options)
 
 
 class Lion(_FusedOptimizer):
@@ -505,26 +521,10 @@ class Lion(_FusedOptimizer):
         norm_group=None,
         backend: str = "auto",
     ):
-        defaults = dict(
+        rule = dict(
             lr=lr,
             betas=tuple(betas) if isinstance(betas, list) else betas,
             weight_decay=weight_decay,
-            maximize=bool(maximize),
-            agc_clip_factor=agc_clip_factor,
-            agc_eps=agc_eps,
-            master_weights=_precision.master_option(master_weights),
-            stochastic_rounding=bool(stochastic_rounding),
-            state_dtype=state_dtype,
-            seed=seed,
         )
-        super().__init__(
-            params,
-            defaults,
-            schedule=schedule,
-            max_grad_norm=max_grad_norm,
-            skip_nonfinite=skip_nonfinite,
-            backend=backend,
-            grad_attribute=grad_attribute,
-            clip_value=clip_value,
-            norm_group=norm_group,
-        )
+        defaults, options = _kind_arguments(rule, locals())
+        super().__init__(params, defaults, **options)

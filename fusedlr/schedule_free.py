@@ -15,7 +15,7 @@ from numbers import Integral
 import torch
 
 from . import _precision, reference
-from .optim import _called_to_make_states, _check_group_hypers, _check_real, _FusedOptimizer
+from .optim import _called_to_make_states, _check_group_hypers, _check_real, _FusedOptimizer, _kind_arguments
 
 # Group keys of schedulefree's state dicts that fusedlr keeps on the device (or, "foreach", has no use for).
 _PACKAGE_GROUP_KEYS = ("k", "lr_max", "weight_sum", "scheduled_lr", "foreach")
@@ -76,7 +76,7 @@ class AdamWScheduleFree(_FusedOptimizer):
         norm_group=None,
         backend: str = "auto",
     ):
-        defaults = dict(
+        rule = dict(
             lr=lr,
             betas=tuple(betas) if isinstance(betas, list) else betas,
             eps=eps,
@@ -85,25 +85,9 @@ class AdamWScheduleFree(_FusedOptimizer):
             r=r,
             weight_lr_power=weight_lr_power,
             train_mode=False,
-            maximize=bool(maximize),
-            agc_clip_factor=agc_clip_factor,
-            agc_eps=agc_eps,
-            master_weights=bool(master_weights),
-            stochastic_rounding=bool(stochastic_rounding),
-            state_dtype=state_dtype,
-            seed=seed,
         )
-        super().__init__(
-            params,
-            defaults,
-            schedule=schedule,
-            max_grad_norm=max_grad_norm,
-            skip_nonfinite=skip_nonfinite,
-            backend=backend,
-            grad_attribute=grad_attribute,
-            clip_value=clip_value,
-            norm_group=norm_group,
-        )
+        defaults, options = _kind_arguments(rule, locals())
+        super().__init__(params, defaults, **options)
         self._group_sums = self._fresh_sums(len(self.param_groups), self._schedule_step.device)
 
     @staticmethod

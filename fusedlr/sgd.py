@@ -7,7 +7,7 @@ from numbers import Real
 import torch
 
 from . import _precision
-from .optim import _check_real, _FusedOptimizer
+from .optim import _check_real, _FusedOptimizer, _kind_arguments
 
 
 def _check_sgd_hypers(group: dict) -> None:
@@ -70,32 +70,16 @@ class SGD(_FusedOptimizer):
         norm_group=None,
         backend: str = "auto",
     ):
-        defaults = dict(
+        rule = dict(
             lr=lr,
             momentum=momentum,
             dampening=dampening,
             weight_decay=weight_decay,
             nesterov=bool(nesterov),
-            maximize=bool(maximize),
             decoupled_weight_decay=bool(decoupled_weight_decay),
-            agc_clip_factor=agc_clip_factor,
-            agc_eps=agc_eps,
-            master_weights=bool(master_weights),
-            stochastic_rounding=bool(stochastic_rounding),
-            state_dtype=state_dtype,
-            seed=seed,
         )
-        super().__init__(
-            params,
-            defaults,
-            schedule=schedule,
-            max_grad_norm=max_grad_norm,
-            skip_nonfinite=skip_nonfinite,
-            backend=backend,
-            grad_attribute=grad_attribute,
-            clip_value=clip_value,
-            norm_group=norm_group,
-        )
+        defaults, options = _kind_arguments(rule, locals())
+        super().__init__(params, defaults, **options)
 
     def _init_state(self, param: torch.Tensor, group: dict) -> dict:
         state = super()._init_state(param, group)  # the fp32 master copy, where asked for
