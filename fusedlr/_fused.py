@@ -203,7 +203,7 @@ def prepare(opt, items, grads, host_multiplier, key, active_groups):
         skip_nonfinite=opt.skip_nonfinite,
         grad_scale=_on(getattr(opt, "grad_scale", None), plan.device),
         found_inf=_on(getattr(opt, "found_inf", None), plan.device),
-        reduction=opt._reduction([opt._step_cache.sources[i] for i in plan.order]),
+        reduction=opt._reduction(opt._step_cache.sources, plan.order),
         report_norm=any(group["agc_clip_factor"] is not None for group in groups),
         rule=_plan.RULES[opt._kind],
         group_sums=getattr(opt, "_group_sums", None),

@@ -57,10 +57,10 @@ class _StepCache:
 class CachedChecks:
     """The optimizers' ``_kernel_items`` (a mixin of ``optim._FusedOptimizer``)."""
 
-    def _kernel_items(self, pairs, grads, counts, backend, sources):
+    def _kernel_items(self, params, grads, counts, backend, sources):
         """``(param, group, state)`` for the kernel backends, validated, and the key of the plan
         that holds their addresses, at a few attribute reads per tensor when nothing changed.
-        ``pairs`` and ``grads`` are what the kernels address (local shards of DTensors, whose
+        ``params`` and ``grads`` are what the kernels address (local shards of DTensors, whose
         optimizer params are ``sources``; None when nothing is sharded).
 
         Grads that are not last step's objects (``zero_grad()`` makes new ones each step) are
@@ -72,11 +72,12 @@ class CachedChecks:
         kernels = backend != "cpu"
         cache = self._step_cache
         grad_refs = None
-        params = [p for p, _ in pairs]
+        pairs = None  # (param, group): built only where something is checked
         if cache is not None and cache.same_grads(grads):
             grad_refs = cache.grad_refs
         elif cache is None or not cache.grads_like_last_step(grads):
             # The precise checks, and their error messages, before any address is read.
+            pairs = self._with_groups(params, counts)
             for (param, group), grad in zip(pairs, grads):
                 self._check_param(param, grad, group)
                 if kernels:
@@ -97,6 +98,7 @@ class CachedChecks:
         else:
             if not isinstance(self.state, _StateTable):  # replaced, or copied: track it again
                 self.state = _StateTable(self.state)
+            pairs = pairs or self._with_groups(params, counts)
             for (param, group), grad in zip(pairs, grads):
                 self._check_param(param, grad, group)
             state_view = self._state_view(pairs, sources)

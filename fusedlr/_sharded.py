@@ -33,18 +33,18 @@ class ShardedSteps:
                 "and norm_group sums only the stages' totals"
             )
 
-    def _local_items(self, params, grads, counts):
-        """``(param, group, state)`` and grads as the kernels and reference.py see them: the local
-        shards of DTensors (states included), checked against their params' placements first."""
-        pairs = self._with_groups(params, counts)
+    def _local_items(self, params, grads):
+        """Params and grads as the kernels and reference.py see them (the local shards of
+        DTensors, checked against their params' placements first), and the optimizer's params
+        they stand for (None when nothing is sharded: then they are those params)."""
         if not self._sharded:
-            return pairs, grads, None
+            return params, grads, None
         name = type(self).__name__
         # States are checked again only when one changed (the state counts its changes).
         version = getattr(self.state, "version", None)
         check_states = version is None or version != self._checked_state_version
         no_state = {}
-        for (param, _), grad in zip(pairs, grads):
+        for param, grad in zip(params, grads):
             if _distributed.is_dtensor(param):
                 state = self.state.get(param, no_state) if check_states else no_state
                 _distributed.check_sharded(param, grad, state, name)
@@ -52,7 +52,7 @@ class ShardedSteps:
                 raise RuntimeError(f"{name}: a plain parameter has a DTensor {self.grad_attribute}")
         self._checked_state_version = version
         local = _distributed.local
-        return [(local(p), group) for p, group in pairs], [local(g) for g in grads], params
+        return [local(p) for p in params], [local(g) for g in grads], params
 
     def _local_state(self, param, group) -> dict:
         """The param's state made ready (``_init_state``); for a DTensor param, a dict of its
@@ -62,10 +62,13 @@ class ShardedSteps:
             return state
         return {name: _distributed.local(value) for name, value in state.items()}
 
-    def _reduction(self, params):
-        """The NormReduction for ``params`` (sums' row order), or None on one process."""
+    def _reduction(self, params, order=None):
+        """The NormReduction for ``params`` (sums' row order; ``order``: their indices in it), or
+        None on one process."""
         if not self._sharded and self.norm_group is None:
             return None
+        if order is not None:
+            params = [params[i] for i in order]
         key = [id(p) for p in params] + [bool(g["replicated"]) for g in self.param_groups]
         if self._reduction_cache is None or self._reduction_cache[0] != key:
             owners = {id(p): g for g in self.param_groups for p in g["params"]}
@@ -92,7 +95,8 @@ class ShardedSteps:
         params, grads, counts = self._active()
         _quantized.check_step(self.backend, self.param_groups, self._sharded)
         _split_master.check_step(self.backend, self.param_groups, self._sharded)
-        pairs, grads, sources = self._local_items(params, grads, counts)
+        local_params, grads, sources = self._local_items(params, grads)
+        pairs = self._with_groups(local_params, counts)
         for (param, group), grad in zip(pairs, grads):
             self._check_param(param, grad, group)
         _fused.check_states(pairs, self._state_view(pairs, sources))

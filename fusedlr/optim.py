@@ -392,10 +392,11 @@ class _FusedOptimizer(ShardedSteps, CachedChecks, StateDictMethods, torch.optim.
             raise RuntimeError(
                 f"{type(self).__name__} is not implemented by the {backend!r} backend; use one of {self._kind_backends}"
             )
-        pairs, grads, sources = self._local_items(params, grads, counts)
+        local_params, grads, sources = self._local_items(params, grads)
         if backend in ("triton", "cuda", "cpu"):
-            items = self._kernel_items(pairs, grads, counts, backend, sources)
+            items = self._kernel_items(local_params, grads, counts, backend, sources)
         else:
+            pairs = self._with_groups(local_params, counts)
             for (param, group), grad in zip(pairs, grads):
                 self._check_param(param, grad, group)
             _fused.check_states(pairs, self._state_view(pairs, sources), required=self._required_state)

@@ -5,7 +5,7 @@ import io
 
 import pytest
 import torch
-from helpers import FP32_TOL, clone_params, make_grads, make_params, run_steps
+from helpers import FP32_TOL, assert_states_close, clone_params, make_grads, make_params, run_steps
 from oracles import run_by_hand
 
 import fusedlr
@@ -22,13 +22,7 @@ def package(groups, **kwargs):
 
 
 def assert_sf_close(opt, ours, ref, theirs, **tol):
-    tol = tol or FP32_TOL
-    for i, (pa, pb) in enumerate(zip(ours, theirs)):
-        torch.testing.assert_close(pa, pb, **tol, msg=lambda m, i=i: f"param {i}: {m}")
-        sa, sb = opt.state.get(pa, {}), ref.state.get(pb, {})
-        assert set(sa) == set(sb), f"param {i}: state keys {sorted(sa)} vs {sorted(sb)}"
-        for key in sa:
-            torch.testing.assert_close(sa[key], sb[key], **tol, msg=lambda m, i=i, key=key: f"param {i} {key}: {m}")
+    assert_states_close(opt, ours, ref, theirs, **tol)  # the package keeps no "step": z and v compared
     for ours_group, ref_group in zip(opt.state_dict()["param_groups"], ref.state_dict()["param_groups"]):
         for key in ("k", "lr_max", "weight_sum", "scheduled_lr"):
             assert ours_group[key] == pytest.approx(ref_group[key], rel=1e-12), key
