@@ -456,13 +456,10 @@ SCENARIOS = {
 CPU_BACKEND_SCENARIOS = ("fsdp", "pipeline")
 
 
-def run(rank, world, out_dir, names, backends, shared_dir):
+def run(rank, world, port, out_dir, names, backends, shared_dir):
     SHARED["dir"] = shared_dir
-    # A file store in the run's own folder: no TCP port that another process could take first.
-    store = f"file://{os.path.join(out_dir, 'store')}"
-    dist.init_process_group(
-        "gloo", init_method=store, rank=rank, world_size=world, timeout=datetime.timedelta(seconds=120)
-    )
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=world, timeout=datetime.timedelta(seconds=120))
     torch.set_num_threads(1)
     results = {}
     try:

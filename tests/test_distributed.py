@@ -6,6 +6,7 @@ each against an unsharded single-process torch.optim / lion-pytorch run."""
 from __future__ import annotations
 
 import json
+import socket
 
 import dist_worker
 import pytest
@@ -23,9 +24,15 @@ FOUR_RANKS = ["hsdp", "fsdp_tp", "dcp_load"]
 EXPECTED_COLLECTIVES = {"ddp": 0, "fsdp": 1, "fsdp_agc": 1, "tp": 1, "pipeline": 1, "hsdp": 1, "fsdp_tp": 1}
 
 
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def _spawn(tmp_path_factory, world, names, shared):
     out = tmp_path_factory.mktemp(f"world{world}")
-    mp.spawn(dist_worker.run, args=(world, str(out), names, BACKENDS, str(shared)), nprocs=world)
+    mp.spawn(dist_worker.run, args=(world, _free_port(), str(out), names, BACKENDS, str(shared)), nprocs=world)
     return [json.loads((out / f"rank{r}.json").read_text()) for r in range(world)]
 
 
