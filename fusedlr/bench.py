@@ -222,7 +222,7 @@ def contenders(optimizer: str, device: torch.device, baselines=None, dtype=torch
         baselines = ["fused"] if baselines is None and optimizer == "adamw" else baselines or ["lion-pytorch"]
         return [BASELINES[optimizer][b]() for b in baselines] + ours
     # The reference first (the others are checked against it), then the backends for this device
-    # that implement this optimizer (the cuda extension and the cpu backend have no SGD, no schedule-free).
+    # that implement this optimizer (the cuda extension has no SGD, no schedule-free).
     runs_here = {"cuda": ("torch", "triton", "cuda"), "cpu": ("torch", "cpu")}.get(device.type, ("torch",))
     kind_backends = _FUSEDLR_CLASSES[optimizer]._kind_backends
     ours = [_fusedlr(optimizer, b) for b in fusedlr.available_backends() if b in runs_here and b in kind_backends]
@@ -310,8 +310,9 @@ def _measurements(contenders, shapes, device, warmup, steps, dtype):
     """``(contender, measure's result or the exception it raised)`` for each contender.
 
     On a GPU one contender after the other (only one set of states fits in memory for the big
-    cases). On a CPU the timed steps are interleaved, one step of each contender in turn, so that
-    a load that comes and goes (other processes on a shared machine) falls on all of them alike.
+    cases). On a CPU the timed steps are interleaved, one step of each contender in turn (in an
+    order rotated every round), so that a load that comes and goes (other processes on a shared
+    machine) falls on all of them alike.
     """
     if device.type != "cpu":
         for contender in contenders:
@@ -329,8 +330,12 @@ def _measurements(contenders, shapes, device, warmup, steps, dtype):
         except Exception as error:
             runs[contender.name] = error
     live = [run for run in runs.values() if not isinstance(run, Exception)]
-    for _ in range(steps):
-        for run in live:
+    for round_ in range(steps):
+        # The order rotates every round: each contender follows each other one equally often, so
+        # none always inherits the cache (and dirty lines) of the same neighbour, e.g. the slow
+        # reference's.
+        shift = round_ % len(live) if live else 0
+        for run in live[shift:] + live[:shift]:
             run.times.append(run.time_ms(run.step))
     for contender in contenders:
         run = runs[contender.name]

@@ -9,7 +9,7 @@ from lion_pytorch import Lion as ReferenceLion
 from oracles import hf_cosine, run_by_hand
 
 import fusedlr
-from fusedlr import _backends, _cpu, schedules
+from fusedlr import _backends, _cpu, _cpu_updates, schedules
 
 STEPS = 12
 
@@ -65,8 +65,8 @@ def test_lion_is_the_reference_to_the_bit():
 def test_lion_by_tensor_and_by_block_is_the_reference_to_the_bit(monkeypatch):
     """Small tensors together, large ones one by one, large contiguous ones in blocks (here of
     1,000 elements: the 4097-element tensor in five): the same bits as the reference."""
-    monkeypatch.setattr(_cpu, "SERIAL_NUMEL", 16)
-    monkeypatch.setattr(_cpu, "LION_BLOCK_NUMEL", 1000)
+    monkeypatch.setattr(_cpu_updates, "SERIAL_NUMEL", 16)
+    monkeypatch.setattr(_cpu_updates, "BLOCK_NUMEL", 1000)
     base = make_params(AWKWARD_SHAPES + [(3000, 2)])
     grads = make_grads(base, STEPS, scale=3.0)
     runs = []
@@ -95,7 +95,7 @@ def test_adamw_clip_and_agc_norms_are_the_reference_norms():
 def test_small_tensors_on_one_thread_and_large_ones_on_all(monkeypatch, fused_adamw_calls):
     """With the serial threshold at 16 elements the awkward shapes split into both parts; the
     result is torch's, and the caller's thread count is restored."""
-    monkeypatch.setattr(_cpu, "SERIAL_NUMEL", 16)
+    monkeypatch.setattr(_cpu_updates, "SERIAL_NUMEL", 16)
     threads = torch.get_num_threads()
     base = make_params()
     grads = make_grads(base, STEPS)
@@ -216,3 +216,106 @@ def test_many_tensors_and_zero_size_ones_match_torch():
     ref, _ = run_by_hand(_torch_adamw, theirs, [dict(params=list(range(len(base))), lr=1e-2, weight_decay=0.1)],
                          grads, max_grad_norm=1.0)  # fmt: skip
     assert_states_close(opt, ours, ref, theirs, **FP32_TOL)
+
+
+# ----- SGD and Schedule-Free AdamW -----------------------------------------------------------------
+
+SGD_CASES = {
+    "momentum": dict(momentum=0.9, weight_decay=0.1),
+    "nesterov": dict(momentum=0.9, nesterov=True, weight_decay=0.1, maximize=True),
+    "dampening": dict(momentum=0.8, dampening=0.5),
+    "no-momentum": dict(momentum=0.0, weight_decay=0.1),
+    "decoupled": dict(momentum=0.9, weight_decay=0.1, decoupled_weight_decay=True),
+}
+SCHEDULEFREE_CASES = {
+    "decay": dict(weight_decay=0.1, warmup_steps=3),
+    "maximize": dict(weight_decay=0.0, betas=(0.95, 0.99), maximize=True, r=1.0),
+}
+
+
+def _sgd(groups, options, backend):
+    return fusedlr.SGD(groups, lr=0.05, **options, max_grad_norm=1.0, schedule=schedules.WarmupCosine(2, 12),
+                       backend=backend)  # fmt: skip
+
+
+def _schedulefree(groups, options, backend):
+    opt = fusedlr.AdamWScheduleFree(groups, lr=0.01, **options, max_grad_norm=1.0, backend=backend)
+    opt.train()
+    return opt
+
+
+@pytest.fixture
+def fused_sgd_calls(monkeypatch):
+    """Each call of torch's fused SGD kernel: (tensors, is_first_step)."""
+    calls = []
+    kernel = torch._fused_sgd_
+
+    def counting(params, *args, **kwargs):
+        calls.append((len(params), kwargs["is_first_step"]))
+        return kernel(params, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "_fused_sgd_", counting)
+    return calls
+
+
+@pytest.mark.parametrize(
+    "make, options",
+    [(_sgd, o) for o in SGD_CASES.values()] + [(_schedulefree, o) for o in SCHEDULEFREE_CASES.values()],
+    ids=[f"sgd-{k}" for k in SGD_CASES] + [f"schedulefree-{k}" for k in SCHEDULEFREE_CASES],
+)
+def test_sgd_and_schedulefree_multi_tensor_steps_match_the_reference(monkeypatch, make, options):
+    """torch's fused SGD kernel and Schedule-Free's foreach ops against the torch backend: two
+    groups (AGC on one), an active clip, tensors in both the one-thread and the all-thread part,
+    a large one in blocks, a gapped param, grads laid out unlike their params at odd steps, and a
+    param whose first grad comes at step 3 (its momentum buffer is first written while the
+    others' are not). Not to the bit: the fused SGD kernel rounds its vector loop's tail
+    elements differently, and Schedule-Free moves the bias correction out of the denominator."""
+    monkeypatch.setattr(_cpu_updates, "SERIAL_NUMEL", 16)
+    monkeypatch.setattr(_cpu_updates, "BLOCK_NUMEL", 1000)
+    base = make_params(AWKWARD_SHAPES + [(3000, 2), (6, 5)])
+    grads = _mislaid(make_grads(base, STEPS, scale=3.0, skip=lambda step, i: i == 2 and step < 3))
+    runs = []
+    for backend in ("torch", "cpu"):
+        params = _with_gaps(base)
+        groups = [dict(params=params[:6], agc_clip_factor=0.05), dict(params=params[6:], lr=0.02)]
+        opt = make(groups, options, backend)
+        runs.append((opt, params, run_steps(opt, params, grads)))
+    (ref, ref_params, ref_norms), (opt, params, norms) = runs
+    assert isinstance(opt._plan_cache, _cpu.CpuPlan) and opt._plan_cache.fast
+    assert_states_close(opt, params, ref, ref_params, **FP32_TOL)
+    torch.testing.assert_close(torch.stack(norms), torch.stack(ref_norms), rtol=1e-6, atol=0)
+    assert torch.equal(norms[0], ref_norms[0])  # the same params: the same norm, to the bit
+
+
+def test_sgd_runs_the_fused_kernel_and_copies_the_first_grad_in(fused_sgd_calls):
+    """Buffers never written take the kernel's first-step copy, the others its update: here the
+    param without a grad at the first step is first written at the second."""
+    base = make_params([(4097,), (30, 7), (5,)])
+    grads = make_grads(base, 3, skip=lambda step, i: i == 2 and step == 0)
+    ours = clone_params(base)
+    opt = fusedlr.SGD(ours, lr=0.1, momentum=0.9, weight_decay=0.1, backend="cpu")
+    run_steps(opt, ours, grads)
+    theirs = clone_params(base)
+    ref, _ = run_by_hand(lambda groups: torch.optim.SGD(groups, foreach=False), theirs,
+                         [dict(params=[0, 1, 2], lr=0.1, momentum=0.9, weight_decay=0.1)], grads)  # fmt: skip
+    for a, b in zip(ours, theirs):  # torch's SGD keeps no step count: params and buffers only
+        torch.testing.assert_close(a, b, **FP32_TOL)
+        torch.testing.assert_close(opt.state[a]["momentum_buffer"], ref.state[b]["momentum_buffer"], **FP32_TOL)
+    # step 1: two buffers copied in; step 2: two updated, one copied in; step 3: three updated
+    first_calls = [call for call in fused_sgd_calls if call[1]]
+    assert sum(n for n, _ in first_calls) == 3
+    assert sum(n for n, first in fused_sgd_calls if not first) == 2 + 3
+
+
+def test_agc_and_norm_reporting_stay_on_the_multi_tensor_path(fused_adamw_calls):
+    """AGC in one group (its norm is reported on every step, also when only the other group has
+    grads) does not send the step to the reference."""
+    params = make_params()
+    groups = [dict(params=params[:4], agc_clip_factor=0.05), dict(params=params[4:])]
+    opt = fusedlr.AdamW(groups, backend="cpu")
+    for step, grads in enumerate(make_grads(params, 2, skip=lambda step, i: step == 1 and i < 4)):
+        for p, g in zip(params, grads):
+            p.grad = g
+        opt.step()
+        assert opt.last_grad_norm is not None
+    assert fused_adamw_calls == [4, len(params) - 4, len(params) - 4]
