@@ -313,7 +313,7 @@ def test_agc_and_norm_reporting_stay_on_the_multi_tensor_path(fused_adamw_calls)
     params = make_params()
     groups = [dict(params=params[:4], agc_clip_factor=0.05), dict(params=params[4:])]
     opt = fusedlr.AdamW(groups, backend="cpu")
-    for step, grads in enumerate(make_grads(params, 2, skip=lambda step, i: step == 1 and i < 4)):
+    for grads in make_grads(params, 2, skip=lambda step, i: step == 1 and i < 4):
         for p, g in zip(params, grads):
             p.grad = g
         opt.step()
