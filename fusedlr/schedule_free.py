@@ -45,7 +45,7 @@ class AdamWScheduleFree(_FusedOptimizer):
     """
 
     _kind = "schedulefree"
-    _kind_backends = ("torch", "triton")
+    _kind_backends = ("torch", "triton", "cuda")
     _state_names = ("z", "exp_avg_sq")
     _required_state = ("z", "exp_avg_sq")
     _check_group_hypers = staticmethod(_check_schedulefree_hypers)

@@ -40,7 +40,7 @@ class SGD(_FusedOptimizer):
     """
 
     _kind = "sgd"
-    _kind_backends = ("torch", "triton")
+    _kind_backends = ("torch", "triton", "cuda")
     _state_names = ()
     _required_state = ()
     _check_group_hypers = staticmethod(_check_sgd_hypers)
