@@ -978,7 +978,7 @@ __global__ void quantized_update_kernel(const int64_t* tensor_table, int64_t num
 #pragma unroll
       for (int offset = kLanes / 2; offset > 0; offset /= 2) {
         max_m = nan_max(max_m, __shfl_xor_sync(0xFFFFFFFFu, max_m, offset));
-        max_r = nan_max(max_r, __shfl_xor_sync(0xFFFFFFFFu, max_r, offset));
+        if (Rule::kSecondMoment) max_r = nan_max(max_r, __shfl_xor_sync(0xFFFFFFFFu, max_r, offset));
       }
       quantized_lane_store<P, G, Rule>(x, begin, end, lane, m, r, max_m, max_r);
     }

@@ -126,9 +126,8 @@ def available() -> bool:
 
 
 def _stored_alike(bucket) -> bool:
-    return (
-        bucket.grad_dtype == bucket.dtype == bucket.state_dtype
-        and not (bucket.master or bucket.stochastic or bucket.quantized or bucket.split_master)
+    return bucket.grad_dtype == bucket.dtype == bucket.state_dtype and not (
+        bucket.master or bucket.stochastic or bucket.quantized or bucket.split_master
     )
 
 

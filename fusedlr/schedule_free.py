@@ -41,7 +41,7 @@ class AdamWScheduleFree(_FusedOptimizer):
     before training steps and ``eval()`` before evaluating or saving (the optimizer starts in eval
     mode, and ``step()`` in eval mode raises). Warmup is built in (``warmup_steps``); a fusedlr
     ``schedule``, when given, multiplies the lr as well (the default None is the package's
-    behaviour). Backends ``torch`` and ``triton``; the CUDA extension does not implement it.
+    behaviour). Backends ``torch``, ``triton`` and ``cuda``.
     """
 
     _kind = "schedulefree"

@@ -36,7 +36,7 @@ class SGD(_FusedOptimizer):
     ``wd * p`` to the grad. The state holds torch's ``momentum_buffer`` (only with momentum) and a
     ``step`` count of it (0 until its first update, which copies the grad in, as torch's clone);
     torch.optim.SGD ignores ``step``, and a buffer loaded without one counts as written.
-    Backends ``torch`` and ``triton``; the CUDA extension does not implement SGD.
+    Backends ``torch``, ``triton`` and ``cuda``.
     """
 
     _kind = "sgd"

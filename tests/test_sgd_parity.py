@@ -9,7 +9,7 @@ from helpers import FP32_TOL, clone_params, make_grads, make_params, run_steps
 from oracles import hf_cosine, run_by_hand
 
 import fusedlr
-from fusedlr import _backends, schedules
+from fusedlr import schedules
 
 STEPS = 9
 
