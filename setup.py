@@ -118,7 +118,7 @@ class BuildWithNvcc(build_ext):
         includes = f"-I{sysconfig.get_paths()['include']} -I{pybind11.get_include()} -I{ROOT / 'csrc'}"
         module = ext.name.rsplit(".", 1)[1]
         gencode = " ".join(gencode_flags(archs))
-        sources = f"{ROOT / 'csrc' / 'kernels.h'} {ROOT / 'csrc' / 'layout.h'}"
+        sources = f"{ROOT / 'csrc' / 'kernels.h'} {ROOT / 'csrc' / 'launches.h'} {ROOT / 'csrc' / 'layout.h'}"
         ninja_file = temp / "build.ninja"
         ninja_file.write_text(
             f"""ninja_required_version = 1.3

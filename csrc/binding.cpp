@@ -46,6 +46,15 @@ std::map<std::string, int> layout() {
       {"program.max_registers", kMaxRegisters},
       {"dtype.float32", kFloat32}, {"dtype.float64", kFloat64}, {"dtype.float16", kFloat16},
       {"dtype.bfloat16", kBFloat16},
+      {"rule_group.dampening", kDampening}, {"rule_group.nesterov", kNesterov},
+      {"rule_group.coupled_weight_decay", kCoupledWeightDecay}, {"rule_group.warmup_steps", kWarmupSteps},
+      {"rule_group.r", kR}, {"rule_group.weight_lr_power", kWeightLrPower}, {"rule_group.columns", kRuleGroupColumns},
+      {"rule.adamw", kRuleAdamW}, {"rule.lion", kRuleLion}, {"rule.sgd", kRuleSgd},
+      {"rule.schedulefree", kRuleScheduleFree},
+      {"group_sums.lr_max", kLrMax}, {"group_sums.weight_sum", kWeightSum}, {"group_sums.ckp1", kCkp1},
+      {"group_sums.scheduled_lr", kScheduledLr}, {"group_sums.rows", kGroupSumRows},
+      {"quant.block", kQuantBlock}, {"quant.signed_levels", kSignedLevels},
+      {"quant.unsigned_levels", kUnsignedLevels},
   };
 }
 
@@ -59,15 +68,52 @@ std::pair<double, double> schedule_on_cpu(const std::vector<double>& program, in
   return {scale, offset};
 }
 
-void mixed_update_on_cpu_checked(bool is_adamw, int param_dtype, int grad_dtype, int state_dtype, uint64_t param,
+void mixed_update_on_cpu_checked(int rule, int param_dtype, int grad_dtype, int state_dtype, uint64_t param,
                                  uint64_t master, uint64_t grad, uint64_t exp_avg, uint64_t exp_avg_sq,
                                  uint64_t max_sq, int64_t numel, int64_t first_index, const std::vector<double>& coef,
                                  bool stochastic) {
   if (coef.size() != static_cast<size_t>(kCoefColumns)) {
     throw std::invalid_argument("fusedlr: mixed_update_on_cpu takes one value per coef column");
   }
-  mixed_update_on_cpu(is_adamw, param_dtype, grad_dtype, state_dtype, param, master, grad, exp_avg, exp_avg_sq,
+  mixed_update_on_cpu(rule, param_dtype, grad_dtype, state_dtype, param, master, grad, exp_avg, exp_avg_sq,
                       max_sq, numel, first_index, coef.data(), stochastic);
+}
+
+// The launch API: the device entry points on the module, their host twins on its `host` submodule.
+struct Launches {
+  decltype(&fusedlr::grad_sumsq) grad_sumsq;
+  decltype(&fusedlr::tensor_sumsq) tensor_sumsq;
+  decltype(&fusedlr::finalize) finalize;
+  decltype(&fusedlr::update) update;
+  decltype(&fusedlr::mixed_update) mixed_update;
+  decltype(&fusedlr::quantized_update) quantized_update;
+};
+
+void def_launches(py::module_& m, const Launches& f) {
+  m.def("grad_sumsq", f.grad_sumsq, py::arg("dtype"), py::arg("grad_dtype"), py::arg("tensor_table"),
+        py::arg("num_tensors"), py::arg("chunk_table"), py::arg("num_chunks"), py::arg("chunk_begin"),
+        py::arg("chunk_count"), py::arg("chunk_size"), py::arg("partial_grad"), py::arg("partial_param"),
+        py::arg("with_param"), py::arg("found_inf"), py::arg("hyper"), py::arg("num_groups"), py::arg("grad_scale"),
+        py::arg("has_clip_value"), py::arg("stream"));
+  m.def("tensor_sumsq", f.tensor_sumsq, py::arg("tensor_table"), py::arg("num_tensors"), py::arg("partial_grad"),
+        py::arg("partial_param"), py::arg("grad_sumsq"), py::arg("param_sumsq"), py::arg("with_param"),
+        py::arg("found_inf"), py::arg("stream"));
+  m.def("finalize", f.finalize, py::arg("tensor_table"), py::arg("num_tensors"), py::arg("hyper"),
+        py::arg("num_groups"), py::arg("grad_sumsq"), py::arg("param_sumsq"), py::arg("coef"), py::arg("counter"),
+        py::arg("norm_out"), py::arg("has_norms"), py::arg("has_clip"), py::arg("has_agc"), py::arg("rule"),
+        py::arg("group_sums"), py::arg("grad_scale"), py::arg("found_inf"), py::arg("status"),
+        py::arg("skipped_steps"), py::arg("skip_nonfinite"), py::arg("has_clip_value"), py::arg("stream"));
+  m.def("update", f.update, py::arg("rule"), py::arg("dtype"), py::arg("tensor_table"), py::arg("num_tensors"),
+        py::arg("chunk_table"), py::arg("num_chunks"), py::arg("chunk_begin"), py::arg("chunk_count"),
+        py::arg("chunk_size"), py::arg("coef"), py::arg("found_inf"), py::arg("stream"));
+  m.def("mixed_update", f.mixed_update, py::arg("rule"), py::arg("param_dtype"), py::arg("grad_dtype"),
+        py::arg("state_dtype"), py::arg("tensor_table"), py::arg("num_tensors"), py::arg("chunk_table"),
+        py::arg("num_chunks"), py::arg("chunk_begin"), py::arg("chunk_count"), py::arg("chunk_size"),
+        py::arg("coef"), py::arg("found_inf"), py::arg("stochastic"), py::arg("stream"));
+  m.def("quantized_update", f.quantized_update, py::arg("rule"), py::arg("param_dtype"), py::arg("grad_dtype"),
+        py::arg("tensor_table"), py::arg("num_tensors"), py::arg("chunk_table"), py::arg("num_chunks"),
+        py::arg("chunk_begin"), py::arg("chunk_count"), py::arg("chunk_size"), py::arg("coef"), py::arg("found_inf"),
+        py::arg("stochastic"), py::arg("stream"));
 }
 
 }  // namespace
@@ -85,33 +131,15 @@ PYBIND11_MODULE(FUSEDLR_MODULE_NAME, m) {
   m.def("schedule_on_cpu", &schedule_on_cpu, "The CUDA schedule interpreter's logic, run on the CPU (for tests)",
         py::arg("program"), py::arg("num_instructions"), py::arg("scale_register"), py::arg("offset_register"),
         py::arg("k"));
-  m.def("grad_sumsq", &grad_sumsq, py::arg("dtype"), py::arg("grad_dtype"), py::arg("tensor_table"),
-        py::arg("num_tensors"),
-        py::arg("chunk_table"), py::arg("num_chunks"), py::arg("chunk_begin"), py::arg("chunk_count"),
-        py::arg("chunk_size"), py::arg("partial_grad"), py::arg("partial_param"), py::arg("with_param"),
-        py::arg("found_inf"), py::arg("hyper"), py::arg("num_groups"), py::arg("grad_scale"),
-        py::arg("has_clip_value"), py::arg("stream"));
-  m.def("tensor_sumsq", &tensor_sumsq, py::arg("tensor_table"), py::arg("num_tensors"), py::arg("partial_grad"),
-        py::arg("partial_param"), py::arg("grad_sumsq"), py::arg("param_sumsq"), py::arg("with_param"),
-        py::arg("found_inf"), py::arg("stream"));
-  m.def("finalize", &finalize, py::arg("tensor_table"), py::arg("num_tensors"), py::arg("hyper"),
-        py::arg("num_groups"), py::arg("grad_sumsq"), py::arg("param_sumsq"), py::arg("coef"), py::arg("counter"),
-        py::arg("norm_out"), py::arg("has_norms"), py::arg("has_clip"), py::arg("has_agc"), py::arg("is_adamw"),
-        py::arg("grad_scale"), py::arg("found_inf"), py::arg("status"), py::arg("skipped_steps"),
-        py::arg("skip_nonfinite"), py::arg("has_clip_value"), py::arg("stream"));
-  m.def("adamw_update", &adamw_update, py::arg("dtype"), py::arg("tensor_table"), py::arg("num_tensors"),
-        py::arg("chunk_table"), py::arg("num_chunks"), py::arg("chunk_begin"), py::arg("chunk_count"),
-        py::arg("chunk_size"), py::arg("coef"), py::arg("found_inf"), py::arg("stream"));
-  m.def("lion_update", &lion_update, py::arg("dtype"), py::arg("tensor_table"), py::arg("num_tensors"),
-        py::arg("chunk_table"), py::arg("num_chunks"), py::arg("chunk_begin"), py::arg("chunk_count"),
-        py::arg("chunk_size"), py::arg("coef"), py::arg("found_inf"), py::arg("stream"));
-  m.def("mixed_update", &mixed_update, py::arg("is_adamw"), py::arg("param_dtype"), py::arg("grad_dtype"),
-        py::arg("state_dtype"), py::arg("tensor_table"), py::arg("num_tensors"), py::arg("chunk_table"),
-        py::arg("num_chunks"), py::arg("chunk_begin"), py::arg("chunk_count"), py::arg("chunk_size"),
-        py::arg("coef"), py::arg("found_inf"), py::arg("stochastic"), py::arg("stream"));
+  def_launches(m, Launches{&fusedlr::grad_sumsq, &fusedlr::tensor_sumsq, &fusedlr::finalize, &fusedlr::update,
+                           &fusedlr::mixed_update, &fusedlr::quantized_update});
+  py::module_ host_twins = m.def_submodule(
+      "host", "The launches' host twins: the same signatures on CPU tensors' addresses (tests without a GPU)");
+  def_launches(host_twins, Launches{&host::grad_sumsq, &host::tensor_sumsq, &host::finalize, &host::update,
+                              &host::mixed_update, &host::quantized_update});
   m.def("mixed_update_on_cpu", &mixed_update_on_cpu_checked,
         "The mixed-precision update's element code run on host memory (CPU tensors), for tests",
-        py::arg("is_adamw"), py::arg("param_dtype"), py::arg("grad_dtype"), py::arg("state_dtype"), py::arg("param"),
+        py::arg("rule"), py::arg("param_dtype"), py::arg("grad_dtype"), py::arg("state_dtype"), py::arg("param"),
         py::arg("master"), py::arg("grad"), py::arg("exp_avg"), py::arg("exp_avg_sq"), py::arg("max_sq"),
         py::arg("numel"), py::arg("first_index"), py::arg("coef"), py::arg("stochastic"));
 }

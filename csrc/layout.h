@@ -8,9 +8,9 @@ namespace fusedlr {
 // tensor_table: int64 [kTensorColumns, T], column-major by column.
 enum TensorColumn : int {
   kParam = 0, kGrad, kExpAvg, kExpAvgSq, kMaxExpAvgSq, kStep, kNumel, kGroup, kChunkBegin, kNumChunks,
-  kMaster, kPosition,  // read by the Triton kernels only (the CUDA backend refuses those options)
-  kExpAvgScales, kExpAvgSqScales,  // 8-bit moments: Triton kernels only (the CUDA backend refuses them)
-  kMasterResidual,  // split master weights: Triton kernels only (the CUDA backend refuses them)
+  kMaster, kPosition,  // the fp32 master copy (0: none); the param's index among all params
+  kExpAvgScales, kExpAvgSqScales,  // 8-bit moments: float32 block scales (kExpAvg / kExpAvgSq hold the codes)
+  kMasterResidual,  // split master weights: the int8 residuals (0: none)
   kTensorColumns
 };
 
@@ -24,10 +24,27 @@ enum ScheduleSlot : int {
   kScheduleSlots
 };
 
+// Per-group hyperparameters of SGD and schedule-free AdamW: float64 [kRuleGroupColumns, G] after
+// the schedule program (at hyper + kGroupColumns * G + kScheduleSlots + instructions * width).
+enum RuleGroupColumn : int {
+  kDampening = 0, kNesterov, kCoupledWeightDecay, kWarmupSteps, kR, kWeightLrPower, kRuleGroupColumns
+};
+
+// The update rule of a step (fusedlr/_plan.py RULES).
+enum RuleCode : int { kRuleAdamW = 0, kRuleLion, kRuleSgd, kRuleScheduleFree, kNumRules };
+
+// Schedule-free's per-group device bookkeeping: float64 [kGroupSumRows, G].
+enum GroupSumRow : int { kLrMax = 0, kWeightSum, kCkp1, kScheduledLr, kGroupSumRows };
+
+// 8-bit moments (fusedlr/_quantized.py): elements per float32 scale, and the code levels.
+constexpr int kQuantBlock = 256;
+constexpr int kSignedLevels = 127;
+constexpr int kUnsignedLevels = 255;
+
 // coef: float64 [kCoefColumns, T], written by finalize, read by the updates.
 enum CoefColumn : int {
   kGradScale = 0, kDecay, kStepSize, kBc2Sqrt, kCoefBeta1, kOneMinusBeta1, kCoefBeta2, kOneMinusBeta2, kCoefEps,
-  kSrKey,  // written by the Triton finalize only
+  kSrKey,  // the stochastic-rounding stream key of this update (a uint32 held in a float64)
   kUnscale, kClipValueCoef,  // clip_value: the grad is unscaled and clamped before kGradScale multiplies it
   kCoefColumns
 };

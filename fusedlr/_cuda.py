@@ -12,13 +12,14 @@ extension exists but the driver is too old for it, ``unavailable_reason()`` says
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import functools
 import importlib
 
 import torch
 
-from . import _fused, _plan
+from . import _fused, _plan, _quantized
 from .schedules import program
 
 DTYPE_CODES = {torch.float32: 0, torch.float64: 1, torch.float16: 2, torch.bfloat16: 3}
@@ -40,6 +41,14 @@ def _expected_layout() -> dict:
     expected["program.instruction_width"] = program.INSTRUCTION_WIDTH
     expected["program.max_registers"] = program.MAX_REGISTERS
     expected.update({f"dtype.{str(dtype).removeprefix('torch.')}": code for dtype, code in DTYPE_CODES.items()})
+    expected.update({f"rule_group.{name}": i for i, name in enumerate(_plan.RULE_GROUP_COLUMNS)})
+    expected["rule_group.columns"] = len(_plan.RULE_GROUP_COLUMNS)
+    expected.update({f"rule.{name}": code for name, code in _plan.RULES.items()})
+    expected.update({f"group_sums.{name}": i for i, name in enumerate(_plan.GROUP_SUM_ROWS)})
+    expected["group_sums.rows"] = len(_plan.GROUP_SUM_ROWS)
+    expected["quant.block"] = _quantized.QUANT_BLOCK
+    expected["quant.signed_levels"] = int(_quantized.SIGNED_LEVELS)
+    expected["quant.unsigned_levels"] = int(_quantized.UNSIGNED_LEVELS)
     return expected
 
 
@@ -117,7 +126,20 @@ def available() -> bool:
 
 
 def _stored_alike(bucket) -> bool:
-    return bucket.grad_dtype == bucket.dtype == bucket.state_dtype and not bucket.master and not bucket.stochastic
+    return bucket.grad_dtype == bucket.dtype == bucket.state_dtype and not (
+        bucket.master or bucket.stochastic or bucket.quantized or bucket.split_master
+    )
+
+
+@contextlib.contextmanager
+def _device_stream(device):
+    """The launches' stream (torch's current one, as an integer) with ``device`` current. CPU
+    tensors reach here only in tests, driving the extension's host twins (``_C.host``): stream 0."""
+    if device.type == "cpu":
+        yield 0
+        return
+    with torch.cuda.device(device):
+        yield torch.cuda.current_stream(device).cuda_stream
 
 
 def step_(opt, items, grads, host_multiplier, key, active_groups):
@@ -133,8 +155,7 @@ def step_(opt, items, grads, host_multiplier, key, active_groups):
         return 0 if tensor is None else tensor.data_ptr()
 
     status = plan.status.data_ptr()
-    with torch.cuda.device(device):
-        stream = torch.cuda.current_stream(device).cuda_stream
+    with _device_stream(device) as stream:
         if flags.has_norms:
             for bucket in plan.buckets:
                 ext.grad_sumsq(DTYPE_CODES[bucket.dtype], DTYPE_CODES[bucket.grad_dtype], *tables, *chunks,
@@ -148,16 +169,20 @@ def step_(opt, items, grads, host_multiplier, key, active_groups):
         found_inf = _fused.reduce_norms(plan, flags)  # across ranks, where the step is distributed
         ext.finalize(*tables, plan.hyper.data_ptr(), plan.num_groups, plan.tensor_grad_sumsq.data_ptr(),
                      plan.tensor_param_sumsq.data_ptr(), plan.coef.data_ptr(), opt._schedule_step.data_ptr(),
-                     address(norm), flags.has_norms, flags.has_clip, flags.has_agc, flags.is_adamw,
-                     address(flags.grad_scale), address(found_inf), status, opt.skipped_steps.data_ptr(),
-                     flags.skip_nonfinite, flags.has_clip_value, stream)  # fmt: skip
-        update = ext.adamw_update if flags.is_adamw else ext.lion_update
+                     address(norm), flags.has_norms, flags.has_clip, flags.has_agc, flags.rule,
+                     address(flags.group_sums), address(flags.grad_scale), address(found_inf), status,
+                     opt.skipped_steps.data_ptr(), flags.skip_nonfinite, flags.has_clip_value, stream)  # fmt: skip
         for bucket in plan.buckets:
             chunk_range = (bucket.chunk_begin, bucket.num_chunks, _plan.CHUNK_SIZE)
-            if _stored_alike(bucket):  # the vectorised kernels: everything in the param's dtype
-                update(DTYPE_CODES[bucket.dtype], *tables, *chunks, *chunk_range, plan.coef.data_ptr(), status, stream)
-            else:  # master copy, stochastic rounding, or grads/moments in another dtype
-                ext.mixed_update(flags.is_adamw, DTYPE_CODES[bucket.dtype], DTYPE_CODES[bucket.grad_dtype],
+            if bucket.quantized:  # 8-bit moments: decoded, updated and encoded by one warp per block
+                ext.quantized_update(flags.rule, DTYPE_CODES[bucket.dtype], DTYPE_CODES[bucket.grad_dtype], *tables,
+                                     *chunks, *chunk_range, plan.coef.data_ptr(), status, bucket.stochastic,
+                                     stream)  # fmt: skip
+            elif _stored_alike(bucket):  # the vectorised kernels: everything in the param's dtype
+                ext.update(flags.rule, DTYPE_CODES[bucket.dtype], *tables, *chunks, *chunk_range,
+                           plan.coef.data_ptr(), status, stream)  # fmt: skip
+            else:  # master copy (fp32 or split), stochastic rounding, or grads/moments in another dtype
+                ext.mixed_update(flags.rule, DTYPE_CODES[bucket.dtype], DTYPE_CODES[bucket.grad_dtype],
                                  DTYPE_CODES[bucket.state_dtype], *tables, *chunks, *chunk_range,
                                  plan.coef.data_ptr(), status, bucket.stochastic, stream)  # fmt: skip
     return norm

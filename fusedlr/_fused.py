@@ -165,7 +165,6 @@ class StepFlags:
     has_agc: bool
     has_clip: bool
     has_clip_value: bool
-    is_adamw: bool
     skip_nonfinite: bool
     grad_scale: torch.Tensor | None  # set by torch.amp.GradScaler.step, None once unscaled
     found_inf: torch.Tensor | None
@@ -199,7 +198,6 @@ def prepare(opt, items, grads, host_multiplier, key, active_groups):
         has_agc=any(group["agc_clip_factor"] is not None for group in active_groups),
         has_clip=opt.max_grad_norm is not None,
         has_clip_value=clip_value is not None,
-        is_adamw=opt._kind == "adamw",
         skip_nonfinite=opt.skip_nonfinite,
         grad_scale=_on(getattr(opt, "grad_scale", None), plan.device),
         found_inf=_on(getattr(opt, "found_inf", None), plan.device),

@@ -41,10 +41,13 @@ GROUP_COLUMNS = ("lr", "weight_decay", "beta1", "beta2", "eps", "agc_clip_factor
 # Then the schedule program (fusedlr/schedules/program.py), INSTRUCTION_WIDTH floats per instruction.
 # Then the per-group hyperparameters of SGD (whose momentum sits in the beta1 column) and of
 # schedule-free AdamW, laid out as the group columns (0 for the other kinds). Last in the table,
-# so that the layout the CUDA extension shares (csrc/layout.h), which implements neither, stays.
+# after the schedule program, whose length varies.
 RULE_GROUP_COLUMNS = ("dampening", "nesterov", "coupled_weight_decay", "warmup_steps", "r", "weight_lr_power")
 # The update rule, a compile-time switch of the finalize and update kernels.
 RULES = {"adamw": 0, "lion": 1, "sgd": 2, "schedulefree": 3}
+# Rows of schedule-free's per-group device bookkeeping (AdamWScheduleFree._group_sums, float64
+# [rows, G]), advanced by the finalize.
+GROUP_SUM_ROWS = ("lr_max", "weight_sum", "ckp1", "scheduled_lr")
 # The states each address column of TENSOR_COLUMNS holds, by kind: SGD's momentum buffer and
 # schedule-free's z sit in the "exp_avg" column.
 STATE_COLUMNS = {

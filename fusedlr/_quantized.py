@@ -1,5 +1,6 @@
 """8-bit optimizer moments (``state_dtype="int8"``): the readable reference of the quantisation
-the Triton update kernel applies in registers, and the state conversions around it.
+the kernels (Triton's update, the CUDA extension's quantized_update) apply in registers, and the
+state conversions around it.
 
 Each moment tensor is cut, in memory order, into blocks of ``QUANT_BLOCK`` elements (a block
 never straddles two tensors, or two local shards); each block keeps one float32 scale and one
@@ -59,15 +60,10 @@ def check_group(group: dict) -> None:
         raise ValueError("amsgrad is not supported with state_dtype='int8' (its running maximum would be 8-bit too)")
 
 
-def check_step(backend: str, groups, sharded: bool) -> None:
+def check_step(groups, sharded: bool) -> None:
     """RuntimeErrors, before anything is modified, where 8-bit moments cannot run."""
     if not any(map(wants_int8, groups)):
         return
-    if backend == "cuda":
-        raise RuntimeError(
-            "fusedlr: state_dtype='int8' is implemented by the 'torch' and 'triton' backends; backend='cuda' "
-            "does not quantise moments yet. Use backend='triton' (the default on CUDA) or 'torch'."
-        )
     if sharded:
         raise RuntimeError(
             "fusedlr: state_dtype='int8' does not support DTensor (FSDP2) parameters yet: block scales of local "
@@ -75,7 +71,7 @@ def check_step(backend: str, groups, sharded: bool) -> None:
         )
 
 
-# ----- the quantisation (the kernels' twin is in fusedlr/_triton/kernels.py) -----------------
+# ----- the quantisation (the kernels' twins: fusedlr/_triton/kernels.py, csrc/kernels.cu) ----
 
 
 def _blocks(flat: torch.Tensor) -> torch.Tensor:

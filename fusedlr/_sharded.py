@@ -93,8 +93,8 @@ class ShardedSteps:
         what torch.distributed.checkpoint asks of a step with zero grads and lr 0 (a real step
         would advance the schedule counter, and an absolute schedule would move the params)."""
         params, grads, counts = self._active()
-        _quantized.check_step(self.backend, self.param_groups, self._sharded)
-        _split_master.check_step(self.backend, self.param_groups, self._sharded)
+        _quantized.check_step(self.param_groups, self._sharded)
+        _split_master.check_step(self.param_groups, self._sharded)
         local_params, grads, sources = self._local_items(params, grads)
         pairs = self._with_groups(local_params, counts)
         for (param, group), grad in zip(pairs, grads):

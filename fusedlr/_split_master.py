@@ -79,15 +79,10 @@ def convert_state_(state: dict, param: torch.Tensor, group: dict, wants_fp32_mas
             state["master_param"] = master.copy_(reconstruct(param.detach(), saved))
 
 
-def check_step(backend: str, groups, sharded: bool) -> None:
+def check_step(groups, sharded: bool) -> None:
     """RuntimeErrors, before anything is modified, where split master weights cannot run."""
     if not any(group.get("master_weights") == SPLIT for group in groups):
         return
-    if backend == "cuda":
-        raise RuntimeError(
-            "fusedlr: master_weights='split' is implemented by the 'torch' and 'triton' backends; backend='cuda' "
-            "does not split master weights yet. Use backend='triton' (the default on CUDA) or 'torch'."
-        )
     if sharded:
         raise RuntimeError(
             "fusedlr: master_weights='split' is not supported with DTensor (FSDP2) parameters yet; "

@@ -380,8 +380,8 @@ class _FusedOptimizer(ShardedSteps, CachedChecks, StateDictMethods, torch.optim.
             return
         device = params[0].device
         backend = _backends.choose(self.backend, device)
-        _quantized.check_step(backend, self.param_groups, self._sharded)
-        _split_master.check_step(backend, self.param_groups, self._sharded)
+        _quantized.check_step(self.param_groups, self._sharded)
+        _split_master.check_step(self.param_groups, self._sharded)
         if self.norm_group is not None:
             self._check_norm_group()  # groups may have been edited since
         if backend not in self._kind_backends and (self.backend == "auto" or backend == "cpu"):

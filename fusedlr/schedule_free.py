@@ -41,11 +41,10 @@ class AdamWScheduleFree(_FusedOptimizer):
     before training steps and ``eval()`` before evaluating or saving (the optimizer starts in eval
     mode, and ``step()`` in eval mode raises). Warmup is built in (``warmup_steps``); a fusedlr
     ``schedule``, when given, multiplies the lr as well (the default None is the package's
-    behaviour). Backends ``torch``, ``cpu`` and ``triton``; the CUDA extension does not implement it.
+    behaviour). Every backend (``torch``, ``cpu``, ``triton``, ``cuda``).
     """
 
     _kind = "schedulefree"
-    _kind_backends = ("torch", "cpu", "triton")
     _state_names = ("z", "exp_avg_sq")
     _required_state = ("z", "exp_avg_sq")
     _check_group_hypers = staticmethod(_check_schedulefree_hypers)

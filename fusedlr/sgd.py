@@ -36,11 +36,10 @@ class SGD(_FusedOptimizer):
     ``wd * p`` to the grad. The state holds torch's ``momentum_buffer`` (only with momentum) and a
     ``step`` count of it (0 until its first update, which copies the grad in, as torch's clone);
     torch.optim.SGD ignores ``step``, and a buffer loaded without one counts as written.
-    Backends ``torch``, ``cpu`` and ``triton``; the CUDA extension does not implement SGD.
+    Every backend (``torch``, ``cpu``, ``triton``, ``cuda``).
     """
 
     _kind = "sgd"
-    _kind_backends = ("torch", "cpu", "triton")
     _state_names = ()
     _required_state = ()
     _check_group_hypers = staticmethod(_check_sgd_hypers)

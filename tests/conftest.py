@@ -16,9 +16,40 @@ def _require(name):
     pytest.skip(f"backend {name!r} needs a GPU here; run with TRITON_INTERPRET=1 (as `make test` does)")
 
 
-@pytest.fixture(params=["torch", "cpu", "triton"])
+def cuda_on_host(request) -> str:
+    """``backend="cuda"`` on CPU tensors: fusedlr/_cuda.py's launcher driving the extension's host
+    twins (``_C.host``: the kernels' element, lane and finalize code compiled for the host, over
+    the same tables and chunks). Skipped where the extension is not built (a failure when
+    FUSEDLR_EXPECT_EXTENSION=1 says it was)."""
+    from fusedlr import _backends, _cuda
+
+    module = _cuda.load()
+    if module is None:
+        if os.environ.get("FUSEDLR_EXPECT_EXTENSION") == "1":
+            pytest.fail("FUSEDLR_EXPECT_EXTENSION=1 but fusedlr._C is not built")
+        pytest.skip("fusedlr._C is not built (FUSEDLR_BUILD_CUDA=1 pip install -e .)")
+    choose = _backends.choose
+    patch = pytest.MonkeyPatch()  # its own: a test's monkeypatch.undo() keeps these
+    request.addfinalizer(patch.undo)
+    patch.setattr(_cuda, "load", lambda: module.host)
+    patch.setattr(_backends, "choose", lambda name, device: "cuda" if name == "cuda" else choose(name, device))
+    return "cuda"
+
+
+@pytest.fixture(params=["torch", "cpu", "triton", "cuda-host"])
 def backend(request):
-    """Every backend that runs on CPU tensors: torch and cpu always, triton under its interpreter."""
+    """Every backend that runs on CPU tensors: torch and cpu always, triton under its interpreter,
+    and cuda through the extension's host twins (``cuda_on_host``)."""
+    if request.param == "cuda-host":
+        return cuda_on_host(request)
+    return _require(request.param)
+
+
+@pytest.fixture(params=["triton", "cuda-host"])
+def kernel_backend(request):
+    """The kernel backends on CPU tensors: triton under its interpreter, cuda's host twins."""
+    if request.param == "cuda-host":
+        return cuda_on_host(request)
     return _require(request.param)
 
 

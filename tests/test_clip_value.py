@@ -143,12 +143,12 @@ def test_nan_survives_the_clamp_and_skips_the_step(backend):
     assert all(torch.equal(a, b) for a, b in zip(before, params))
 
 
-def test_low_precision_kernels_match_the_torch_backend(triton_backend):
+def test_low_precision_kernels_match_the_torch_backend(kernel_backend):
     """bf16 params with fp32 master weights, the kernels against the reference step."""
     base = make_params(dtype=torch.bfloat16)
     grads = make_grads(base, 4)
     runs = []
-    for backend in ("torch", triton_backend):
+    for backend in ("torch", kernel_backend):
         params = clone_params(base)
         opt = fusedlr.AdamW(params, lr=1e-2, clip_value=CLIP, max_grad_norm=2.0, master_weights=True, backend=backend)
         _fused(opt, params, grads)

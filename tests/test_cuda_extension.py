@@ -47,12 +47,31 @@ def test_kernel_launch_without_a_gpu_raises_cuda_error_string(ext):
     if torch.cuda.is_available():
         pytest.skip("this machine has a GPU")
     with pytest.raises(RuntimeError, match="fusedlr CUDA error in finalize_kernel: .+"):
-        ext.finalize(0, 1, 0, 1, 0, 0, 0, 0, 0, False, False, False, True, 0, 0, 0, 0, False, False, 0)
+        ext.finalize(0, 1, 0, 1, 0, 0, 0, 0, 0, False, False, False, 0, 0, 0, 0, 0, 0, False, False, 0)
 
 
-def test_unknown_dtype_code_is_refused(ext):
+@pytest.mark.parametrize("launches", ["device", "host"])
+def test_unknown_codes_and_impossible_launches_are_refused(ext, launches):
+    """Before any launch (or host twin) runs: a clear ValueError."""
+    from fusedlr import _plan
+
+    api = ext if launches == "device" else ext.host
+    chunks = (0, 1, 0, 1, 0, 1, 65536, 0, 0)  # tables, chunk range, chunk size, coef, found_inf
     with pytest.raises(ValueError, match="unknown dtype code 9"):
-        ext.adamw_update(9, 0, 1, 0, 1, 0, 1, 65536, 0, 0, 0)
+        api.update(_plan.RULES["adamw"], 9, *chunks, 0)
+    with pytest.raises(ValueError, match="unknown rule code 7"):
+        api.update(7, 0, *chunks, 0)
+    with pytest.raises(ValueError, match="unknown rule code 7"):
+        api.finalize(0, 1, 0, 1, 0, 0, 0, 0, 0, False, False, False, 7, 0, 0, 0, 0, 0, False, False, 0)
+    with pytest.raises(ValueError, match="needs the group sums table"):
+        api.finalize(0, 1, 0, 1, 0, 0, 0, 0, 0, False, False, False, _plan.RULES["schedulefree"], 0, 0, 0, 0, 0,
+                     False, False, 0)  # fmt: skip
+    with pytest.raises(ValueError, match="8-bit moments are AdamW's and LION's"):
+        api.quantized_update(_plan.RULES["sgd"], 0, 0, *chunks, False, 0)
+    with pytest.raises(ValueError, match="not a multiple of the 8-bit quantisation block"):
+        api.quantized_update(_plan.RULES["adamw"], 0, 0, 0, 1, 0, 1, 0, 1, 1000, 0, 0, False, 0)
+    with pytest.raises(ValueError, match="no 8-bit-moment kernel"):
+        api.quantized_update(_plan.RULES["adamw"], 1, 1, *chunks, False, 0)  # float64 is never quantised
 
 
 def test_cuda_backend_on_cpu_tensors_is_a_clear_error_before_any_change(ext):
@@ -128,11 +147,12 @@ def test_cuda_mixed_update_element_code_matches_the_torch_backend(ext, kind, dty
     def address(name):
         return ours_state[name].data_ptr() if name in ours_state else 0
 
-    ext.mixed_update_on_cpu(kind != "lion", _cuda.DTYPE_CODES[param_dtype], _cuda.DTYPE_CODES[grad_dtype],
+    rule = "lion" if kind == "lion" else "adamw"
+
+    ext.mixed_update_on_cpu(_plan.RULES[rule], _cuda.DTYPE_CODES[param_dtype], _cuda.DTYPE_CODES[grad_dtype],
                             _cuda.DTYPE_CODES[state_dtype], ours_param.data_ptr(), address("master_param"),
                             grad.data_ptr(), address("exp_avg"), address("exp_avg_sq"), address("max_exp_avg_sq"),
                             n, 0, [coef[c] for c in _plan.COEF_COLUMNS], stochastic)  # fmt: skip
-    rule = "lion" if kind == "lion" else "adamw"
     reference.update_in_fp32_(rule, theirs_param, grad.float(), theirs_state, group, lr, key if stochastic else None)
     # torch's CPU kernels fuse multiply-adds where the host build of the element code does not:
     # where a moment cancels to ~0 (bf16 inputs cancel exactly at times) one side keeps a tiny
@@ -161,7 +181,7 @@ def test_cuda_stochastic_rounding_index_uses_all_64_bits(ext):
     param = torch.ones(n, dtype=torch.bfloat16)
     grad, exp_avg = -torch.ones(n), torch.zeros(n)  # LION: p = 1 + lr * sign(-grad) = 1 + 2**-9
     coef = [values[c] for c in _plan.COEF_COLUMNS]
-    ext.mixed_update_on_cpu(False, _cuda.DTYPE_CODES[torch.bfloat16], _cuda.DTYPE_CODES[torch.float32],
+    ext.mixed_update_on_cpu(_plan.RULES["lion"], _cuda.DTYPE_CODES[torch.bfloat16], _cuda.DTYPE_CODES[torch.float32],
                             _cuda.DTYPE_CODES[torch.float32], param.data_ptr(), 0, grad.data_ptr(),
                             exp_avg.data_ptr(), 0, 0, n, first, coef, True)  # fmt: skip
     index = torch.arange(first, first + n, dtype=torch.int64)
@@ -197,7 +217,7 @@ def test_cuda_value_clip_element_code_matches_the_torch_backend(ext):
                 "master_param": base.clone()}  # fmt: skip
 
     ours_param, ours = base.to(torch.bfloat16), state()
-    ext.mixed_update_on_cpu(True, _cuda.DTYPE_CODES[torch.bfloat16], _cuda.DTYPE_CODES[torch.float32],
+    ext.mixed_update_on_cpu(_plan.RULES["adamw"], _cuda.DTYPE_CODES[torch.bfloat16], _cuda.DTYPE_CODES[torch.float32],
                             _cuda.DTYPE_CODES[torch.float32], ours_param.data_ptr(), ours["master_param"].data_ptr(),
                             grad.data_ptr(), ours["exp_avg"].data_ptr(), ours["exp_avg_sq"].data_ptr(), 0, n, 0,
                             [values[c] for c in _plan.COEF_COLUMNS], False)  # fmt: skip

@@ -41,11 +41,11 @@ OPTIONS = {
 
 @pytest.mark.parametrize("kind", ["adamw", "amsgrad", "lion"])
 @pytest.mark.parametrize("option", list(OPTIONS))
-def test_triton_matches_the_torch_backend(triton_backend, kind, option):
+def test_kernels_match_the_torch_backend(kernel_backend, kind, option):
     base = make_params(SHAPES, dtype=torch.float64)
     grads = [[g.to(torch.bfloat16) for g in step] for step in make_grads(base, 6, scale=2.0)]
     results = []
-    for backend in ("torch", triton_backend):
+    for backend in ("torch", kernel_backend):
         params = _low(base, torch.bfloat16)
         opt = _make(kind, params, backend, **OPTIONS[option])
         run_steps(opt, params, grads)

@@ -9,7 +9,7 @@ from helpers import FP32_TOL, clone_params, make_grads, make_params, run_steps
 from oracles import hf_cosine, run_by_hand
 
 import fusedlr
-from fusedlr import _backends, schedules
+from fusedlr import schedules
 
 STEPS = 9
 
@@ -176,34 +176,6 @@ def test_sgd_validation_matches_torch():
     for key, value in torch.optim.SGD([p]).defaults.items():
         if key in defaults:
             assert defaults[key] == value, key
-
-
-def test_cuda_backend_refuses_sgd_and_schedulefree_before_anything(monkeypatch):
-    """The CUDA extension implements AdamW and LION only: backend="cuda" is a clear error with no
-    param or state touched; "auto" runs the torch backend where it would have chosen cuda."""
-    monkeypatch.setattr(_backends, "choose", lambda requested, device: "cuda")
-    makers = (
-        lambda ps, backend: fusedlr.SGD(ps, lr=0.1, momentum=0.9, backend=backend),
-        lambda ps, backend: fusedlr.AdamWScheduleFree(ps, backend=backend),
-    )
-    for make in makers:
-        for backend in ("cuda", "auto"):
-            params = make_params([(3,), (2, 2)])
-            before = [p.detach().clone() for p in params]
-            opt = make(params, backend)
-            if hasattr(opt, "train"):
-                opt.train()
-            for p in params:
-                p.grad = torch.ones_like(p)
-            if backend == "auto":
-                opt.step()
-                assert not any(torch.equal(p, b) for p, b in zip(params, before))
-                continue
-            with pytest.raises(RuntimeError, match="not implemented by the 'cuda' backend"):
-                opt.step()
-            assert all(torch.equal(p, b) for p, b in zip(params, before))
-            assert not any(opt.state.values())
-            assert int(opt._schedule_step) == 0
 
 
 @pytest.mark.filterwarnings("ignore:torch.distributed is disabled")

@@ -71,12 +71,12 @@ def test_gradscaler_matches_the_reference(backend, kind):
     [dict(stochastic_rounding=True, seed=7), dict(state_dtype=torch.bfloat16), dict(master_weights=True)],
     ids=["stochastic", "bf16-states", "master"],
 )
-def test_bf16_options_agree_across_backends(triton_backend, kind, options):
-    """The Triton kernels round as reference.py does: stochastic rounding draws the same bits."""
+def test_bf16_options_agree_across_backends(kernel_backend, kind, options):
+    """The kernels round as reference.py does: stochastic rounding draws the same bits."""
     base = make_params(dtype=torch.bfloat16)
     grads = make_grads(base, 5)
     results = []
-    for backend in ("torch", triton_backend):
+    for backend in ("torch", kernel_backend):
         params = clone_params(base)
         opt = _make_ours(kind, params, backend, max_grad_norm=2.0, **options)
         run_steps(opt, params, grads)

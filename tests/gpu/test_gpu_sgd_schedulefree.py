@@ -1,6 +1,6 @@
-"""SGD and Schedule-Free AdamW on compiled Triton kernels (CUDA tensors): parity with
-torch.optim.SGD and the schedulefree package, bf16 master weights, CUDA-graph capture.
-Skipped without a GPU. (The CUDA extension implements neither: backend="cuda" refuses them.)"""
+"""SGD and Schedule-Free AdamW on the GPU kernels (compiled Triton, and the CUDA extension):
+parity with torch.optim.SGD and the schedulefree package, the two kernel backends against each
+other, bf16 master weights, CUDA-graph capture. Skipped without a GPU."""
 
 import pytest
 import torch
@@ -24,12 +24,12 @@ SHAPES = [(1,), (4097,), (3, 5, 7), (0,), "transposed", (70_000,), (300, 257)] +
         dict(momentum=0.0, weight_decay=0.05),
     ],
 )
-def test_sgd_matches_torch_on_cuda(hypers):
+def test_sgd_matches_torch_on_cuda(kernel_backend, hypers):
     base = make_params(SHAPES, device=CUDA)
     grads = make_grads(base, 12, skip=lambda step, i: i == 2 and step % 3 == 1)
     ours = clone_params(base)
-    opt = fusedlr.SGD(ours, lr=0.03, schedule=schedules.WarmupCosine(3, 12), max_grad_norm=5.0, backend="triton",
-                      **hypers)  # fmt: skip
+    opt = fusedlr.SGD(ours, lr=0.03, schedule=schedules.WarmupCosine(3, 12), max_grad_norm=5.0,
+                      backend=kernel_backend, **hypers)  # fmt: skip
     norms = run_steps(opt, ours, grads)
     theirs = clone_params(base)
     spec = [dict(params=list(range(len(base))), lr=0.03, **hypers)]
@@ -42,13 +42,13 @@ def test_sgd_matches_torch_on_cuda(hypers):
     torch.testing.assert_close(torch.stack(norms), torch.stack(ref_norms), rtol=1e-5, atol=0)
 
 
-def test_schedulefree_matches_the_package_on_cuda():
+def test_schedulefree_matches_the_package_on_cuda(kernel_backend):
     schedulefree = pytest.importorskip("schedulefree")
     base = make_params(SHAPES, device=CUDA)
     grads = make_grads(base, 12, skip=lambda step, i: i == 2 and step % 3 == 1)
     ours = clone_params(base)
     opt = fusedlr.AdamWScheduleFree(ours, lr=0.01, warmup_steps=4, weight_decay=0.05, max_grad_norm=5.0,
-                                    backend="triton")  # fmt: skip
+                                    backend=kernel_backend)  # fmt: skip
     opt.train()
     run_steps(opt, ours, grads)
     theirs = clone_params(base)
@@ -69,7 +69,7 @@ def test_schedulefree_matches_the_package_on_cuda():
 
 
 @pytest.mark.parametrize("kind", ["sgd", "schedulefree"])
-def test_bf16_master_and_graph_capture(kind):
+def test_bf16_master_and_graph_capture(kernel_backend, kind):
     """bf16 params with an fp32 master copy, stepped by a captured CUDA graph: the replays match
     eager steps of a twin optimizer."""
     base = make_params(SHAPES, dtype=torch.bfloat16, device=CUDA)
@@ -77,9 +77,10 @@ def test_bf16_master_and_graph_capture(kind):
 
     def make(params):
         if kind == "sgd":
-            return fusedlr.SGD(params, lr=0.03, momentum=0.9, master_weights=True, max_grad_norm=1.0, backend="triton")
+            return fusedlr.SGD(params, lr=0.03, momentum=0.9, master_weights=True, max_grad_norm=1.0,
+                               backend=kernel_backend)  # fmt: skip
         opt = fusedlr.AdamWScheduleFree(params, lr=0.01, warmup_steps=2, master_weights=True, max_grad_norm=1.0,
-                                        backend="triton")  # fmt: skip
+                                        backend=kernel_backend)  # fmt: skip
         opt.train()
         return opt
 
@@ -98,3 +99,35 @@ def test_bf16_master_and_graph_capture(kind):
     for p, q in zip(graph_params, eager_params):
         assert torch.equal(p, q)
         assert torch.equal(graphed.state[p]["master_param"], eager.state[q]["master_param"])
+
+
+@pytest.mark.parametrize("kind", ["sgd", "sgd-nesterov", "sgd-decoupled", "schedulefree"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float64])
+def test_cuda_matches_triton(kind, dtype):
+    """The two kernel backends on the same CUDA tensors (bf16: stochastic rounding, the same bits
+    drawn), after clipped, scheduled steps with some grads missing."""
+    if "cuda" not in fusedlr.available_backends():
+        pytest.skip("the CUDA extension is not built")
+    base = make_params(SHAPES, device=CUDA, dtype=dtype)
+    grads = make_grads(base, 6, skip=lambda step, i: i == 2 and step % 3 == 1)
+    low = dict(stochastic_rounding=True, seed=3) if dtype == torch.bfloat16 else {}
+    runs = []
+    for backend in ("triton", "cuda"):
+        params = clone_params(base)
+        common = dict(max_grad_norm=2.0, backend=backend, **low)
+        if kind == "schedulefree":
+            opt = fusedlr.AdamWScheduleFree(params, lr=0.01, warmup_steps=2, weight_decay=0.05, **common)
+            opt.train()
+        else:
+            opt = fusedlr.SGD(params, lr=0.03, momentum=0.9, weight_decay=0.01, nesterov=kind == "sgd-nesterov",
+                              decoupled_weight_decay=kind == "sgd-decoupled",
+                              schedule=schedules.WarmupCosine(2, 6), **common)  # fmt: skip
+        run_steps(opt, params, grads)
+        runs.append((params, opt))
+    (theirs, ref), (ours, opt) = runs
+    tol = FP32_TOL if dtype != torch.bfloat16 else dict(rtol=2**-7, atol=1e-6)
+    for p, q in zip(ours, theirs):
+        torch.testing.assert_close(p, q, **tol)
+        assert opt.state[p].keys() == ref.state[q].keys()
+        for key, value in ref.state[q].items():
+            torch.testing.assert_close(opt.state[p][key], value, **tol)
