@@ -26,6 +26,8 @@ On the CPU the host reads device values for free, so the skip decisions (GradSca
 
 from __future__ import annotations
 
+import bisect
+
 import torch
 
 from . import _cpu_updates, _fused, _quantized, _split_master, reference
@@ -37,17 +39,19 @@ _STATE_TENSORS = ("exp_avg", "exp_avg_sq", "max_exp_avg_sq", "momentum_buffer", 
 
 class _GroupBucket:
     """The params of one param group that the multi-tensor kernels update, with their states,
-    small tensors first (``serial`` of them, updated on one thread)."""
+    smallest first (so that the tensors under any size are a prefix: ``below``)."""
 
     def __init__(self, kind, group, indices, items):
         self.group = group
-        self.order = sorted(
-            indices, key=lambda i: items[i][0].numel() >= _cpu_updates.SERIAL_NUMEL
-        )  # stable: small first
-        self.serial = sum(items[i][0].numel() < _cpu_updates.SERIAL_NUMEL for i in indices)
+        self.order = sorted(indices, key=lambda i: items[i][0].numel())  # stable
+        self.sizes = [items[i][0].numel() for i in self.order]
         self.params = [items[i][0] for i in self.order]
         self.states = {n: [items[i][2][n] for i in self.order] for n in state_names(kind, group)}
         self.chunks = None  # the foreach rules' cut of the tensors into cache-sized chunks
+
+    def below(self, numel: int) -> int:
+        """How many of the tensors (the first ones) have fewer than ``numel`` elements."""
+        return bisect.bisect_left(self.sizes, numel)
 
 
 class CpuPlan:

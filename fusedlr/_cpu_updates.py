@@ -29,6 +29,11 @@ from . import reference
 # for tensors below this size one thread is faster (the fork and join cost more than the work,
 # and far more when another process holds a core).
 SERIAL_NUMEL = 1 << 16
+# SGD's lighter kernel gains from one thread only on tiny tensors: with 2**16 the 1.0M-element
+# GPT-2 layout (tensors of 16K-64K elements among them) was 0.92-1.15x torch fused SGD + clip,
+# with 2**12 1.13-1.15x; the 200 tensors of 1,024 elements 1.45x either way, 1.0-1.2x with none
+# on one thread (interleaved runs).
+SGD_SERIAL_NUMEL = 1 << 12
 # The foreach rules (LION: seven elementwise passes, Schedule-Free: ten) run chunk by chunk of at
 # most this many elements (small tensors together, large ones in blocks; for Schedule-Free six
 # such lists, 6 MiB in float32, well within a server CPU's last-level cache) rather than over the
@@ -149,16 +154,14 @@ def adamw_(bucket, grads, group, lr) -> None:
         amsgrad=bool(group["amsgrad"]), maximize=bool(group["maximize"]),
     )  # fmt: skip
     lists = [bucket.params, grads, states["exp_avg"], states["exp_avg_sq"], states.get("max_exp_avg_sq", [])]
-    _in_two_parts(bucket.serial, kernel, lists + [states["step"]])
+    _in_two_parts(bucket.below(SERIAL_NUMEL), kernel, lists + [states["step"]])
 
 
 def sgd_(bucket, grads, group, lr) -> None:
     """``reference.sgd_update_`` by torch's fused SGD kernel (the same bits but for the tail
     elements of its vector loop): a momentum buffer whose ``step`` is 0 takes the grad as it is
-    (the kernel's ``is_first_step``). All tensors on all threads: unlike AdamW's, this light
-    kernel measured no faster with the small tensors on one thread (GPT-2 layout, interleaved
-    bench, 4 pairs of runs: 0.95-1.51x torch fused SGD + clip on all threads, 0.92-1.15x
-    split), and torch forks no thread team for a tensor under its grain size anyway."""
+    (the kernel's ``is_first_step``). Only tensors under ``SGD_SERIAL_NUMEL`` elements run on one
+    thread (see there)."""
     params = bucket.params
     lr = reference._number(lr)
     weight_decay = group["weight_decay"]
@@ -169,17 +172,17 @@ def sgd_(bucket, grads, group, lr) -> None:
         torch._fused_sgd_, weight_decay=weight_decay, momentum=group["momentum"], lr=lr,
         dampening=group["dampening"], nesterov=bool(group["nesterov"]), maximize=bool(group["maximize"]),
     )  # fmt: skip
+    serial = bucket.below(SGD_SERIAL_NUMEL)
     if group["momentum"] == 0:
-        kernel(params, grads, [], is_first_step=False)
+        _in_two_parts(serial, functools.partial(kernel, momentum_buffer_list=[], is_first_step=False), [params, grads])
         return
     buffers, steps = bucket.states["momentum_buffer"], bucket.states["step"]
     first = [step.item() == 0 for step in steps]  # free on the CPU
     for is_first in (False, True):
         picked = [i for i, value in enumerate(first) if value == is_first]
-        if len(picked) == len(params):
-            kernel(params, grads, buffers, is_first_step=is_first)
-        elif picked:
-            kernel(*[[values[i] for i in picked] for values in (params, grads, buffers)], is_first_step=is_first)
+        if picked:
+            lists = [[values[i] for i in picked] for values in (params, grads, buffers)]
+            _in_two_parts(sum(i < serial for i in picked), functools.partial(kernel, is_first_step=is_first), lists)
     _count_(steps)
 
 
