@@ -211,7 +211,50 @@ BASELINES = {
     "sgd": {"foreach": lambda: _torch_sgd("foreach"), "fused": lambda: _torch_sgd("fused")},
     "schedulefree": {"schedulefree": _schedulefree_package},
 }
-GPU_ONLY_BASELINES = {"compile", "lion-pytorch-triton"}  # inductor on a CPU compiles for minutes
+# Inductor on a CPU compiles for minutes (torchao's 8-bit AdamW is compiled); FlashOptim's
+# quantised states refuse CPU tensors.
+GPU_ONLY_BASELINES = {"compile", "lion-pytorch-triton", "torchao-8bit", "flashoptim"}
+
+
+def _flashoptim_adamw():
+    def make_optimizer(params):
+        from flashoptim import FlashAdamW
+
+        # Its 7-byte configuration: 8-bit moments and a bf16 param with an 8-bit residual (24-bit
+        # master weights), fused Triton kernels: fusedlr's split+int8-states counterpart.
+        return FlashAdamW(params, lr=1e-3, weight_decay=0.1, quantize=True, master_weight_bits=24)
+
+    return _by_hand("flashoptim-adamw-24bit+clip", make_optimizer)
+
+
+def _bitsandbytes_adamw8bit():
+    def make_optimizer(params):
+        import bitsandbytes
+
+        return bitsandbytes.optim.AdamW8bit(params, lr=1e-3, weight_decay=0.1)
+
+    return _by_hand("bitsandbytes-adamw8bit+clip", make_optimizer)
+
+
+def _torchao_adamw8bit():
+    def make_optimizer(params):
+        from torchao.optim import AdamW8bit
+
+        return AdamW8bit(params, lr=1e-3, weight_decay=0.1)
+
+    return _by_hand("torchao-adamw8bit+clip", make_optimizer)
+
+
+# The bfloat16 rows' peers with lean state, on the bf16 params as their users run them: each is an
+# optional install, and a row says "failed" where one cannot run. Not in the fp32 rows: their
+# 8-bit states make a different update, which the fp32 parity check would reject.
+BF16_PEERS = {
+    "adamw": {
+        "flashoptim": _flashoptim_adamw,
+        "bitsandbytes-8bit": _bitsandbytes_adamw8bit,
+        "torchao-8bit": _torchao_adamw8bit,
+    }
+}
 
 
 def contenders(optimizer: str, device: torch.device, baselines=None, dtype=torch.float32) -> list[Contender]:
@@ -219,8 +262,11 @@ def contenders(optimizer: str, device: torch.device, baselines=None, dtype=torch
         # The baseline first: the fusedlr variants round differently, each is checked against it.
         backend = "triton" if device.type == "cuda" else "cpu"
         ours = [_fusedlr(optimizer, backend, variant) for variant in BF16_VARIANTS]
-        baselines = ["fused"] if baselines is None and optimizer == "adamw" else baselines or ["lion-pytorch"]
-        return [BASELINES[optimizer][b]() for b in baselines] + ours
+        peers = BF16_PEERS.get(optimizer, {})
+        if baselines is None:
+            baselines = ["fused", *peers] if optimizer == "adamw" else ["lion-pytorch"]
+            baselines = [b for b in baselines if device.type == "cuda" or b not in GPU_ONLY_BASELINES]
+        return [{**BASELINES[optimizer], **peers}[b]() for b in baselines] + ours
     # The reference first (the others are checked against it), then the backends for this device
     # that implement this optimizer (the cuda extension has no SGD, no schedule-free).
     runs_here = {"cuda": ("torch", "triton", "cuda"), "cpu": ("torch", "cpu")}.get(device.type, ("torch",))
@@ -572,7 +618,7 @@ def parse_args(argv=None):
         action="append",
         help="repeatable; default: every baseline that fits the device "
         "(adamw: foreach, fused, compile; lion: lion-pytorch, lion-pytorch-triton; sgd: foreach, fused; "
-        "schedulefree: schedulefree)",
+        "schedulefree: schedulefree; bfloat16 rows of adamw: fused, flashoptim, bitsandbytes-8bit, torchao-8bit)",
     )
     parser.add_argument("--dtype", action="append", choices=["float32", "bfloat16"],
                         help="repeatable; default float32 and bfloat16 on a GPU, float32 on a CPU (bfloat16 rows: "

@@ -85,13 +85,15 @@ def test_plot_sets_fusedlr_baselines_and_reference_apart(tmp_path):
 
 
 def test_bf16_rows_check_each_variant_against_an_fp32_run():
-    """bf16: torch's fused AdamW on bf16 params, then fusedlr's master, master + bf16 states,
-    stochastic-rounding, master + 8-bit states and split master + 8-bit states variants, each
-    checked for drift from an fp32 run (a lost update fails)."""
+    """bf16: torch's fused AdamW and bitsandbytes' AdamW8bit on bf16 params (FlashOptim and
+    torchao join them on a GPU), then fusedlr's master, master + bf16 states, stochastic-rounding,
+    master + 8-bit states and split master + 8-bit states variants, each checked for drift from
+    an fp32 run (a lost update fails)."""
     rows = bench.run(bench.parse_args(["--quick", "--dtype", "bfloat16", "--case", "gpt2_cpu", "--case",
                                        "many_small_cpu", "--no-record"]))  # fmt: skip
     assert [r["contender"] for r in rows] == [
         "torch-adamw-fused+clip",
+        "bitsandbytes-adamw8bit+clip",
         "fusedlr-cpu-master",
         "fusedlr-cpu-master+bf16-states",
         "fusedlr-cpu-stochastic",
@@ -99,6 +101,9 @@ def test_bf16_rows_check_each_variant_against_an_fp32_run():
         "fusedlr-cpu-split+int8-states",
     ]  # fmt: skip  (many_small has no bf16 rows)
     assert {r["dtype"] for r in rows} == {"bfloat16"}
+    cuda_names = [c.name for c in bench.contenders("adamw", torch.device("cuda"), None, torch.bfloat16)]
+    assert cuda_names[:4] == ["torch-adamw-fused+clip", "flashoptim-adamw-24bit+clip", "bitsandbytes-adamw8bit+clip",
+                              "torchao-adamw8bit+clip"]  # fmt: skip
 
 
 def test_bf16_drift_measures_lost_updates():

@@ -112,3 +112,35 @@ def test_cuda_matches_triton_on_the_gpu(kind, option):
                 torch.testing.assert_close(mine, value, rtol=1e-3, atol=1e-2 * 2**-6)
             else:
                 torch.testing.assert_close(mine.float(), value.float(), rtol=1e-3, atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    "kind, options",
+    [("adamw", OPTIONS["int8+split"]), ("lion", OPTIONS["int8+split"]), ("adamw", OPTIONS["split"]),
+     ("sgd", dict(master_weights=True, momentum=0.9)), ("schedulefree", dict(master_weights=True))],
+    ids=["adamw-int8+split", "lion-int8+split", "adamw-split", "sgd-master", "schedulefree-master"],
+)  # fmt: skip
+def test_more_chunks_than_the_grid_takes_a_second_turn(kernel_backend, kind, options):
+    """1,200 tensors of 4,096 elements: one chunk each, more chunks than the update kernels' grid
+    (8 blocks per SM, 1,056 on a 132-SM GPU), so the grid-stride loops of the quantized and
+    mixed-precision kernels take a second turn. The last tensors must be updated like the first."""
+    shapes = [(4096,)] * 1200
+    base = make_params(shapes, dtype=torch.float64)
+    grads = [[g.to(torch.bfloat16) for g in step] for step in make_grads(base, 3, scale=2.0)]
+    common = dict(lr=1e-2, weight_decay=0.1)  # no clip: every rule moves most bf16 weights
+    cls = {"adamw": fusedlr.AdamW, "lion": fusedlr.Lion, "sgd": fusedlr.SGD,
+           "schedulefree": fusedlr.AdamWScheduleFree}[kind]  # fmt: skip
+    runs = []
+    for backend, device in (("torch", "cpu"), (kernel_backend, "cuda")):
+        params = [p.detach().to(device, torch.bfloat16).requires_grad_() for p in base]
+        opt = cls(params, **common, backend=backend, **options)
+        if kind == "schedulefree":
+            opt.train()
+        run_steps(opt, params, [[g.to(device) for g in step] for step in grads])
+        runs.append(params)
+    ref, ours = runs
+    assert len(ours) > 8 * torch.cuda.get_device_properties(0).multi_processor_count
+    for i in (0, len(ours) // 2, len(ours) - 1):
+        moved = ours[i].detach().cpu() != base[i].to(torch.bfloat16)
+        assert moved.float().mean() > 0.5, f"tensor {i} was not updated"
+        assert (ours[i].detach().cpu() != ref[i].detach()).float().mean() < 0.01, f"tensor {i}"
