@@ -76,8 +76,7 @@ class CpuPlan:
                 stop += 1
             indices = range(start, stop)
             # The foreach ops take any layout; torch's fused kernels walk memory flat.
-            flat = kind in _cpu_updates.FLAT_KERNELS
-            fused = [i for i in indices if not flat or _same_dense_layout(items[i][0], items[i][2])]
+            fused = [i for i in indices if not self.flat or _same_dense_layout(items[i][0], items[i][2])]
             others = sorted(set(indices) - set(fused))
             self.buckets.append((_GroupBucket(kind, group, fused, items), others))
             if group["agc_clip_factor"] is not None:

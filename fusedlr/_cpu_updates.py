@@ -115,17 +115,17 @@ def _cut(spec, tensors) -> list[list[torch.Tensor]]:
 def _blockwise(ops, bucket, tensors) -> None:
     """``ops(*lists)`` chunk by chunk (``_chunk_spec``), so that the passes over a chunk find it
     in the cache. ``tensors``: equally long lists (params, states, then the grads) in the same
-    order. Elementwise ops give the same bits whatever the cut. The cut views are kept in the
-    bucket while the grads stay the same tensors."""
-    grads = tensors[-1]
-    key = [(id(g), g.data_ptr()) for g in grads]
-    cached = bucket.chunks
-    if cached is None or cached[0] != key:
+    order. Elementwise ops give the same bits whatever the cut. The cut and the params' and
+    states' views are kept in the bucket while the grads keep their layouts; the grads are cut
+    afresh each step (views kept between steps would keep last step's grads alive)."""
+    *stable, grads = tensors
+    key = [g.is_contiguous() for g in grads]
+    if bucket.chunks is None or bucket.chunks[0] != key:
         spec = _chunk_spec(list(zip(*tensors)))
-        columns = [_cut(spec, column) for column in tensors]
-        cached = bucket.chunks = (key, list(zip(*columns)))  # per chunk, a list of each column
-    for lists in cached[1]:
-        ops(*lists)
+        bucket.chunks = (key, spec, list(zip(*[_cut(spec, column) for column in stable])))
+    _, spec, stable_chunks = bucket.chunks
+    for lists, grad_list in zip(stable_chunks, _cut(spec, grads)):
+        ops(*lists, grad_list)
 
 
 def _factor(value, dtype):

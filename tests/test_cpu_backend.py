@@ -319,3 +319,26 @@ def test_agc_and_norm_reporting_stay_on_the_multi_tensor_path(fused_adamw_calls)
         opt.step()
         assert opt.last_grad_norm is not None
     assert fused_adamw_calls == [4, len(params) - 4, len(params) - 4]
+
+
+@pytest.mark.parametrize("cls", [fusedlr.AdamW, fusedlr.Lion, fusedlr.SGD, fusedlr.AdamWScheduleFree])
+def test_the_step_keeps_no_grad_alive(monkeypatch, cls):
+    """Nothing the plan caches refers to a grad: after ``zero_grad()`` last step's grads are
+    freed (else a set of grads would stay allocated through the next backward pass)."""
+    import gc
+    import weakref
+
+    monkeypatch.setattr(_cpu_updates, "BLOCK_NUMEL", 1000)  # the large tensor cut in chunks
+    params = make_params([(3000, 2), (5,), (7, 3)])
+    opt = cls(params, lr=1e-2, backend="cpu")  # no clip: the kernels get the grads themselves
+    if cls is fusedlr.AdamWScheduleFree:
+        opt.train()
+    for grads in make_grads(params, 2):
+        for p, g in zip(params, grads):
+            p.grad = g
+        opt.step()
+    refs = [weakref.ref(p.grad) for p in params]
+    opt.zero_grad(set_to_none=True)
+    del grads, g
+    gc.collect()
+    assert opt._plan_cache.fast and all(ref() is None for ref in refs)
