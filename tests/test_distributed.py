@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import socket
+import warnings
 
 import dist_worker
 import pytest
@@ -32,7 +33,16 @@ def _free_port() -> int:
 
 def _spawn(tmp_path_factory, world, names, shared):
     out = tmp_path_factory.mktemp(f"world{world}")
-    mp.spawn(dist_worker.run, args=(world, _free_port(), str(out), names, BACKENDS, str(shared)), nprocs=world)
+    try:
+        mp.spawn(dist_worker.run, args=(world, _free_port(), str(out), names, BACKENDS, str(shared)), nprocs=world)
+    except mp.ProcessExitedException as error:
+        # A rank killed by a signal after every rank wrote its results died in gloo's teardown
+        # (seen now and then on the CI machine: SIGABRT, "terminate called without an active
+        # exception"), not in the work under test: the results stand, and the tests assert on
+        # them. A rank that died before writing them fails the run.
+        if error.signal_name is None or not all((out / f"rank{r}.json").exists() for r in range(world)):
+            raise
+        warnings.warn(f"a gloo rank died after writing its results: {error}", stacklevel=1)
     return [json.loads((out / f"rank{r}.json").read_text()) for r in range(world)]
 
 
