@@ -144,3 +144,36 @@ def test_more_chunks_than_the_grid_takes_a_second_turn(kernel_backend, kind, opt
         moved = ours[i].detach().cpu() != base[i].to(torch.bfloat16)
         assert moved.float().mean() > 0.5, f"tensor {i} was not updated"
         assert (ours[i].detach().cpu() != ref[i].detach()).float().mean() < 0.01, f"tensor {i}"
+
+
+def test_8bit_split_tensor_over_two_billion_elements(kernel_backend):
+    """int64 block and element offsets of the quantized kernel (review finding): the last blocks
+    of a (2**31 + 4099)-element bf16 tensor with 8-bit moments and a split master end as the same
+    blocks do in a tensor of their own (no clip, so each 256-element block's update depends on
+    its own elements only). About 15 GB of GPU memory."""
+    if torch.cuda.mem_get_info()[0] < 20 * 2**30:
+        pytest.skip("needs about 20 GB of free GPU memory")
+    numel = 2**31 + 4099
+    start = (numel // _quantized.QUANT_BLOCK - 16) * _quantized.QUANT_BLOCK  # 16 blocks and the partial one
+    param = torch.zeros(numel, device="cuda", dtype=torch.bfloat16, requires_grad=True)
+    tail = slice(start, numel)
+    param.data[tail] = torch.linspace(-1, 1, numel - start, device="cuda")
+    param.grad = torch.zeros_like(param)
+    param.grad[tail] = torch.linspace(2, -3, numel - start, device="cuda")
+    alone = param.detach()[tail].clone().requires_grad_()
+    alone.grad = param.grad[tail].clone()
+    assert alone.numel() >= _quantized.MIN_QUANTIZED_NUMEL
+    options = dict(lr=1e-2, weight_decay=0.1, backend=kernel_backend, **OPTIONS["int8+split"])
+    big, small = fusedlr.AdamW([param], **options), fusedlr.AdamW([alone], **options)
+    for _ in range(2):
+        big.step()
+        small.step()
+    torch.testing.assert_close(param.detach()[tail], alone.detach(), rtol=0, atol=0)
+    first_block = start // _quantized.QUANT_BLOCK
+    for name, value in small.state[alone].items():
+        mine = big.state[param][name]
+        if name.endswith("_scales"):
+            mine = mine.reshape(-1)[first_block:]
+        elif name != "step":
+            mine = mine.reshape(-1)[tail]
+        assert torch.equal(mine, value), name
