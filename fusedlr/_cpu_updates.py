@@ -1,7 +1,7 @@
 """The ``cpu`` backend's updates: each rule of ``reference.py`` on torch's multi-tensor CPU kernels.
 
-One function per rule, each taking a ``_cpu._GroupBucket`` (the params of one param group, small
-tensors first, with their states), the grads after clipping, the group (schedule-free: this
+One function per rule, each taking a ``_cpu._GroupBucket`` (the params of one param group,
+smallest first, with their states), the grads after clipping, the group (schedule-free: this
 update's copy of it) and its lr:
 
 * AdamW: ``torch._fused_adamw_`` (one pass; its order of operations, not the reference's);
@@ -11,8 +11,8 @@ update's copy of it) and its lr:
   Schedule-Free AdamW in nine such passes (fp32 rounding), chunk by chunk (small tensors
   together, large ones in blocks) so that every pass over a chunk finds it in the cache.
 
-torch's fused AdamW CPU kernel opens a parallel region per tensor, however small: the small
-tensors' call runs on one thread (``SERIAL_NUMEL``).
+torch's fused CPU kernels open a parallel region per tensor, however small: the small tensors'
+call runs on one thread (``SERIAL_NUMEL``, ``SGD_SERIAL_NUMEL``).
 """
 
 from __future__ import annotations
@@ -29,12 +29,12 @@ from . import reference
 # for tensors below this size one thread is faster (the fork and join cost more than the work,
 # and far more when another process holds a core).
 SERIAL_NUMEL = 1 << 16
-# SGD's lighter kernel gains from one thread only on tiny tensors: with 2**16 the 1.0M-element
-# GPT-2 layout (tensors of 16K-64K elements among them) was 0.92-1.15x torch fused SGD + clip,
-# with 2**12 1.13-1.15x; the 200 tensors of 1,024 elements 1.45x either way, 1.0-1.2x with none
-# on one thread (interleaved runs).
+# SGD's lighter kernel gains from one thread only on tiny tensors. Measured with the three
+# settings side by side in one interleaved run (2-core EPYC): the 1.0M-element GPT-2 layout
+# 1.13-1.17x torch fused SGD + clip whatever the threshold; the 200 tensors of 1,024 elements
+# 1.47x with 2**12 or 2**16, 1.24x with no tensor on one thread.
 SGD_SERIAL_NUMEL = 1 << 12
-# The foreach rules (LION: seven elementwise passes, Schedule-Free: ten) run chunk by chunk of at
+# The foreach rules (LION: seven elementwise passes, Schedule-Free: nine) run chunk by chunk of at
 # most this many elements (small tensors together, large ones in blocks; for Schedule-Free six
 # such lists, 6 MiB in float32, well within a server CPU's last-level cache) rather than over the
 # whole model. Measured on a 2-core EPYC (32 MiB L3): Schedule-Free on the 1.0M-element GPT-2
