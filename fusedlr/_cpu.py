@@ -48,6 +48,7 @@ class _GroupBucket:
         self.params = [items[i][0] for i in self.order]
         self.states = {n: [items[i][2][n] for i in self.order] for n in state_names(kind, group)}
         self.chunks = None  # the foreach rules' cut of the tensors into cache-sized chunks
+        self.float_steps = all(step.is_floating_point() for step in self.states.get("step", ()))
 
     def below(self, numel: int) -> int:
         """How many of the tensors (the first ones) have fewer than ``numel`` elements."""
@@ -219,7 +220,7 @@ def step_(opt, kind: str, items, grads, lr_scale: float, lr_offset: float, max_g
         per_group = group_scalars(lambda group: reference._number(group["lr"]) * lr_scale + lr_offset)
     for bucket, others in plan.buckets:
         group = bucket.group
-        lr = group["lr"] * lr_scale + lr_offset
+        lr = reference._number(group["lr"]) * lr_scale + lr_offset  # in float64, as the reference
         if per_group is not None:
             group, lr = per_group[id(group)]
         if not layouts_match:  # this step only: some grads have another layout than their params

@@ -138,17 +138,23 @@ def _factor(value, dtype):
 _ONE = torch.tensor(1.0)
 
 
-def _count_(steps) -> None:
-    """Every ``step`` tensor plus one (a 0-dim tensor operand, and ``alpha`` given: torch's CPU
-    fast path, 4x faster than the scalar ``1`` or the tensor without ``alpha``)."""
-    torch._foreach_add_(steps, _ONE, alpha=1.0)
+def _count_(bucket) -> None:
+    """Every ``step`` tensor of the bucket plus one (a 0-dim tensor operand, and ``alpha`` given:
+    torch's CPU fast path, 4x faster than the scalar ``1`` or the tensor without ``alpha``).
+    Integer steps (accepted by the checks, as torch accepts them) take the scalar: a float
+    operand cannot be added into them."""
+    steps = bucket.states["step"]
+    if bucket.float_steps:
+        torch._foreach_add_(steps, _ONE, alpha=1.0)
+    else:
+        torch._foreach_add_(steps, 1)
 
 
 def adamw_(bucket, grads, group, lr) -> None:
     # Tensor betas are read on the host, as the reference does (the fused kernel takes floats).
     beta1, beta2 = map(reference._number, group["betas"])
     states = bucket.states
-    _count_(states["step"])
+    _count_(bucket)
     kernel = functools.partial(
         torch._fused_adamw_, lr=lr, beta1=beta1, beta2=beta2, weight_decay=group["weight_decay"], eps=group["eps"],
         amsgrad=bool(group["amsgrad"]), maximize=bool(group["maximize"]),
@@ -183,7 +189,7 @@ def sgd_(bucket, grads, group, lr) -> None:
         if picked:
             lists = [[values[i] for i in picked] for values in (params, grads, buffers)]
             _in_two_parts(sum(i < serial for i in picked), functools.partial(kernel, is_first_step=is_first), lists)
-    _count_(steps)
+    _count_(bucket)
 
 
 def lion_(bucket, grads, group, lr) -> None:

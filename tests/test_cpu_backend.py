@@ -342,3 +342,40 @@ def test_the_step_keeps_no_grad_alive(monkeypatch, cls):
     del grads, g
     gc.collect()
     assert opt._plan_cache.fast and all(ref() is None for ref in refs)
+
+
+@pytest.mark.parametrize("cls", [fusedlr.AdamW, fusedlr.SGD])
+def test_integer_step_counts_step_as_on_the_torch_backend(cls):
+    """A ``step`` loaded or set as an integer tensor (torch accepts it) is counted, not refused
+    half-way through an update (review finding)."""
+    runs = []
+    for backend in ("torch", "cpu"):
+        params = make_params([(10,), (4, 3)])
+        opt = cls(params, lr=0.1, **({"momentum": 0.9} if cls is fusedlr.SGD else {}), backend=backend)
+        grads = make_grads(params, 3)
+        run_steps(opt, params, grads[:1])
+        opt.state[params[0]]["step"] = torch.tensor(1)
+        run_steps(opt, params, grads[1:])
+        runs.append((opt, params))
+    (ref, ref_params), (opt, params) = runs
+    assert_states_close(opt, params, ref, ref_params, **FP32_TOL)
+    assert opt.state[params[0]]["step"].dtype == torch.int64 and int(opt.state[params[0]]["step"]) == 3
+
+
+def test_tensor_lr_with_a_schedule_is_computed_in_float64(monkeypatch):
+    """The lr handed to the fused kernel is the reference's: a tensor lr read on the host and
+    scaled in float64 (review finding: it was scaled in the tensor's float32)."""
+    seen = []
+    kernel = torch._fused_sgd_
+
+    def recording(*args, lr, **kwargs):
+        seen.append(lr)
+        return kernel(*args, lr=lr, **kwargs)
+
+    params = make_params([(10,)])
+    opt = fusedlr.SGD(params, lr=torch.tensor(0.05), momentum=0.9, schedule=schedules.WarmupCosine(2, 12),
+                      backend="cpu")  # fmt: skip
+    monkeypatch.setattr(torch, "_fused_sgd_", recording)
+    run_steps(opt, params, make_grads(params, 3))
+    scale, offset = schedules.WarmupCosine(2, 12).scale_offset(2)
+    assert seen[-1] == float(torch.tensor(0.05)) * scale + offset
