@@ -3,6 +3,7 @@ trained in bf16 on the CPU with the same data, lr, schedule (warmup-cosine), cli
 weight decay (0.1), several ways:
 
     PYTHONPATH=. python benchmarks/quality_8bit.py --steps 400 --width 64
+    PYTHONPATH=. python benchmarks/quality_8bit.py --device cuda --width 512   # on a GPU: + peak memory
 
 * ``fp32-master (torch AdamW)``: torch AdamW on fp32 copies of the bf16 params (16 bytes/param);
 * ``fusedlr master``: ``master_weights=True`` (fp32 master and moments, 16 bytes/param);
@@ -10,10 +11,13 @@ weight decay (0.1), several ways:
 * ``fusedlr int8 + split``: ``state_dtype="int8", master_weights="split"`` (7 bytes/param);
 * ``bitsandbytes AdamW8bit`` and ``torchao AdamW8bit`` inside the same fp32-master loop (their
   8-bit moments, an fp32 master: 10 bytes/param), where they install and run on the CPU.
-  (FlashOptim needs a CUDA device: its fused step refuses CPU tensors.)
+* ``FlashOptim FlashAdamW`` (on a GPU only: its fused step refuses CPU tensors), on the bf16
+  params as its users run it: 8-bit moments and a 24-bit master (an int8 correction of each bf16
+  weight), FlashOptim's 7 bytes/param configuration, with ``clip_grad_norm_`` and ``LambdaLR``.
 
 Prints the mean loss of the first 10 and last 50 steps of each run and the gap of the last 50
-to the fp32-master run's.
+to the fp32-master run's; on a GPU also each run's peak allocated memory (model, activations,
+grads and optimizer state together: the differences are the optimizer's bytes).
 """
 
 from __future__ import annotations
@@ -23,12 +27,29 @@ import os
 import sys
 import time
 
+import torch
+
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "tests"))
 
 import tiny_gpt  # noqa: E402
 
 
-def contenders(backend: str = "auto") -> dict:
+def _flashoptim(model, steps):
+    from flashoptim import FlashAdamW
+
+    params = list(model.parameters())
+    opt = FlashAdamW(params, lr=3e-3, weight_decay=0.1, quantize=True, master_weight_bits=24)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, tiny_gpt._schedule(steps))
+
+    def step():
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        sched.step()
+
+    return step
+
+
+def contenders(backend: str = "auto", device: str = "cpu") -> dict:
     runs = {
         "fp32-master (torch AdamW)": tiny_gpt.fp32_master_reference,
         "fusedlr master": tiny_gpt.with_fusedlr(master_weights=True, backend=backend),
@@ -51,15 +72,31 @@ def contenders(backend: str = "auto") -> dict:
         )
     except Exception as error:
         print(f"(torchao skipped: {error})")
+    if device != "cpu":
+        runs["FlashOptim FlashAdamW (24-bit master, 8-bit moments)"] = _flashoptim
     return runs
 
 
-def run(steps: int, width: int, names=None, backend: str = "auto") -> dict:
-    """``{name: per-step losses}`` for the contenders (all of them, or ``names``)."""
+def run(steps: int, width: int, names=None, backend: str = "auto", device: str = "cpu", peaks=None) -> dict:
+    """``{name: per-step losses}`` for the contenders (all of them, or ``names``); on a GPU each
+    run's peak allocated bytes go into ``peaks`` when given. A peer that cannot run here (an
+    optional package missing) is reported and left out; fusedlr's runs and the reference raise."""
     losses = {}
-    for name, make in contenders(backend).items():
-        if names is None or name in names:
-            losses[name] = tiny_gpt.train(make, "cpu", steps, width)
+    for name, make in contenders(backend, device).items():
+        if names is not None and name not in names:
+            continue
+        if device != "cpu":
+            torch.cuda.empty_cache()
+            torch.cuda.reset_peak_memory_stats(device)
+        try:
+            losses[name] = tiny_gpt.train(make, device, steps, width)
+        except Exception as error:
+            if name.startswith(("fusedlr", "fp32-master")):
+                raise
+            print(f"({name} skipped: {type(error).__name__}: {error})")
+            continue
+        if device != "cpu" and peaks is not None:
+            peaks[name] = torch.cuda.max_memory_allocated(device)
     return losses
 
 
@@ -76,14 +113,19 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=400)
     parser.add_argument("--width", type=int, default=64)
+    parser.add_argument("--device", default="cpu", help="cpu, or cuda (adds FlashOptim and peak memory)")
     args = parser.parse_args()
     start = time.perf_counter()
-    losses = run(args.steps, args.width)
-    print(f"TinyGPT width {args.width}, {args.steps} steps, bf16 on the CPU ({time.perf_counter() - start:.0f} s)")
-    print("| run | loss, first 10 steps | loss, last 50 steps | gap to fp32-master |")
-    print("| --- | ---: | ---: | ---: |")
+    peaks = {}
+    losses = run(args.steps, args.width, device=args.device, peaks=peaks)
+    where = "the CPU" if args.device == "cpu" else torch.cuda.get_device_name(args.device)
+    print(f"TinyGPT width {args.width}, {args.steps} steps, bf16 on {where} ({time.perf_counter() - start:.0f} s)")
+    memory = " peak MB |" if peaks else ""
+    print(f"| run | loss, first 10 steps | loss, last 50 steps | gap to fp32-master |{memory}")
+    print("| --- | ---: | ---: | ---: |" + (" ---: |" if peaks else ""))
     for name, first, last, gap in summary(losses):
-        print(f"| {name} | {first:.4f} | {last:.4f} | {gap:+.2%} |")
+        peak = f" {peaks[name] / 2**20:.0f} |" if name in peaks else ""
+        print(f"| {name} | {first:.4f} | {last:.4f} | {gap:+.2%} |{peak}")
 
 
 if __name__ == "__main__":
