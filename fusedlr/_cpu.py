@@ -5,9 +5,9 @@ operations) as ``reference.py``, at the speed of torch's fused optimizers: one `
 for every per-tensor grad norm, the clip and AGC scales computed as vectors, then each param
 group's update by torch's fused kernels (AdamW, SGD) or the reference's operations as foreach
 ops (LION, Schedule-Free AdamW): ``_cpu_updates.py``. The clip is applied only when it changes
-the grads (an inactive clip costs nothing), to copies: the fused kernels' own ``grad_scale``
-input writes the unscaled grads back into the grads it is given, and ``.grad`` is never
-rewritten here.
+the grads (an inactive clip costs nothing), to cache-sized copies made chunk by chunk just
+before the update reads them: the fused kernels' own ``grad_scale`` input writes the unscaled
+grads back into the grads it is given, and ``.grad`` is never rewritten here.
 
 Where a feature cannot be fused, the step falls back to the reference, documented per case:
 
@@ -160,31 +160,40 @@ def _grad_scales(plan, grads, max_grad_norm, need_norm):
 
 
 def _scaled(grads, scales, owned):
-    """The grads each multiplied by its scale, skipping those whose scale is 1: copies unless
-    ``owned`` (the grads are already this step's copies)."""
+    """The grads with their clip scales, skipping those whose scale is 1: ``(grads, factors)``.
+
+    Grads that are this step's copies already (``owned``: GradScaler's unscaled ones) are scaled
+    in place and ``factors`` is None. Otherwise nothing is copied here: ``factors`` is what each
+    grad must be multiplied by (a 0-dim tensor shared by all, or a list of floats, one per
+    grad), and the updates scale each chunk of the grads into a cache-sized copy just before
+    using it (a whole-model copy, in fresh memory every step, made an active clip up to 2x
+    slower than ``clip_grad_norm_``'s in-place multiply)."""
     if scales is None:
-        return grads
+        return grads, None
     if scales.ndim == 0:
         if scales.item() == 1.0:
-            return grads
+            return grads, None
         if owned:
             torch._foreach_mul_(grads, scales)
-            return grads
-        return torch._foreach_mul(grads, scales)
+            return grads, None
+        return grads, scales
     values = scales.tolist()
     changed = [i for i, value in enumerate(values) if value != 1.0]
     if not changed:
-        return grads
-    grads = list(grads)
-    picked = [grads[i] for i in changed]
-    factors = [values[i] for i in changed]
-    if owned:
-        torch._foreach_mul_(picked, factors)
-    else:
-        picked = torch._foreach_mul(picked, factors)
-    for i, grad in zip(changed, picked):
-        grads[i] = grad
-    return grads
+        return grads, None
+    if not owned:
+        return grads, values
+    torch._foreach_mul_([grads[i] for i in changed], [values[i] for i in changed])
+    return grads, None
+
+
+def _tensor_scale(factors, scales, i):
+    """Grad ``i``'s scale as the reference applies it (a 0-dim tensor), or None."""
+    if factors is None:
+        return None
+    if isinstance(factors, torch.Tensor):
+        return factors
+    return scales[i] if factors[i] != 1.0 else None
 
 
 @torch.no_grad()
@@ -211,7 +220,7 @@ def step_(opt, kind: str, items, grads, lr_scale: float, lr_offset: float, max_g
         return total_norm, False
     if skip_nonfinite and not bool(torch.isfinite(total_norm)):
         return total_norm, False
-    grads = _scaled(grads, scales, owned)
+    grads, factors = _scaled(grads, scales, owned)
     # The fused kernels walk memory flat: a grad laid out unlike its param takes the reference update.
     layouts_match = not plan.flat or list(map(torch.Tensor.stride, grads)) == plan.strides
     update = _cpu_updates.UPDATES[kind]
@@ -228,8 +237,10 @@ def step_(opt, kind: str, items, grads, lr_scale: float, lr_offset: float, max_g
             others = others + sorted(set(bucket.order) - set(fused))
             bucket = _GroupBucket(kind, bucket.group, fused, items)
         if bucket.order:
-            update(bucket, [grads[i] for i in bucket.order], group, lr)
+            bucket_factors = factors if not isinstance(factors, list) else [factors[i] for i in bucket.order]
+            update(bucket, [grads[i] for i in bucket.order], group, lr, bucket_factors)
         for i in others:
             param, _, state = items[i]
-            reference._UPDATES[kind](param, reference._effective_grad(grads[i], group, None), state, group, lr)
+            grad = reference._effective_grad(grads[i], group, _tensor_scale(factors, scales, i))
+            reference._UPDATES[kind](param, grad, state, group, lr)
     return total_norm, True

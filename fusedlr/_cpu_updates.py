@@ -1,8 +1,9 @@
 """The ``cpu`` backend's updates: each rule of ``reference.py`` on torch's multi-tensor CPU kernels.
 
 One function per rule, each taking a ``_cpu._GroupBucket`` (the params of one param group,
-smallest first, with their states), the grads after clipping, the group (schedule-free: this
-update's copy of it) and its lr:
+smallest first, with their states), the grads, the group (schedule-free: this update's copy of
+it), its lr and the grads' clip factors (None when the clip changes nothing; else the grads are
+scaled chunk by chunk into cache-sized copies just before they are read, see ``_chunks``):
 
 * AdamW: ``torch._fused_adamw_`` (one pass; its order of operations, not the reference's);
 * SGD: ``torch._fused_sgd_`` (one pass; the reference's bits but in its vector loop's tail),
@@ -112,19 +113,33 @@ def _cut(spec, tensors) -> list[list[torch.Tensor]]:
             for chunk in spec]  # fmt: skip
 
 
-def _blockwise(ops, bucket, tensors) -> None:
-    """``ops(*lists)`` chunk by chunk (``_chunk_spec``), so that the passes over a chunk find it
-    in the cache. ``tensors``: equally long lists (params, states, then the grads) in the same
-    order. Elementwise ops give the same bits whatever the cut. The cut and the params' and
-    states' views are kept in the bucket while the grads keep their layouts; the grads are cut
-    afresh each step (views kept between steps would keep last step's grads alive)."""
-    *stable, grads = tensors
+def _chunks(bucket, columns, grads, factors):
+    """The bucket's tensors chunk by chunk (``_chunk_spec``): per chunk, the index of each
+    piece's tensor, the pieces of each of ``columns`` (params and states), and the grads' pieces,
+    multiplied by their clip ``factors`` when there are any: a copy of one chunk, made just
+    before the update reads it (see ``_cpu._scaled``). The cut and the columns' views are kept
+    in the bucket while the grads keep their layouts; the grads are cut afresh each step (views
+    kept between steps would keep last step's grads alive)."""
     key = [g.is_contiguous() for g in grads]
     if bucket.chunks is None or bucket.chunks[0] != key:
-        spec = _chunk_spec(list(zip(*tensors)))
-        bucket.chunks = (key, spec, list(zip(*[_cut(spec, column) for column in stable])))
-    _, spec, stable_chunks = bucket.chunks
-    for lists, grad_list in zip(stable_chunks, _cut(spec, grads)):
+        spec = _chunk_spec(list(zip(*columns, grads)))
+        bucket.chunks = (key, spec, list(zip(*[_cut(spec, column) for column in columns])))
+    _, spec, cut = bucket.chunks
+    for chunk, lists, grad_list in zip(spec, cut, _cut(spec, grads)):
+        indices = [i for i, _, _ in chunk]
+        if isinstance(factors, torch.Tensor):  # one clip scale for all
+            grad_list = torch._foreach_mul(grad_list, factors)
+        elif factors is not None:  # AGC: one per tensor
+            grad_list = torch._foreach_mul(grad_list, [factors[i] for i in indices])
+        yield indices, lists, grad_list
+
+
+def _blockwise(ops, bucket, tensors, factors) -> None:
+    """``ops(*lists)`` chunk by chunk, so that the passes over a chunk find it in the cache.
+    ``tensors``: equally long lists (params, states, then the grads) in the same order.
+    Elementwise ops give the same bits whatever the cut."""
+    *columns, grads = tensors
+    for _, lists, grad_list in _chunks(bucket, columns, grads, factors):
         ops(*lists, grad_list)
 
 
@@ -150,7 +165,7 @@ def _count_(bucket) -> None:
         torch._foreach_add_(steps, 1)
 
 
-def adamw_(bucket, grads, group, lr) -> None:
+def adamw_(bucket, grads, group, lr, factors=None) -> None:
     # Tensor betas are read on the host, as the reference does (the fused kernel takes floats).
     beta1, beta2 = map(reference._number, group["betas"])
     states = bucket.states
@@ -159,11 +174,19 @@ def adamw_(bucket, grads, group, lr) -> None:
         torch._fused_adamw_, lr=lr, beta1=beta1, beta2=beta2, weight_decay=group["weight_decay"], eps=group["eps"],
         amsgrad=bool(group["amsgrad"]), maximize=bool(group["maximize"]),
     )  # fmt: skip
-    lists = [bucket.params, grads, states["exp_avg"], states["exp_avg_sq"], states.get("max_exp_avg_sq", [])]
-    _in_two_parts(bucket.below(SERIAL_NUMEL), kernel, lists + [states["step"]])
+    moments = [states["exp_avg"], states["exp_avg_sq"]] + ([states["max_exp_avg_sq"]] if group["amsgrad"] else [])
+    if factors is None:  # one call (two: the small tensors on one thread)
+        lists = [bucket.params, grads, moments[0], moments[1], moments[2] if group["amsgrad"] else []]
+        _in_two_parts(bucket.below(SERIAL_NUMEL), kernel, lists + [states["step"]])
+        return
+    for indices, (params, *chunk_moments), grad_list in _chunks(bucket, [bucket.params, *moments], grads, factors):
+        maxima = chunk_moments[2] if group["amsgrad"] else []
+        steps = [states["step"][i] for i in indices]  # a tensor's pieces share its step, read only
+        lists = [params, grad_list, chunk_moments[0], chunk_moments[1], maxima, steps]
+        _in_two_parts(sum(bucket.sizes[i] < SERIAL_NUMEL for i in indices), kernel, lists)
 
 
-def sgd_(bucket, grads, group, lr) -> None:
+def sgd_(bucket, grads, group, lr, factors=None) -> None:
     """``reference.sgd_update_`` by torch's fused SGD kernel (the same bits but for the tail
     elements of its vector loop): a momentum buffer whose ``step`` is 0 takes the grad as it is
     (the kernel's ``is_first_step``). Only tensors under ``SGD_SERIAL_NUMEL`` elements run on one
@@ -178,21 +201,28 @@ def sgd_(bucket, grads, group, lr) -> None:
         torch._fused_sgd_, weight_decay=weight_decay, momentum=group["momentum"], lr=lr,
         dampening=group["dampening"], nesterov=bool(group["nesterov"]), maximize=bool(group["maximize"]),
     )  # fmt: skip
-    serial = bucket.below(SGD_SERIAL_NUMEL)
-    if group["momentum"] == 0:
-        _in_two_parts(serial, functools.partial(kernel, momentum_buffer_list=[], is_first_step=False), [params, grads])
-        return
-    buffers, steps = bucket.states["momentum_buffer"], bucket.states["step"]
-    first = [step.item() == 0 for step in steps]  # free on the CPU
-    for is_first in (False, True):
-        picked = [i for i, value in enumerate(first) if value == is_first]
-        if picked:
-            lists = [[values[i] for i in picked] for values in (params, grads, buffers)]
-            _in_two_parts(sum(i < serial for i in picked), functools.partial(kernel, is_first_step=is_first), lists)
-    _count_(bucket)
+    momentum = group["momentum"] != 0
+    buffers = [bucket.states["momentum_buffer"]] if momentum else []
+    first = [step.item() == 0 for step in bucket.states["step"]] if momentum else None  # free on the CPU
+    if factors is None:
+        parts = [(list(range(len(params))), [params, *buffers], grads)]
+    else:
+        parts = _chunks(bucket, [params, *buffers], grads, factors)
+    for indices, (chunk_params, *chunk_buffers), grad_list in parts:
+        for is_first in (False, True) if momentum else (False,):
+            picked = [k for k, i in enumerate(indices) if not momentum or first[i] == is_first]
+            if not picked:
+                continue
+            lists = [[values[k] for k in picked] for values in (chunk_params, grad_list, *chunk_buffers)]
+            if not momentum:
+                lists.append([])
+            serial = sum(bucket.sizes[indices[k]] < SGD_SERIAL_NUMEL for k in picked)
+            _in_two_parts(serial, functools.partial(kernel, is_first_step=is_first), lists)
+    if momentum:
+        _count_(bucket)
 
 
-def lion_(bucket, grads, group, lr) -> None:
+def lion_(bucket, grads, group, lr, factors=None) -> None:
     """``reference.lion_update_``'s operations (so the same bits)."""
     params, exp_avgs = bucket.params, bucket.states["exp_avg"]
     dtype = params[0].dtype
@@ -212,10 +242,10 @@ def lion_(bucket, grads, group, lr) -> None:
         torch._foreach_mul_(exp_avgs, beta2)
         torch._foreach_add_(exp_avgs, grads, alpha=alpha2)
 
-    _blockwise(ops, bucket, [params, exp_avgs, grads])
+    _blockwise(ops, bucket, [params, exp_avgs, grads], factors)
 
 
-def schedulefree_(bucket, grads, group, lr) -> None:
+def schedulefree_(bucket, grads, group, lr, factors=None) -> None:
     """``reference.schedulefree_update_`` in nine foreach passes instead of ten (to rounding: the
     bias correction is moved out of the denominator). ``group`` is this update's copy of the
     group from ``reference.schedulefree_scalars`` (with ``ckp1`` and ``bias_correction2``) and
@@ -246,7 +276,7 @@ def schedulefree_(bucket, grads, group, lr) -> None:
         torch._foreach_add_(params, normalized, alpha=lr * (beta1 * (1 - ckp1) - 1) * root)
         torch._foreach_sub_(z, normalized, alpha=lr * root)
 
-    _blockwise(ops, bucket, [params, z, exp_avg_sq, grads])
+    _blockwise(ops, bucket, [params, z, exp_avg_sq, grads], factors)
 
 
 UPDATES = {"adamw": adamw_, "lion": lion_, "sgd": sgd_, "schedulefree": schedulefree_}

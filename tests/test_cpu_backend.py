@@ -379,3 +379,38 @@ def test_tensor_lr_with_a_schedule_is_computed_in_float64(monkeypatch):
     run_steps(opt, params, make_grads(params, 3))
     scale, offset = schedules.WarmupCosine(2, 12).scale_offset(2)
     assert seen[-1] == float(torch.tensor(0.05)) * scale + offset
+
+
+@pytest.mark.parametrize("agc", [None, 0.05], ids=["clip", "agc+clip"])
+@pytest.mark.parametrize(
+    "cls, options",
+    [(fusedlr.AdamW, dict(amsgrad=True)), (fusedlr.AdamW, dict(maximize=True)), (fusedlr.SGD, dict(momentum=0.9)),
+     (fusedlr.SGD, dict(momentum=0.0, weight_decay=0.1))],
+    ids=["adamw-amsgrad", "adamw-maximize", "sgd-momentum", "sgd-plain"],
+)  # fmt: skip
+def test_active_clip_scales_chunk_by_chunk(monkeypatch, cls, options, agc):
+    """An active clip (and AGC) multiplies each chunk of the grads into a copy just before the
+    fused kernel reads it: the kernels then run chunk by chunk (here chunks of 1,000 elements,
+    the 6,000-element tensor in six blocks), with the torch backend's results and ``.grad``
+    untouched. A param whose first grad comes late takes SGD's first-step copy in its chunk."""
+    monkeypatch.setattr(_cpu_updates, "SERIAL_NUMEL", 16)
+    monkeypatch.setattr(_cpu_updates, "SGD_SERIAL_NUMEL", 16)
+    monkeypatch.setattr(_cpu_updates, "BLOCK_NUMEL", 1000)
+    calls = []
+    for name in ("_fused_adamw_", "_fused_sgd_"):
+        kernel = getattr(torch, name)
+        monkeypatch.setattr(torch, name, lambda *a, _k=kernel, **kw: (calls.append(len(a[0])), _k(*a, **kw))[1])
+    base = make_params(AWKWARD_SHAPES + [(3000, 2)])
+    grads = make_grads(base, 6, scale=5.0, skip=lambda step, i: i == 1 and step < 2)
+    runs = []
+    for backend in ("torch", "cpu"):
+        params = clone_params(base)
+        opt = cls(params, lr=1e-2, max_grad_norm=0.5, agc_clip_factor=agc, backend=backend, **options)
+        norms = run_steps(opt, params, grads)
+        runs.append((opt, params, norms))
+    (ref, ref_params, ref_norms), (opt, params, norms) = runs
+    assert_states_close(opt, params, ref, ref_params, **FP32_TOL)
+    torch.testing.assert_close(torch.stack(norms), torch.stack(ref_norms), rtol=1e-6, atol=0)
+    assert len(calls) > 6 * 6  # chunk by chunk: at least the big tensor's six blocks every step
+    for p, g in zip(params, grads[-1]):
+        assert p.grad is None and g is None or torch.equal(p.grad, g)
