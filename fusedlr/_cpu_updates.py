@@ -202,22 +202,24 @@ def sgd_(bucket, grads, group, lr, factors=None) -> None:
         dampening=group["dampening"], nesterov=bool(group["nesterov"]), maximize=bool(group["maximize"]),
     )  # fmt: skip
     momentum = group["momentum"] != 0
-    buffers = [bucket.states["momentum_buffer"]] if momentum else []
-    first = [step.item() == 0 for step in bucket.states["step"]] if momentum else None  # free on the CPU
-    if factors is None:
-        parts = [(list(range(len(params))), [params, *buffers], grads)]
+    buffers = bucket.states["momentum_buffer"] if momentum else []
+    first = [step.item() == 0 for step in bucket.states["step"]] if momentum else []  # free on the CPU
+    if factors is None and not any(first):  # the common step: one call (two with tiny tensors)
+        _in_two_parts(bucket.below(SGD_SERIAL_NUMEL), functools.partial(kernel, is_first_step=False),
+                      [params, grads, buffers])  # fmt: skip
     else:
-        parts = _chunks(bucket, [params, *buffers], grads, factors)
-    for indices, (chunk_params, *chunk_buffers), grad_list in parts:
-        for is_first in (False, True) if momentum else (False,):
-            picked = [k for k, i in enumerate(indices) if not momentum or first[i] == is_first]
-            if not picked:
-                continue
-            lists = [[values[k] for k in picked] for values in (chunk_params, grad_list, *chunk_buffers)]
-            if not momentum:
-                lists.append([])
-            serial = sum(bucket.sizes[indices[k]] < SGD_SERIAL_NUMEL for k in picked)
-            _in_two_parts(serial, functools.partial(kernel, is_first_step=is_first), lists)
+        parts = [(range(len(params)), [params, buffers], grads)]
+        if factors is not None:
+            parts = _chunks(bucket, [params, buffers] if momentum else [params], grads, factors)
+        firsts = first or [False] * len(params)  # no momentum: no buffer to copy into
+        for indices, (chunk_params, *chunk_buffers), grad_list in parts:
+            for is_first in (False, True):
+                picked = [k for k, i in enumerate(indices) if firsts[i] == is_first]
+                if picked:
+                    lists = [[values[k] for k in picked] for values in (chunk_params, grad_list)]
+                    lists.append([chunk_buffers[0][k] for k in picked] if momentum else [])
+                    serial = sum(bucket.sizes[indices[k]] < SGD_SERIAL_NUMEL for k in picked)
+                    _in_two_parts(serial, functools.partial(kernel, is_first_step=is_first), lists)
     if momentum:
         _count_(bucket)
 
