@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import csv
 import datetime
+import importlib
 import os
 import platform
 import statistics
@@ -216,33 +217,14 @@ BASELINES = {
 GPU_ONLY_BASELINES = {"compile", "lion-pytorch-triton", "torchao-8bit", "flashoptim"}
 
 
-def _flashoptim_adamw():
+def _lean_peer(name, module, attribute, **options):
+    """A peer's AdamW with lean state, imported when its row is made (an optional install)."""
+
     def make_optimizer(params):
-        from flashoptim import FlashAdamW
+        optimizer = getattr(importlib.import_module(module), attribute)
+        return optimizer(params, lr=1e-3, weight_decay=0.1, **options)
 
-        # Its 7-byte configuration: 8-bit moments and a bf16 param with an 8-bit residual (24-bit
-        # master weights), fused Triton kernels: fusedlr's split+int8-states counterpart.
-        return FlashAdamW(params, lr=1e-3, weight_decay=0.1, quantize=True, master_weight_bits=24)
-
-    return _by_hand("flashoptim-adamw-24bit+clip", make_optimizer)
-
-
-def _bitsandbytes_adamw8bit():
-    def make_optimizer(params):
-        import bitsandbytes
-
-        return bitsandbytes.optim.AdamW8bit(params, lr=1e-3, weight_decay=0.1)
-
-    return _by_hand("bitsandbytes-adamw8bit+clip", make_optimizer)
-
-
-def _torchao_adamw8bit():
-    def make_optimizer(params):
-        from torchao.optim import AdamW8bit
-
-        return AdamW8bit(params, lr=1e-3, weight_decay=0.1)
-
-    return _by_hand("torchao-adamw8bit+clip", make_optimizer)
+    return lambda: _by_hand(name, make_optimizer)
 
 
 # The bfloat16 rows' peers with lean state, on the bf16 params as their users run them: each is an
@@ -250,11 +232,14 @@ def _torchao_adamw8bit():
 # 8-bit states make a different update, which the fp32 parity check would reject.
 BF16_PEERS = {
     "adamw": {
-        "flashoptim": _flashoptim_adamw,
-        "bitsandbytes-8bit": _bitsandbytes_adamw8bit,
-        "torchao-8bit": _torchao_adamw8bit,
+        # FlashOptim's 7-byte configuration: 8-bit moments and a bf16 param with an 8-bit residual
+        # (24-bit master weights), fused Triton kernels: fusedlr's split+int8-states counterpart.
+        "flashoptim": _lean_peer("flashoptim-adamw-24bit+clip", "flashoptim", "FlashAdamW", quantize=True,
+                                 master_weight_bits=24),
+        "bitsandbytes-8bit": _lean_peer("bitsandbytes-adamw8bit+clip", "bitsandbytes.optim", "AdamW8bit"),
+        "torchao-8bit": _lean_peer("torchao-adamw8bit+clip", "torchao.optim", "AdamW8bit"),
     }
-}
+}  # fmt: skip
 
 
 def contenders(optimizer: str, device: torch.device, baselines=None, dtype=torch.float32) -> list[Contender]:

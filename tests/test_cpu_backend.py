@@ -17,14 +17,19 @@ STEPS = 12
 @pytest.fixture
 def fused_adamw_calls(monkeypatch):
     """Counts the calls of torch's fused AdamW kernel (and still runs it)."""
-    calls = []
-    kernel = torch._fused_adamw_
+    return _record_calls(monkeypatch, "_fused_adamw_", lambda params, kwargs: len(params))
 
-    def counting(params, *args, **kwargs):
-        calls.append(len(params))
+
+def _record_calls(monkeypatch, name, what, calls=None):
+    """``calls``, to which every call of ``torch.<name>`` (still run) appends ``what(params, kwargs)``."""
+    calls = [] if calls is None else calls
+    kernel = getattr(torch, name)
+
+    def recording(params, *args, **kwargs):
+        calls.append(what(params, kwargs))
         return kernel(params, *args, **kwargs)
 
-    monkeypatch.setattr(torch, "_fused_adamw_", counting)
+    monkeypatch.setattr(torch, name, recording)
     return calls
 
 
@@ -247,15 +252,7 @@ def _schedulefree(groups, options, backend):
 @pytest.fixture
 def fused_sgd_calls(monkeypatch):
     """Each call of torch's fused SGD kernel: (tensors, is_first_step)."""
-    calls = []
-    kernel = torch._fused_sgd_
-
-    def counting(params, *args, **kwargs):
-        calls.append((len(params), kwargs["is_first_step"]))
-        return kernel(params, *args, **kwargs)
-
-    monkeypatch.setattr(torch, "_fused_sgd_", counting)
-    return calls
+    return _record_calls(monkeypatch, "_fused_sgd_", lambda params, kwargs: (len(params), kwargs["is_first_step"]))
 
 
 @pytest.mark.parametrize(
@@ -365,17 +362,10 @@ def test_integer_step_counts_step_as_on_the_torch_backend(cls):
 def test_tensor_lr_with_a_schedule_is_computed_in_float64(monkeypatch):
     """The lr handed to the fused kernel is the reference's: a tensor lr read on the host and
     scaled in float64 (review finding: it was scaled in the tensor's float32)."""
-    seen = []
-    kernel = torch._fused_sgd_
-
-    def recording(*args, lr, **kwargs):
-        seen.append(lr)
-        return kernel(*args, lr=lr, **kwargs)
-
     params = make_params([(10,)])
     opt = fusedlr.SGD(params, lr=torch.tensor(0.05), momentum=0.9, schedule=schedules.WarmupCosine(2, 12),
                       backend="cpu")  # fmt: skip
-    monkeypatch.setattr(torch, "_fused_sgd_", recording)
+    seen = _record_calls(monkeypatch, "_fused_sgd_", lambda params, kwargs: kwargs["lr"])
     run_steps(opt, params, make_grads(params, 3))
     scale, offset = schedules.WarmupCosine(2, 12).scale_offset(2)
     assert seen[-1] == float(torch.tensor(0.05)) * scale + offset
@@ -398,8 +388,7 @@ def test_active_clip_scales_chunk_by_chunk(monkeypatch, cls, options, agc):
     monkeypatch.setattr(_cpu_updates, "BLOCK_NUMEL", 1000)
     calls = []
     for name in ("_fused_adamw_", "_fused_sgd_"):
-        kernel = getattr(torch, name)
-        monkeypatch.setattr(torch, name, lambda *a, _k=kernel, **kw: (calls.append(len(a[0])), _k(*a, **kw))[1])
+        _record_calls(monkeypatch, name, lambda params, kwargs: len(params), calls)
     base = make_params(AWKWARD_SHAPES + [(3000, 2)])
     grads = make_grads(base, 6, scale=5.0, skip=lambda step, i: i == 1 and step < 2)
     runs = []
