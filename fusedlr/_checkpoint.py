@@ -9,6 +9,26 @@ import torch
 from . import _distributed, _fused, _precision, _quantized, _state_dict, _torch_migration
 
 
+# Group options that say how states are stored, not how the step computes: the loading
+# optimizer's own are kept (``_load_state_dict``).
+STORAGE_OPTIONS = ("state_dtype", "master_weights", "stochastic_rounding")
+
+
+def _stepped_elsewhere(states, counter) -> bool:
+    """Whether some parameter was updated more often than ``counter`` updates (fusedlr's
+    counter, from the groups of a state dict): then another optimizer stepped these states
+    after fusedlr saved them (a parameter's ``step`` never runs ahead of fusedlr's counter)."""
+    for state in states.values():
+        step = state.get("step")
+        if isinstance(step, torch.Tensor):
+            if step.device.type == "meta" or step.numel() != 1:
+                continue
+            step = step.item()
+        if isinstance(step, (int, float)) and step > float(counter):
+            return True
+    return False
+
+
 class StateDictMethods:
     """``state_dict``/``load_state_dict`` with fusedlr's counter; ``super()`` is torch's Optimizer."""
 
@@ -47,10 +67,21 @@ class StateDictMethods:
         counter = state_dict.pop("schedule_step", None)
         groups = [dict(group) for group in state_dict["param_groups"]]
         group_counters = [group.pop("schedule_step") for group in groups if "schedule_step" in group]
+        if counter is None and group_counters and _stepped_elsewhere(state_dict["state"], max(group_counters)):
+            # torch.optim and other optimizers keep unknown group keys: a fusedlr dict that one
+            # of them stepped further carries a stale counter. The states tell: treat it as theirs.
+            group_counters = []
+        for group, current in zip(groups, self.param_groups):
+            # A corrupt option is refused even where it would not be used; then how this
+            # optimizer stores its states (its constructor's choice for this machine: 8-bit
+            # moments to fit a small GPU, say) is kept, and the loaded states converted to it.
+            self._check_group_options({**current, **group})
+            group.update({key: current[key] for key in STORAGE_OPTIONS if key in current})
         state_dict["param_groups"] = groups
         if counter is None and group_counters:
             counter = max(group_counters)
         super().load_state_dict(state_dict)
+        self._check_groups()  # the loaded hyperparameters, before the conversions below use them
         # torch casts every floating state to its param's dtype on load; an fp32 master copy
         # and fp32 or bf16 moments beside bf16 params keep the dtype they were saved in.
         saved_ids = [i for group in state_dict["param_groups"] for i in group["params"]]

@@ -126,21 +126,57 @@ def _memory_flat(tensor: torch.Tensor) -> torch.Tensor:
     return tensor.as_strided((tensor.numel(),), (1,))
 
 
+# Elements per slice of a conversion (whole blocks): its temporaries take a few MiB, not
+# several times the tensor (a checkpoint converted on load, a state made at the first step).
+CONVERT_SLICE = 1 << 20
+
+
+def _block_slices(numel: int):
+    return [slice(start, min(start + CONVERT_SLICE, numel)) for start in range(0, numel, CONVERT_SLICE)]
+
+
+def _scales_of(part: slice) -> slice:
+    return slice(part.start // QUANT_BLOCK, -(-part.stop // QUANT_BLOCK))
+
+
 def encode(values: torch.Tensor, like: torch.Tensor, signed: bool) -> tuple[torch.Tensor, torch.Tensor]:
     """Codes laid out as ``like`` (dense) and block scales of ``values`` (any layout)."""
-    ordered = torch.empty_like(like, dtype=torch.float32).copy_(values)  # like's memory order
-    codes, scale = (quantize_signed if signed else quantize_unsigned)(_memory_flat(ordered))
-    out = torch.empty_like(like, dtype=codes.dtype)
-    _memory_flat(out).copy_(codes)
+    if values.dtype == torch.float32 and values.stride() == like.stride():
+        ordered = values  # already in like's memory order
+    else:
+        ordered = torch.empty_like(like, dtype=torch.float32).copy_(values)
+    out = torch.empty_like(like, dtype=torch.int8 if signed else torch.uint8)
+    scale = torch.empty(num_blocks(like.numel()), dtype=torch.float32, device=like.device)
+    flat, out_flat = _memory_flat(ordered), _memory_flat(out)
+    for part in _block_slices(like.numel()):
+        codes, scale[_scales_of(part)] = (quantize_signed if signed else quantize_unsigned)(flat[part])
+        out_flat[part] = codes
     return out, scale
 
 
 def decode(codes: torch.Tensor, scale: torch.Tensor, signed: bool) -> torch.Tensor:
     """float32 moment laid out as ``codes``."""
-    flat = (dequantize_signed if signed else dequantize_unsigned)(_memory_flat(codes), scale)
     out = torch.empty_like(codes, dtype=torch.float32)
-    _memory_flat(out).copy_(flat)
+    flat, out_flat = _memory_flat(codes), _memory_flat(out)
+    for part in _block_slices(codes.numel()):
+        out_flat[part] = (dequantize_signed if signed else dequantize_unsigned)(flat[part], scale[_scales_of(part)])
     return out
+
+
+def zero_moment(moment: str, param: torch.Tensor) -> dict:
+    """The codes and scales of an all-zero moment of ``param`` (what encoding zeros gives:
+    code 0, scale 0), made without a float32 tensor in between."""
+    codes, scales, signed = QUANTIZED_KEYS[moment]
+    return {
+        codes: _code_layout(param, torch.int8 if signed else torch.uint8).zero_(),
+        scales: torch.zeros(num_blocks(param.numel()), dtype=torch.float32, device=param.device),
+    }
+
+
+def _code_layout(param: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """An empty code tensor laid out as ``param`` where that layout is dense, else contiguous."""
+    like = torch.empty_like(param, dtype=dtype, memory_format=torch.preserve_format)
+    return like if _is_dense(like) else torch.empty(param.shape, dtype=dtype, device=param.device)
 
 
 def is_quantized(state: dict) -> bool:
@@ -165,17 +201,24 @@ def store_moments_(state: dict, moments: dict) -> None:
         state[scales].copy_(new_scales)
 
 
+def _check_one_form(state: dict) -> None:
+    for moment, (codes, _, _) in QUANTIZED_KEYS.items():
+        if moment in state and codes in state:
+            raise RuntimeError(
+                f"fusedlr: state holds both {moment!r} and its 8-bit form {codes!r}; a moment is stored one way"
+            )
+
+
 def convert_state_(state: dict, param: torch.Tensor, group: dict, float_dtype: torch.dtype) -> None:
     """Bring ``state`` to the form the group asks for: float moments quantised when ``param``
     takes 8-bit moments, codes decoded to ``float_dtype`` when it does not (the options changed,
     or a checkpoint of the other form was loaded). The conversion error is one quantisation."""
+    _check_one_form(state)
     if quantizes(param, group):
         for moment, (codes, scales, signed) in QUANTIZED_KEYS.items():
             if moment in state:
-                like = torch.empty_like(param, dtype=torch.int8, memory_format=torch.preserve_format)
-                if not _is_dense(like):
-                    like = torch.empty(param.shape, dtype=torch.int8, device=param.device)
-                state[codes], state[scales] = encode(state.pop(moment).float(), like, signed)
+                like = _code_layout(param, torch.int8)
+                state[codes], state[scales] = encode(state.pop(moment), like, signed)
     else:
         for moment, (codes, scales, signed) in QUANTIZED_KEYS.items():
             if codes in state:
@@ -191,6 +234,7 @@ def _is_dense(tensor: torch.Tensor) -> bool:
 
 def check_quantized_states(param: torch.Tensor, state: dict) -> None:
     """RuntimeErrors for codes and scales that cannot belong to ``param`` (a step's checks)."""
+    _check_one_form(state)
     for codes, scales, signed in QUANTIZED_KEYS.values():
         if (codes in state) != (scales in state):
             raise RuntimeError(f"fusedlr: state has {codes!r} or {scales!r} without the other")

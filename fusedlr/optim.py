@@ -193,6 +193,10 @@ class _FusedOptimizer(ShardedSteps, CachedChecks, StateDictMethods, torch.optim.
     # Rebuilt after a copy or an unpickle: device tables and caches keyed on addresses, and the
     # handle under which compiled graphs find this optimizer.
     _TRANSIENT = ("_plan_cache", "_step_cache", "_compile_handle", "_reduction_cache")
+    # What a torch LR scheduler sets on the instance: a ``step`` wrapper holding a weak
+    # reference to *this* optimizer (a copy would step the original through it) and its flag.
+    # torch's own __getstate__ drops both too.
+    _SCHEDULER_PATCHES = ("step", "_opt_called")
 
     def __getstate__(self) -> dict:
         # torch keeps only defaults, state and param_groups (and drops hooks); we keep every
@@ -201,7 +205,7 @@ class _FusedOptimizer(ShardedSteps, CachedChecks, StateDictMethods, torch.optim.
         state = {
             key: value
             for key, value in self.__dict__.items()
-            if key not in self._TRANSIENT and not key.startswith("_optimizer_")
+            if key not in self._TRANSIENT + self._SCHEDULER_PATCHES and not key.startswith("_optimizer_")
         }
         if state.get("norm_group") is not None:  # a deep copy shares the process group
             state["norm_group"] = _distributed.SharedGroup(state["norm_group"])
@@ -289,7 +293,10 @@ class _FusedOptimizer(ShardedSteps, CachedChecks, StateDictMethods, torch.optim.
             if self._kind == "adamw":
                 state["step"] = torch.zeros((), dtype=torch.float32, device=param.device)
             for name in self._state_names:
-                state[name] = torch.zeros_like(param, dtype=dtype, memory_format=torch.preserve_format)
+                if name in _quantized.QUANTIZED_KEYS and _quantized.quantizes(param, group):
+                    state.update(_quantized.zero_moment(name, param))
+                else:
+                    state[name] = torch.zeros_like(param, dtype=dtype, memory_format=torch.preserve_format)
         _quantized.convert_state_(state, param, group, dtype)  # 8-bit moments in, or out
         if group.get("amsgrad") and "max_exp_avg_sq" not in state:
             state["max_exp_avg_sq"] = torch.zeros_like(param, dtype=dtype, memory_format=torch.preserve_format)

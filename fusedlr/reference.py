@@ -216,10 +216,55 @@ def _in_fp32(param, grad, state) -> bool:
     return "master_param" in state or any(t.dtype in _precision.LOW_PRECISION for t in tensors)
 
 
-def update_in_fp32_(kind, param, grad, state, group, lr, key=None) -> None:
+# Elements per slice of a large tensor's float32 update (a whole number of 8-bit blocks): the
+# working copies and temporaries then take a few MiB, not several times the tensor.
+FP32_SLICE = 1 << 20
+
+
+def update_in_fp32_(kind, param, grad, state, group, lr, scale=None, key=None) -> None:
     """One update computed on float32 working copies (from the fp32 master when there is one),
     then each stored value rounded once: states and the param to nearest-even, or the param
-    stochastically when ``key`` (the random stream's key) is given."""
+    stochastically when ``key`` (the random stream's key) is given. ``grad`` is the raw grad,
+    ``scale`` its clip factor. A large contiguous tensor is updated slice by slice (every
+    operation is elementwise, the 8-bit blocks whole), so the step's transient memory stays
+    small next to its 8-bit or split state."""
+    slices = _slices(param, grad, state) if key is None else None
+    if slices is None:
+        _update_in_fp32_(kind, param, _effective_grad(grad.float(), group, scale), state, group, lr, key)
+        return
+    step = state.get("step")
+    for part in slices:
+        sliced = {name: _slice_state(name, value, part) for name, value in state.items()}
+        if step is not None:
+            sliced["step"] = step.clone()  # advanced once per slice: the last slice's is the tensor's
+        g = _effective_grad(grad.view(-1)[part].float(), group, scale)
+        _update_in_fp32_(kind, param.view(-1)[part], g, sliced, group, lr)
+    if step is not None:
+        step.copy_(sliced["step"])
+
+
+def _slices(param, grad, state):
+    """Slices of the flat tensors for a sliced update, or None to update the tensor whole
+    (small, or some tensor not contiguous: then their elements would not line up)."""
+    numel = param.numel()
+    if numel <= FP32_SLICE or param.device.type == "meta" or type(param) not in (torch.Tensor, torch.nn.Parameter):
+        return None
+    shaped = [param, grad] + [v for k, v in state.items() if k != "step" and k not in _quantized.SCALE_KEYS]
+    if not all(isinstance(t, torch.Tensor) and t.numel() == numel and t.is_contiguous() for t in shaped):
+        return None
+    return [slice(start, min(start + FP32_SLICE, numel)) for start in range(0, numel, FP32_SLICE)]
+
+
+def _slice_state(name, value, part):
+    if name == "step":
+        return value
+    if name in _quantized.SCALE_KEYS:  # one scale per block; slices hold whole blocks
+        block = _quantized.QUANT_BLOCK
+        return value[part.start // block : -(-part.stop // block)]
+    return value.view(-1)[part]
+
+
+def _update_in_fp32_(kind, param, grad, state, group, lr, key=None) -> None:
     master = state.get("master_param")
     residual = state.get(_split_master.RESIDUAL_KEY)
     if residual is not None:  # split master weights: the bf16 param and its residual
@@ -302,7 +347,7 @@ def step_(kind: str, items, grads, lr_scale: float, lr_offset: float, max_grad_n
             key = None
             if _precision.rounds_stochastically(param, group):
                 key = _precision.stream_key(group["seed"], positions[i], counter.to(param.device))
-            update_in_fp32_(kind, param, _effective_grad(grad.float(), group, scale), state, group, lr, key)
+            update_in_fp32_(kind, param, grad, state, group, lr, scale, key)
         else:
             update(param, _effective_grad(grad, group, scale), state, group, lr)
     return total_norm, True

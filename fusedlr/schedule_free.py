@@ -216,8 +216,11 @@ class AdamWScheduleFree(_FusedOptimizer):
                 sums[1, i] = float(values["weight_sum"])
             if "scheduled_lr" in values:
                 sums[3, i] = float(values["scheduled_lr"])
-            if "k" in values and "schedule_step" not in group and "schedule_step" not in state_dict:
-                group["schedule_step"] = int(values["k"])  # the package's counter is the schedule's
+            if "k" in values and "schedule_step" not in state_dict:
+                # The package's counter is the schedule's. fusedlr writes it beside its own in
+                # every group; the package keeps unknown keys, so after a round trip through the
+                # package only ``k`` is current.
+                group["schedule_step"] = int(values["k"])
         state_dict["param_groups"] = groups
         super()._load_state_dict(state_dict)
         self._group_sums = sums

@@ -498,3 +498,21 @@ def test_bad_group_value_on_a_first_step_creates_no_state(backend):
     with pytest.raises(ValueError, match="Invalid learning rate: 'fast'"):
         opt.step()
     assert not opt.state
+
+
+@pytest.mark.parametrize("how", ["deepcopy", "pickle"])
+def test_a_copy_with_a_torch_scheduler_attached_steps_itself(backend, how):
+    """A torch LR scheduler sets a ``step`` wrapper on the optimizer that holds a weak reference
+    to it: a copy must not keep that wrapper (it would step the original), as torch's copy does not."""
+    params = make_params([(4,), (3, 2)])
+    opt = fusedlr.AdamW(params, lr=0.05, backend=backend)
+    torch.optim.lr_scheduler.StepLR(opt, step_size=1, gamma=0.5)
+    before = [p.detach().clone() for p in params]
+    copied = copy.deepcopy(opt) if how == "deepcopy" else pickle.loads(pickle.dumps(opt))
+    copied_params = [p for g in copied.param_groups for p in g["params"]]
+    for p in copied_params:
+        p.grad = torch.ones_like(p)
+    copied.step()
+    assert int(copied._schedule_step) == 1 and int(opt._schedule_step) == 0
+    assert all(torch.equal(p.detach(), b) for p, b in zip(params, before))
+    assert not any(torch.equal(p.detach(), b) for p, b in zip(copied_params, before))

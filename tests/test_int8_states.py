@@ -12,7 +12,7 @@ from helpers import assert_same_storage, make_grads, make_params, run_steps
 from lion_pytorch import Lion as ReferenceLion
 
 import fusedlr
-from fusedlr import _quantized
+from fusedlr import _quantized, _split_master
 
 SHAPES = [(64, 100), (4097,), (30, 7), "transposed-big", (3, 50, 40)]
 
@@ -296,13 +296,14 @@ def test_fp32_checkpoint_into_int8_and_back_converts_with_one_quantisation(backe
         assert (m - exact["exp_avg"]).abs().max() <= exact["exp_avg"].abs().max() / 127 * (1 + 1e-5)
         assert (v - exact["exp_avg_sq"]).abs().max() <= exact["exp_avg_sq"].max() / 255 * (1 + 1e-5)
 
-    # Back: the checkpoint's groups say "int8" (options travel with a state dict, as torch's);
-    # set the option after loading and the next step decodes the moments into float32.
+    # Back: the loading optimizer's own state_dtype is kept (the checkpoint's groups say
+    # "int8"): the moments are decoded into float32 on load, exactly.
     saved = _roundtrip(opt.state_dict())
     back_params = _clone(params)
     back = fusedlr.AdamW(back_params, lr=1e-2, backend=backend)
     back.load_state_dict(saved)
-    back.param_groups[0]["state_dtype"] = None
+    assert back.param_groups[0]["state_dtype"] is None
+    assert not any(_quantized.is_quantized(state) for state in back.state.values())
     # The independent reference: torch's AdamW from the decoded moments.
     oracle_params = _clone(params)
     oracle = torch.optim.AdamW(oracle_params, lr=1e-2, foreach=False)
@@ -400,3 +401,62 @@ def test_dtensor_params_are_refused_before_any_change():
     out = subprocess.run([sys.executable, "-c", _DTENSOR_SCRIPT], capture_output=True, text=True, timeout=120,
                          cwd=os.path.join(os.path.dirname(__file__), ".."))  # fmt: skip
     assert out.returncode == 0 and "refused" in out.stdout, out.stderr[-2000:]
+
+
+def test_a_checkpoint_loads_in_the_loading_optimizers_storage_options(backend):
+    """fusedlr's own float32-state (and fp32-master) checkpoint loaded into an 8-bit,
+    split-master optimizer is stored as that optimizer asks: quantised on load, a residual from
+    the master copy; the loaded groups keep the loader's storage options."""
+    base = [torch.randn(64, 80, dtype=torch.bfloat16), torch.randn(80, dtype=torch.bfloat16)]
+    grads = make_grads(base, 2)
+    params = _clone(base)
+    full = fusedlr.AdamW(params, lr=1e-2, master_weights=True, backend=backend)
+    run_steps(full, params, grads)
+    saved = _roundtrip(full.state_dict())
+    lean_params = _clone(params)
+    lean = fusedlr.AdamW(lean_params, lr=1e-2, master_weights="split", state_dtype="int8", backend=backend)
+    lean.load_state_dict(saved)
+    assert lean.param_groups[0]["state_dtype"] == "int8" and lean.param_groups[0]["master_weights"] == "split"
+    big = lean.state[lean_params[0]]
+    assert {"exp_avg_codes", "exp_avg_sq_codes"} <= big.keys() and "exp_avg" not in big
+    run_steps(lean, lean_params, make_grads(base, 1, seed=4))
+    assert _split_master.RESIDUAL_KEY in lean.state[lean_params[0]]
+    assert "master_param" not in lean.state[lean_params[0]]
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda ps, b: fusedlr.AdamW(ps, lr=1e-2, master_weights="split", state_dtype="int8", backend=b),
+        lambda ps, b: fusedlr.AdamW(ps, lr=1e-2, master_weights=True, state_dtype="int8", backend=b),
+        lambda ps, b: fusedlr.Lion(ps, lr=1e-3, state_dtype="int8", weight_decay=0.1, backend=b),
+        lambda ps, b: fusedlr.SGD(ps, lr=1e-2, momentum=0.9, nesterov=True, master_weights=True, backend=b),
+        lambda ps, b: fusedlr.AdamWScheduleFree(ps, lr=1e-2, warmup_steps=2, master_weights=True, backend=b),
+    ],
+    ids=["adamw-split-int8", "adamw-master-int8", "lion-int8", "sgd-master", "schedulefree-master"],
+)
+@pytest.mark.parametrize("backend", ["torch", "cpu"])
+def test_large_tensors_update_slice_by_slice_with_the_same_bits(monkeypatch, backend, make):
+    """The reference updates a large contiguous tensor's float32 copies slice by slice (and
+    converts 8-bit moments slice by slice), so that a step's transient memory stays small:
+    the bits are those of the whole-tensor update, step counters advanced once."""
+    from fusedlr import reference
+
+    shapes = [(40, 130), (4099,), (7,)]  # slices of 1,024 cut blocks and rows; a partial last block
+    base = [torch.randn(shape, dtype=torch.bfloat16) for shape in shapes]
+    grads = make_grads(base, 3)
+    results = []
+    for slice_numel in (1 << 30, 1024):
+        monkeypatch.setattr(reference, "FP32_SLICE", slice_numel)
+        monkeypatch.setattr(_quantized, "CONVERT_SLICE", slice_numel)
+        params = _clone(base)
+        opt = make(params, backend)
+        if hasattr(opt, "train"):
+            opt.train()
+        run_steps(opt, params, grads)
+        results.append((params, opt))
+    (whole, whole_opt), (sliced, sliced_opt) = results
+    for p, q in zip(whole, sliced):
+        assert torch.equal(p.detach(), q.detach())
+        for name, value in whole_opt.state[p].items():
+            assert torch.equal(sliced_opt.state[q][name], value), name

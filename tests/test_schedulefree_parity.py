@@ -289,3 +289,28 @@ def test_schedulefree_with_a_device_schedule_is_the_package_under_lambdalr(backe
     lr_max, weight_sum = opt._group_sums[:2, 0].tolist()
     assert lr_max == pytest.approx(ref.param_groups[0]["lr_max"], rel=1e-12)
     assert weight_sum == pytest.approx(ref.param_groups[0]["weight_sum"], rel=1e-12)
+
+
+def test_schedulefree_state_dict_stepped_further_by_the_package_resumes_at_its_k(backend):
+    """The package keeps fusedlr's ``schedule_step`` group key when it loads our state dict; after
+    it stepped further, its own ``k`` is the counter that comes back."""
+    base = make_params()
+    grads = make_grads(base, 7)
+    hypers = dict(lr=0.01, warmup_steps=6, weight_decay=0.05)
+    ours = clone_params(base)
+    opt = fusedlr.AdamWScheduleFree(ours, backend=backend, **hypers)
+    opt.train()
+    run_steps(opt, ours, grads[:2])
+    theirs = clone_params(ours)
+    ref = schedulefree.AdamWScheduleFree(theirs, **hypers)
+    ref.load_state_dict(copy.deepcopy(opt.state_dict()))
+    ref.train()
+    run_steps(ref, theirs, grads[2:5])
+    back_params = clone_params(theirs)
+    back = fusedlr.AdamWScheduleFree(back_params, backend=backend, **hypers)
+    back.load_state_dict(copy.deepcopy(ref.state_dict()))
+    assert int(back._schedule_step) == 5
+    back.train()
+    run_steps(ref, theirs, grads[5:])
+    run_steps(back, back_params, grads[5:])
+    assert_sf_close(back, back_params, ref, theirs)

@@ -127,3 +127,44 @@ def test_lion_pytorch_has_no_step_count_the_loader_says_what_to_do():
         fused.load_state_dict(dict(saved, schedule_step=5))  # as the message says
     assert fused.param_groups[0]["lr"] == 1e-3 and int(fused._schedule_step) == 5
     assert float(fused.next_lr()[0]) == pytest.approx(saved["param_groups"][0]["lr"], rel=1e-12)
+
+
+def test_a_fusedlr_state_dict_stepped_further_by_torch_comes_back_with_torchs_counter(backend):
+    """torch.optim keeps unknown group keys, so a fusedlr state dict that torch.optim.AdamW (with
+    LambdaLR) stepped further still carries fusedlr's old ``schedule_step`` in its groups: the
+    per-parameter steps, ahead of it, tell that it is stale, and the torch run's counter and
+    initial_lr are taken, as for any torch checkpoint."""
+    lr, first, then, after = 1e-2, 2, 3, 3
+    model = _model()
+    grads = _grads(first + then + after, model)
+    fused = fusedlr.AdamW(_groups(model, lr), lr=lr, schedule=SCHEDULE, max_grad_norm=1.0, backend=backend)
+    for k in range(first):
+        _set(model, grads[k])
+        fused.step()
+    torch_model = _model()
+    torch_model.load_state_dict(model.state_dict())
+    opt = torch.optim.AdamW(_groups(torch_model, lr), lr=lr, foreach=False)
+    opt.load_state_dict(copy.deepcopy(fused.state_dict()))
+    assert opt.param_groups[0]["schedule_step"] == first  # carried along, stale from here on
+    for group in opt.param_groups:  # the torch run continues the same schedule with LambdaLR
+        group["initial_lr"] = group["lr"]
+    scheduler = torch.optim.lr_scheduler.LambdaLR(opt, SCHEDULE, last_epoch=first - 1)
+    for k in range(first, first + then):
+        _set(torch_model, grads[k])
+        _torch_step(torch_model, opt, scheduler)
+    saved = copy.deepcopy(opt.state_dict())
+    back_model = _model()
+    back_model.load_state_dict(torch_model.state_dict())
+    back = fusedlr.AdamW(_groups(back_model, lr), lr=lr, schedule=SCHEDULE, max_grad_norm=1.0, backend=backend)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
+        back.load_state_dict(saved)
+    assert int(back._schedule_step) == first + then
+    assert [g["lr"] for g in back.param_groups] == [lr, lr / 2]
+    for k in range(first + then, first + then + after):
+        _set(torch_model, grads[k])
+        _torch_step(torch_model, opt, scheduler)
+        _set(back_model, grads[k])
+        back.step()
+    for (name, p), q in zip(torch_model.named_parameters(), back_model.parameters()):
+        torch.testing.assert_close(q, p, rtol=2e-5, atol=2e-6, msg=name)
