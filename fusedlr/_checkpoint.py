@@ -8,7 +8,6 @@ import torch
 
 from . import _distributed, _fused, _precision, _quantized, _state_dict, _torch_migration
 
-
 # Group options that say how states are stored, not how the step computes: the loading
 # optimizer's own are kept (``_load_state_dict``).
 STORAGE_OPTIONS = ("state_dtype", "master_weights", "stochastic_rounding")
