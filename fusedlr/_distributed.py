@@ -167,6 +167,23 @@ class NormReduction:
         return (sumsq[2 * T] > 0).to(found_inf.dtype).reshape(found_inf.shape)
 
 
+def check_stage_group(norm_group, meshes) -> None:
+    """ValueError where ``norm_group`` holds other ranks of the params' own device meshes: those
+    hold shards (or replicas) of the same params, which the mesh's reduction already sums, so
+    the norm would count them again. norm_group is for ranks holding other params (stages)."""
+    stage = set(dist.get_process_group_ranks(norm_group))
+    me = dist.get_rank()
+    for mesh in meshes:
+        shared = (stage & set(mesh.mesh.flatten().tolist())) - {me}
+        if shared:
+            raise ValueError(
+                f"norm_group (ranks {sorted(stage)}) shares ranks {sorted(shared)} with the parameters' device mesh "
+                f"{mesh}: those ranks hold the same parameters, and the mesh's own reduction already sums them "
+                "(the norm would count them twice). norm_group is for ranks holding other parameters (pipeline "
+                "stages); leave it out with FSDP2, HSDP or tensor parallelism alone."
+            )
+
+
 def resolve_norm_group(norm_group):
     """A process group from ``norm_group`` (a ProcessGroup, or a 1-D DeviceMesh), or None."""
     if norm_group is None:

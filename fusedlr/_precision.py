@@ -114,6 +114,8 @@ def random_bits(key: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     offsets = torch.arange(like.numel(), dtype=torch.int64, device=like.device)
     if like.numel():
         offsets = offsets.as_strided(like.shape, like.stride())  # dense: memory order, as the kernels
+    else:
+        offsets = offsets.reshape(like.shape)  # an empty shard, (0, 6) say: broadcasts as its shape
     inner = hash32((key + (offsets >> 32)) & MASK32)
     return hash32((offsets & MASK32) ^ inner) & 0xFFFF
 

@@ -6,6 +6,9 @@ from __future__ import annotations
 
 import sys
 
+import torch
+import torch.distributed as dist
+
 from . import _distributed, _fused, _quantized, _split_master
 
 
@@ -32,6 +35,30 @@ class ShardedSteps:
                 "AGC (agc_clip_factor) cannot be combined with norm_group: AGC needs each tensor's full norm, "
                 "and norm_group sums only the stages' totals"
             )
+        if self.norm_group is not None and self._sharded:
+            meshes = {p.device_mesh for p in self._flat_params if _distributed.is_dtensor(p)}
+            key = frozenset(map(id, meshes))
+            if self.__dict__.get("_checked_meshes") != key:  # rank sets read once per set of meshes
+                _distributed.check_stage_group(self.norm_group, meshes)
+                self._checked_meshes = key
+
+    def _join_norm_group(self) -> None:
+        """This rank's params have no grads this step (a frozen stage), but the other ranks of
+        norm_group wait for it in their step's collective: it joins with nothing to add (the
+        same collective as ``NormReduction.reduce_``), and reports the global norm too. No
+        update, so its counter does not advance."""
+        found_inf = getattr(self, "found_inf", None)
+        found_inf = found_inf if isinstance(found_inf, torch.Tensor) else None
+        norms = self.max_grad_norm is not None or self.skip_nonfinite
+        if not norms and found_inf is None:
+            return  # the others reduce nothing either
+        device = _distributed.local(self._flat_params[0]).device
+        values = torch.zeros(2 if norms else 1, dtype=torch.float64, device=device)
+        if found_inf is not None:
+            values[-1].copy_(found_inf.reshape(()))
+        dist.all_reduce(values, op=dist.ReduceOp.SUM, group=self.norm_group)
+        if norms:
+            self.last_grad_norm = values[0].sqrt().to(torch.float32)
 
     def _local_items(self, params, grads):
         """Params and grads as the kernels and reference.py see them (the local shards of

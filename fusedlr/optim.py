@@ -179,6 +179,11 @@ class _FusedOptimizer(ShardedSteps, CachedChecks, StateDictMethods, torch.optim.
         try:
             self._check_group_hypers(self.param_groups[-1])
             self._check_group_options(self.param_groups[-1])
+            # DTensor params and the lean states they cannot take: refused here already, as
+            # at every step (a step called by torch.distributed.checkpoint would leave grads).
+            sharded = any(_distributed.is_dtensor(p) for group in self.param_groups for p in group["params"])
+            _quantized.check_step(self.param_groups, sharded)
+            _split_master.check_step(self.param_groups, sharded)
         except Exception:
             self.param_groups.pop()  # a refused group must not stay (nor block a corrected retry)
             raise
@@ -192,7 +197,7 @@ class _FusedOptimizer(ShardedSteps, CachedChecks, StateDictMethods, torch.optim.
 
     # Rebuilt after a copy or an unpickle: device tables and caches keyed on addresses, and the
     # handle under which compiled graphs find this optimizer.
-    _TRANSIENT = ("_plan_cache", "_step_cache", "_compile_handle", "_reduction_cache")
+    _TRANSIENT = ("_plan_cache", "_step_cache", "_compile_handle", "_reduction_cache", "_checked_meshes")
     # What a torch LR scheduler sets on the instance: a ``step`` wrapper holding a weak
     # reference to *this* optimizer (a copy would step the original through it) and its flag.
     # torch's own __getstate__ drops both too.
@@ -384,6 +389,8 @@ class _FusedOptimizer(ShardedSteps, CachedChecks, StateDictMethods, torch.optim.
         # Everything is checked before anything is modified: a failed step changes nothing.
         params, grads, counts = self._active()
         if not params:
+            if self.norm_group is not None:
+                self._join_norm_group()  # the other stages wait in the collective for this one
             return
         device = params[0].device
         backend = _backends.choose(self.backend, device)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import datetime
 import json
+import math
 import os
 import traceback
 
@@ -288,6 +289,39 @@ def pipeline(kind, backend):
     return result
 
 
+def idle_stage(kind, backend):
+    """A stage whose params get no grads on a step (frozen, or without a micro-batch) still
+    joins the norm's collective: the other stage does not hang, and both report the global
+    norm (then rank 0's stage alone); the idle stage's counter does not advance."""
+    rank = dist.get_rank()
+    model = make_model()
+    named = dict(model.named_parameters())
+    stage = ["0.weight", "0.bias", "2.weight", "2.bias"] if rank == 0 else ["4.weight", "4.bias"]
+    opt = fused(kind, [named[n] for n in stage], backend, norm_group=dist.group.WORLD)
+    norms, own = [], []
+    for step in range(2):
+        opt.zero_grad()
+        x, y = batch(step)
+        nn.functional.mse_loss(model(x), y).backward()
+        if rank == 1 and step == 1:
+            for name in stage:
+                named[name].grad = None
+        own.append(
+            float(torch.stack([named[n].grad.norm() ** 2 for n in stage]).sum()) if rank == 0 or step == 0 else 0.0
+        )
+        opt.step()
+        norms.append(float(opt.last_grad_norm))
+    gathered = [None] * dist.get_world_size()
+    dist.all_gather_object(gathered, (norms, own))
+    (norms0, own0), (norms1, own1) = gathered
+    expected = [math.sqrt(a + b) for a, b in zip(own0, own1)]
+    return {
+        "norms_agree": norms0 == norms1,
+        "global": all(math.isclose(n, e, rel_tol=1e-5) for n, e in zip(norms, expected)),
+        "counter": int(opt._schedule_step),
+    }
+
+
 # ----- checkpoints through torch.distributed.checkpoint ---------------------------------------------
 
 SHARED = {}  # "dir": a folder every world size's run sees (set by run)
@@ -432,6 +466,18 @@ def errors(kind, backend):
         results["agc_with_norm_group"] = False
     except ValueError:
         results["agc_with_norm_group"] = True
+    # norm_group over the ranks that hold the same params' shards would count them twice.
+    try:
+        fused(kind, params, backend, norm_group=dist.group.WORLD)
+        results["norm_group_over_the_mesh"] = False
+    except ValueError as error:
+        results["norm_group_over_the_mesh"] = "shares ranks" in str(error)
+    # 8-bit moments do not reshard: refused when the optimizer is made, not at a first step.
+    try:
+        fused(kind, params, backend, state_dtype="int8")
+        results["int8_at_construction"] = False
+    except RuntimeError as error:
+        results["int8_at_construction"] = "DTensor" in str(error)
     # The optimizer still works after every refusal.
     opt.step()
     results["steps_after"] = bool(torch.isfinite(opt.last_grad_norm))
@@ -448,6 +494,7 @@ SCENARIOS = {
     "tp": tp,
     "fsdp_tp": fsdp_tp,
     "pipeline": pipeline,
+    "idle_stage": idle_stage,
     "dcp_save": dcp_save,
     "dcp_load": dcp_load,
 }

@@ -18,7 +18,7 @@ from fusedlr import available_backends
 
 pytestmark = pytest.mark.skipif(not dist.is_available() or not dist.is_gloo_available(), reason="needs gloo")
 BACKENDS = [b for b in ("torch", "triton") if b in available_backends()]
-TWO_RANKS = ["errors", "found_inf", "ddp", "fsdp", "fsdp_agc", "tp", "pipeline", "dcp_save"]
+TWO_RANKS = ["errors", "found_inf", "ddp", "fsdp", "fsdp_agc", "tp", "pipeline", "idle_stage", "dcp_save"]
 FOUR_RANKS = ["hsdp", "fsdp_tp", "dcp_load"]
 # Collectives per opt.step(): DDP needs none (its grads are already the same everywhere); one
 # all_reduce for the per-tensor sums of sharded params, or for the stages' total.
@@ -58,7 +58,7 @@ def results(tmp_path_factory):
     }
 
 
-CASES = [(2, n) for n in TWO_RANKS if n not in ("dcp_save", "errors", "found_inf")] + [
+CASES = [(2, n) for n in TWO_RANKS if n not in ("dcp_save", "errors", "found_inf", "idle_stage")] + [
     (4, n) for n in FOUR_RANKS if n != "dcp_load"
 ]
 
@@ -126,8 +126,22 @@ def test_refuses_what_it_cannot_step(results, backend, kind):
             "partial_grad": True,
             "plain_state": True,
             "agc_with_norm_group": True,
+            "norm_group_over_the_mesh": True,
+            "int8_at_construction": True,
             "steps_after": True,
         }
+
+
+@pytest.mark.parametrize("kind", ["adamw", "lion"])
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_stage_without_grads_still_joins_the_norm(results, backend, kind):
+    """norm_group with a stage whose params have no grads on a step: no hang, the global norm
+    on both ranks, the idle stage's counter not advanced by the step it did not take."""
+    counters = []
+    for result in _each_rank(results, 2, "idle_stage", backend, kind):
+        assert result["norms_agree"] and result["global"], result
+        counters.append(result["counter"])
+    assert counters == [2, 1]
 
 
 @pytest.mark.parametrize("kind", ["adamw", "lion"])

@@ -268,3 +268,20 @@ def test_options_a_param_cannot_take_are_refused_before_any_change(backend, dtyp
         opt.step()
     assert all(torch.equal(p.detach(), b) for p, b in zip(params, before))
     assert not any(opt.state[p] for p in params)
+
+
+def test_stochastic_rounding_steps_an_empty_tensor_beside_others(backend):
+    """An empty param of two dimensions (a local shard of an uneven FSDP2 split, (0, 6) say)
+    next to others: the step runs, the others are updated, the empty one stays empty."""
+    params = [
+        torch.nn.Parameter(torch.randn(4, 6, dtype=torch.bfloat16)),
+        torch.nn.Parameter(torch.zeros(0, 6, dtype=torch.bfloat16)),
+        torch.nn.Parameter(torch.zeros(0, dtype=torch.bfloat16)),
+    ]
+    for p in params:
+        p.grad = torch.ones_like(p)
+    before = params[0].detach().clone()
+    opt = fusedlr.AdamW(params, lr=1e-2, stochastic_rounding=True, backend=backend)
+    opt.step()
+    assert not torch.equal(params[0].detach(), before)
+    assert params[1].shape == (0, 6) and params[2].shape == (0,)
