@@ -57,6 +57,15 @@ def _check_real(name: str, value, *, low: float, low_inclusive: bool = True, hig
         raise ValueError(f"Invalid {name}: {value if isinstance(value, Real) else repr(value)}")
 
 
+def _check_clip_options(max_grad_norm, clip_value) -> None:
+    """ValueErrors for the clipping thresholds (at construction, and at each step: they are
+    plain attributes a user may assign between steps)."""
+    if max_grad_norm is not None:
+        _check_real("max_grad_norm", max_grad_norm, low=0.0, low_inclusive=False)
+    if clip_value is not None:
+        _check_real("clip_value", clip_value, low=0.0, low_inclusive=False)
+
+
 def _check_group_hypers(group: dict) -> None:
     for key in ("lr", "betas", "weight_decay", "agc_clip_factor", "agc_eps"):
         if key not in group:
@@ -142,10 +151,7 @@ class _FusedOptimizer(ShardedSteps, CachedChecks, StateDictMethods, torch.optim.
         # accumulation buffers that bf16 training keeps beside each param (torch refuses an
         # fp32 .grad on a bf16 param).
         self.grad_attribute = grad_attribute
-        if max_grad_norm is not None:
-            _check_real("max_grad_norm", max_grad_norm, low=0.0, low_inclusive=False)
-        if clip_value is not None:
-            _check_real("clip_value", clip_value, low=0.0, low_inclusive=False)
+        _check_clip_options(max_grad_norm, clip_value)
         _backends.check_backend_name(backend)
         self.schedule = schedule
         self.max_grad_norm = None if max_grad_norm is None else float(max_grad_norm)
@@ -387,6 +393,7 @@ class _FusedOptimizer(ShardedSteps, CachedChecks, StateDictMethods, torch.optim.
         if self._host_step == 0 and self.schedule is not None:
             warn_if_torch_scheduler_attached(self)  # a second schedule, stacked by a trainer
         # Everything is checked before anything is modified: a failed step changes nothing.
+        _check_clip_options(self.max_grad_norm, self.clip_value)
         params, grads, counts = self._active()
         if not params:
             if self.norm_group is not None:

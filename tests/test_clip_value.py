@@ -166,3 +166,22 @@ def test_bad_clip_value(bad):
         fusedlr.AdamW(make_params(), clip_value=bad)
     with pytest.raises(ValueError, match="Invalid clip_value"):
         fusedlr.Lion(make_params(), clip_value=bad)
+
+
+@pytest.mark.parametrize("name,bad", [("clip_value", -1.0), ("clip_value", float("nan")), ("clip_value", "0.5"),
+                                      ("max_grad_norm", 0.0), ("max_grad_norm", "1")])  # fmt: skip
+def test_a_bad_threshold_assigned_between_steps_is_refused_at_the_step(backend, name, bad):
+    """The README invites ``opt.clip_value = v`` between steps: the step checks the value as the
+    constructor does (the same ValueError on every backend), before anything changes."""
+    params = make_params()
+    grads = make_grads(params, 2)
+    opt = fusedlr.AdamW(params, lr=0.05, clip_value=0.5, max_grad_norm=1.0, backend=backend)
+    for p, g in zip(params, grads[0]):
+        p.grad = g.clone()
+    opt.step()
+    before = [p.detach().clone() for p in params]
+    setattr(opt, name, bad)
+    with pytest.raises(ValueError, match=f"Invalid {name}"):
+        opt.step()
+    assert all(torch.equal(p.detach(), b) for p, b in zip(params, before))
+    assert int(opt._schedule_step) == 1
