@@ -27,8 +27,9 @@ def _check_schedulefree_hypers(group: dict) -> None:
         if key not in group:
             raise KeyError(f"fusedlr: a param group lacks the key {key!r}")
     warmup = group["warmup_steps"]
-    if not isinstance(warmup, Integral) or isinstance(warmup, bool) or warmup < 0:
-        raise ValueError(f"Invalid warmup_steps: {warmup!r} (a non-negative integer)")
+    whole = isinstance(warmup, Integral) or (isinstance(warmup, float) and warmup.is_integer())  # 5.0, as the package
+    if not whole or isinstance(warmup, bool) or warmup < 0:
+        raise ValueError(f"Invalid warmup_steps: {warmup!r} (a non-negative whole number)")
     _check_real("r", group["r"], low=0.0)
     _check_real("weight_lr_power", group["weight_lr_power"], low=0.0)
 
@@ -96,6 +97,10 @@ class AdamWScheduleFree(_FusedOptimizer):
         return sums
 
     def add_param_group(self, param_group: dict) -> None:
+        if "train_mode" not in param_group and self.param_groups:
+            # A new group has no state yet, so its params are both y and x: it joins in the
+            # optimizer's mode (the package checks the first group's mode only).
+            param_group = dict(param_group, train_mode=self.param_groups[0]["train_mode"])
         super().add_param_group(param_group)
         sums = self.__dict__.get("_group_sums")
         if sums is not None:  # (not yet while the base __init__ adds the first groups)

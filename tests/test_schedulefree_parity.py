@@ -314,3 +314,24 @@ def test_schedulefree_state_dict_stepped_further_by_the_package_resumes_at_its_k
     run_steps(ref, theirs, grads[5:])
     run_steps(back, back_params, grads[5:])
     assert_sf_close(back, back_params, ref, theirs)
+
+
+def test_schedulefree_group_added_in_train_mode_steps_and_whole_warmup_floats(backend):
+    """A group added after train() joins in train mode (its params have no state: y and x are
+    the same), so step() works without another train(); warmup_steps=5.0 is accepted as 5, as
+    the package accepts it, and a fractional one is refused."""
+    base = make_params()
+    grads = make_grads(base, 3)
+    ours, theirs = clone_params(base), clone_params(base)
+    opt = fusedlr.AdamWScheduleFree(ours[:5], lr=0.01, warmup_steps=5.0, backend=backend)
+    opt.train()
+    opt.add_param_group(dict(params=ours[5:], lr=0.003))
+    assert all(group["train_mode"] for group in opt.param_groups)
+    run_steps(opt, ours, grads)
+    ref = package(theirs[:5], lr=0.01, warmup_steps=5)
+    ref.train()
+    ref.add_param_group(dict(params=theirs[5:], lr=0.003))
+    run_steps(ref, theirs, grads)
+    assert_sf_close(opt, ours, ref, theirs)
+    with pytest.raises(ValueError, match="warmup_steps"):
+        fusedlr.AdamWScheduleFree(clone_params(base), warmup_steps=2.5)
