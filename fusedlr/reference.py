@@ -221,7 +221,7 @@ def _in_fp32(param, grad, state) -> bool:
 FP32_SLICE = 1 << 20
 
 
-def update_in_fp32_(kind, param, grad, state, group, lr, scale=None, key=None) -> None:
+def update_in_fp32_(kind, param, grad, state, group, lr, *, scale=None, key=None) -> None:
     """One update computed on float32 working copies (from the fp32 master when there is one),
     then each stored value rounded once: states and the param to nearest-even, or the param
     stochastically when ``key`` (the random stream's key) is given. ``grad`` is the raw grad,
@@ -347,7 +347,7 @@ def step_(kind: str, items, grads, lr_scale: float, lr_offset: float, max_grad_n
             key = None
             if _precision.rounds_stochastically(param, group):
                 key = _precision.stream_key(group["seed"], positions[i], counter.to(param.device))
-            update_in_fp32_(kind, param, grad, state, group, lr, scale, key)
+            update_in_fp32_(kind, param, grad, state, group, lr, scale=scale, key=key)
         else:
             update(param, _effective_grad(grad, group, scale), state, group, lr)
     return total_norm, True

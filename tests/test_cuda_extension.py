@@ -153,7 +153,9 @@ def test_cuda_mixed_update_element_code_matches_the_torch_backend(ext, kind, dty
                             _cuda.DTYPE_CODES[state_dtype], ours_param.data_ptr(), address("master_param"),
                             grad.data_ptr(), address("exp_avg"), address("exp_avg_sq"), address("max_exp_avg_sq"),
                             n, 0, [coef[c] for c in _plan.COEF_COLUMNS], stochastic)  # fmt: skip
-    reference.update_in_fp32_(rule, theirs_param, grad.float(), theirs_state, group, lr, key if stochastic else None)
+    reference.update_in_fp32_(
+        rule, theirs_param, grad.float(), theirs_state, group, lr, key=key if stochastic else None
+    )
     # torch's CPU kernels fuse multiply-adds where the host build of the element code does not:
     # where a moment cancels to ~0 (bf16 inputs cancel exactly at times) one side keeps a tiny
     # residual, and LION's sign of it moves that weight by lr. Rare elements (assert_same_storage

@@ -380,7 +380,14 @@ for options in (dict(state_dtype="int8"), dict(master_weights="split")):
     p = torch.nn.Parameter(distribute_tensor(torch.randn(64, 80, dtype=dtype), mesh, [Shard(0)]))
     p.grad = distribute_tensor(torch.randn(64, 80, dtype=dtype), mesh, [Shard(0)])
     before = p.detach().full_tensor().clone()
-    opt = fusedlr.AdamW([p], backend="torch", **options)
+    try:
+        fusedlr.AdamW([p], backend="torch", **options)
+    except RuntimeError as error:
+        assert "DTensor" in str(error), error
+    else:
+        raise AssertionError("not refused when the optimizer is made")
+    opt = fusedlr.AdamW([p], backend="torch")
+    opt.param_groups[0].update(options)  # set by hand afterwards: refused at the step
     try:
         opt.step()
     except RuntimeError as error:
@@ -394,7 +401,8 @@ print("refused")
 
 def test_dtensor_params_are_refused_before_any_change():
     """FSDP2's DTensor params: 8-bit moments and split masters refuse them (README, "Byte
-    model"), before anything is modified. One process, a world of one, in a subprocess."""
+    model") when the optimizer is made, and at a step where a group was changed by hand,
+    before anything is modified. One process, a world of one, in a subprocess."""
     import subprocess
     import sys
 
