@@ -92,6 +92,9 @@ def main():
         print(f"plot: {args.plot}")
 
     lr = result.suggestion
+    if lr is None:  # fewer than 10 usable points (find_lr warned): the curve is noise
+        print("no suggestion: run more --steps")
+        return
     print(f"\ntraining 100 updates with the suggested lr {lr:.3g} (rule {result.rule!r}), layer decay 0.8:")
     for group, fresh in zip(opt.param_groups, fusedlr.param_groups(model, lr=lr, weight_decay=0.1, layer_decay=0.8)):
         group["lr"] = fresh["lr"]

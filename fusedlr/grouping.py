@@ -14,7 +14,9 @@ fusedlr's) accepts. Two jobs, each as practitioners' references do it:
   comes from its module path (``blocks.N``, ``layers.N``, ``layer.N``, ``h.N``, ``block.N``,
   ``resblocks.N`` -> ``N + 1``), embeddings are layer 0 and everything else (final norm,
   head) the top layer ``num_layers + 1``; the group lr is ``lr * layer_decay ** (num_layers + 1
-  - id)``. Each group also carries that factor as ``lr_scale`` (MAE's key), so code that sets
+  - id)``. Every such container counts, wherever it sits (the outermost one in each name): a
+  head's ``layers.N`` (DETR's MLP) counts as blocks too; pass ``layer_id`` for such models.
+  Each group also carries that factor as ``lr_scale`` (MAE's key), so code that sets
   ``group["lr"] = base * group["lr_scale"]`` works, and since the group lr already holds it,
   fusedlr's device schedules and torch's schedulers (which multiply each group's own lr) keep
   the ratios.
@@ -23,7 +25,10 @@ fusedlr's) accepts. Two jobs, each as practitioners' references do it:
 from __future__ import annotations
 
 import fnmatch
+import math
+import numbers
 import re
+import warnings
 
 import torch
 
@@ -93,14 +98,57 @@ def count_layers(names) -> int:
     return max(indices) + 1 if indices else 0
 
 
+def _match(name: str, pattern) -> bool:
+    """The ``no_decay`` rule: a string is an exact name or a glob over the whole name
+    (``fnmatch``, case-sensitive: ``"*.scale"``); a compiled ``re.Pattern`` is searched in the
+    name (``re.compile(r"\\.gamma$")``); a callable is asked ``pattern(name) -> bool``."""
+    if isinstance(pattern, str):
+        return fnmatch.fnmatchcase(name, pattern)  # (an exact name is a glob matching itself)
+    if isinstance(pattern, re.Pattern):
+        return pattern.search(name) is not None
+    return bool(pattern(name))
+
+
 def _matches(name: str, patterns) -> bool:
+    return any(_match(name, pattern) for pattern in patterns)
+
+
+def _resolve_patterns(patterns, names) -> list:
+    """``patterns`` as ``_match`` reads them, for these parameter names. A string that matches no
+    name exactly or as a glob was, before strings were only names and globs, searched as a
+    regular expression: it still is, with a FutureWarning, when as a regex it matches a name;
+    otherwise it matches nothing, which a UserWarning reports (a typo?)."""
+    resolved = []
     for pattern in patterns:
-        if callable(pattern):
-            if pattern(name):
-                return True
-        elif name == pattern or fnmatch.fnmatchcase(name, pattern) or re.search(pattern, name):
-            return True
-    return False
+        if not isinstance(pattern, (str, re.Pattern)) and not callable(pattern):
+            raise TypeError(f"Invalid no_decay pattern: {pattern!r} (expected a str, a re.Pattern or a callable)")
+        if isinstance(pattern, str) and not any(fnmatch.fnmatchcase(n, pattern) for n in names):
+            try:
+                regex = re.compile(pattern)
+            except re.error:
+                regex = None
+            if regex is not None and any(regex.search(n) for n in names):
+                warnings.warn(f"no_decay={pattern!r} matches no parameter name exactly or as a glob; it is read as a "
+                              f"regular expression, which strings will stop being: pass re.compile({pattern!r})",
+                              FutureWarning, stacklevel=3)  # fmt: skip
+                pattern = regex
+            else:
+                warnings.warn(f"no_decay={pattern!r} matches no trainable parameter name (names and globs match the "
+                              "whole name; a regular expression is a re.compile(...) pattern)",
+                              UserWarning, stacklevel=3)  # fmt: skip
+        resolved.append(pattern)
+    return resolved
+
+
+def _check_number(name: str, value, *, low: float = 0.0, high: float | None = None, low_inclusive=True) -> None:
+    """A real number (not a bool) in range, refused before anything is built, as torch's
+    optimizers refuse a negative or NaN lr."""
+    if not isinstance(value, numbers.Real) or isinstance(value, bool):
+        raise TypeError(f"Invalid {name}: {value!r} (expected a number)")
+    above = value >= low if low_inclusive else value > low
+    if not (math.isfinite(value) and above and (high is None or value <= high)):
+        bound = f"{low} {'<=' if low_inclusive else '<'} {name}" + (f" <= {high}" if high is not None else "")
+        raise ValueError(f"Invalid {name}: {value!r} (need a finite {bound})")
 
 
 def _model_no_weight_decay(model) -> set:
@@ -166,8 +214,9 @@ def param_groups(
 ) -> ParamGroups:
     """Groups of ``model``'s trainable parameters for any torch optimizer.
 
-    ``no_decay``: extra names to exempt from weight decay: exact names, glob patterns
-    (``"*.scale"``), regular expressions searched in the name, or callables ``name -> bool``.
+    ``no_decay``: extra parameters to exempt from weight decay (one, or a list): a string is an
+    exact name or a glob over the whole name (``"head.weight"``, ``"*.scale"``), a compiled
+    ``re.Pattern`` is searched in the name, a callable is asked ``name -> bool``.
     ``decay_1d=True`` decays 1-D tensors that no other rule exempts (Hugging Face's behaviour;
     the default exempts them, as nanoGPT and MAE do). ``no_decay_embeddings`` exempts embeddings.
 
@@ -175,13 +224,22 @@ def param_groups(
     1 - id)``; ids come from ``layer_id(name, param) -> int`` when given, else from the module
     path (see ``layer_id_from_name``); ``num_layers`` (the number of blocks) is counted from the
     names when not given. Without ``layer_decay`` there are at most two groups (decay, no decay).
+    With ``layer_decay`` but no ``layer_id`` and no block found in the names, a warning says so.
     """
-    if layer_decay is not None and not (isinstance(layer_decay, (int, float)) and 0 < layer_decay <= 1):
-        raise ValueError(f"Invalid layer_decay: {layer_decay!r} (need 0 < layer_decay <= 1)")
-    if isinstance(no_decay, str) or callable(no_decay):
+    _check_number("lr", lr)
+    _check_number("weight_decay", weight_decay)
+    if layer_decay is not None:
+        _check_number("layer_decay", layer_decay, high=1.0, low_inclusive=False)
+    if isinstance(no_decay, (str, re.Pattern)) or callable(no_decay):
         no_decay = (no_decay,)
     owners = _owners(model)
     named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    no_decay = _resolve_patterns(no_decay, [n for n, _ in named])
+    if layer_decay is not None and layer_id is None and not count_layers(n for n, _ in named):
+        warnings.warn("layer_decay: no transformer blocks found in the parameter names (blocks.N, layers.N, "
+                      "layer.N, h.N, block.N, resblocks.N): only embeddings get a lower lr. Pass "
+                      "layer_id=lambda name, param: ... (and num_layers=...) for this model.",
+                      UserWarning, stacklevel=2)  # fmt: skip
     if num_layers is None:
         num_layers = count_layers(n for n, _ in named)
     model_list = _model_no_weight_decay(model)

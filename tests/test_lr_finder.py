@@ -354,12 +354,205 @@ def test_import_fusedlr_imports_no_optional_package():
     subprocess.run([sys.executable, "-c", code], check=True)
 
 
-def test_data_that_runs_out_is_a_clear_error_and_changes_nothing():
+def test_one_shot_data_that_runs_out_ends_the_test_with_a_warning_and_changes_nothing():
     model, loader = _mlp(), _regression(n=32)
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     before = [p.detach().clone() for p in model.parameters()]
     batches = iter(list(loader))  # one pass only: 2 batches for 10 updates
-    with pytest.raises(ValueError, match="ran out"):
-        find_lr(model, opt, batches, loss_fn=torch.nn.functional.mse_loss, num_steps=10, progress=False)
+    with pytest.warns(UserWarning, match="ran out after 2 of num_steps=10"):
+        result = find_lr(model, opt, batches, loss_fn=torch.nn.functional.mse_loss, num_steps=10, progress=False)
+    assert len(result.lrs) == len(result.losses) == 2 and result.lrs[0] == 1e-7
     assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
+    assert opt.param_groups[0]["lr"] == 0.1 and not opt.state
+    generator = (batch for batch in list(loader)[:1])  # not one whole update: nothing to return
+    with pytest.raises(ValueError, match="before the first update"):
+        find_lr(model, opt, generator, loss_fn=torch.nn.functional.mse_loss, accumulation_steps=2, progress=False)
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
+
+
+# ----- restore: what the optimizer holds beyond params, states and groups -------------------------
+
+
+@pytest.mark.parametrize("mode", ["train", "eval"])
+def test_schedule_free_sums_and_mode_are_restored(mode):
+    """AdamWScheduleFree's running sums (lr_max, weight_sum, ...) live in an optimizer attribute;
+    one left in eval mode is switched to train mode for the test and back."""
+    model, loader = _mlp(), _regression(n=64)
+    opt = fusedlr.AdamWScheduleFree(model.parameters(), lr=1e-2, backend="torch")
+    opt.train()
+    for x, y in list(loader)[:3]:
+        opt.zero_grad()
+        torch.nn.functional.mse_loss(model(x), y).backward()
+        opt.step()
+    getattr(opt, mode)()
+    sums = opt._group_sums.clone()
+    params = [p.detach().clone() for p in model.parameters()]
+    state_dict = opt.state_dict()
+    find_lr(model, opt, loader, loss_fn=torch.nn.functional.mse_loss, num_steps=12, progress=False)
+    assert torch.equal(opt._group_sums, sums)
+    assert all(torch.equal(a, b) for a, b in zip(params, model.parameters()))
+    assert opt.param_groups[0]["train_mode"] == (mode == "train")
+    assert opt.state_dict()["param_groups"] == state_dict["param_groups"]
+
+
+@pytest.mark.parametrize("optimizer_kind", ["fused", "torch"])
+def test_optimizer_params_outside_the_model_are_restored(optimizer_kind):
+    """A learnable temperature used by loss_fn and trained by the optimizer, not in ``model``."""
+    model, loader = _mlp(), _regression(n=64)
+    temperature = torch.nn.Parameter(torch.tensor(1.0))
+    params = list(model.parameters()) + [temperature]
+    opt = fusedlr.AdamW(params, lr=1e-3) if optimizer_kind == "fused" else torch.optim.AdamW(params, lr=1e-3)
+    result = find_lr(model, opt, loader, loss_fn=lambda out, y: torch.nn.functional.mse_loss(out * temperature, y),
+                     num_steps=12, progress=False)  # fmt: skip
+    assert len(result.lrs) > 1
+    assert temperature.detach().item() == 1.0 and temperature.grad is None
+
+
+@pytest.mark.parametrize("optimizer_kind", ["fused", "torch"])
+def test_tensor_lr_and_betas_stay_the_callers_tensors(optimizer_kind):
+    model, loader = _mlp(), _regression(n=64)
+    lr, betas = torch.tensor(1e-3), (torch.tensor(0.9), torch.tensor(0.99))
+    cls = fusedlr.AdamW if optimizer_kind == "fused" else torch.optim.AdamW
+    opt = cls(model.parameters(), lr=lr, betas=betas)
+    group_betas = opt.param_groups[0]["betas"]  # (torch.optim.AdamW makes a new tuple of the same tensors)
+    find_lr(model, opt, loader, loss_fn=torch.nn.functional.mse_loss, num_steps=12, progress=False)
+    group = opt.param_groups[0]
+    assert group["lr"] is lr and group["betas"] is group_betas and all(a is b for a, b in zip(group["betas"], betas))
+    assert lr.item() == pytest.approx(1e-3) and betas[1].item() == pytest.approx(0.99)
+
+
+def test_an_interrupt_inside_step_leaves_no_grad_scaler_attributes():
+    """GradScaler sets ``opt.grad_scale`` / ``opt.found_inf`` before a fusedlr step and deletes
+    them after: a Ctrl-C inside the step leaves them, and later steps would read them."""
+    model, opt, loader = _trained("fused")
+    twin_model, twin_opt, _ = _trained("fused")
+    scaler = torch.amp.GradScaler("cpu", init_scale=1024.0)
+    names = set(vars(opt))
+    calls = []
+
+    def interrupt(optimizer, args, kwargs):  # a Ctrl-C that arrives during the third step
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+
+    handle = opt.register_step_post_hook(interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        find_lr(model, opt, loader, loss_fn=torch.nn.functional.mse_loss, grad_scaler=scaler, num_steps=10,
+                progress=False)  # fmt: skip
+    handle.remove()
+    assert set(vars(opt)) == names
+    assert all(
+        torch.equal(a, b) for a, b in zip(_train_more(model, opt, loader), _train_more(twin_model, twin_opt, loader))
+    )
+
+
+def test_a_loaders_own_shuffling_generator_is_restored():
+    def first_batch(run_test):
+        dataset = torch.utils.data.TensorDataset(torch.arange(40.0).unsqueeze(1).repeat(1, 8), torch.zeros(40, 1))
+        generator = torch.Generator().manual_seed(0)
+        loader = torch.utils.data.DataLoader(dataset, batch_size=5, shuffle=True, generator=generator)
+        model = _mlp()
+        if run_test:
+            find_lr(model, torch.optim.SGD(model.parameters(), lr=0.1), loader,
+                    loss_fn=torch.nn.functional.mse_loss, num_steps=12, progress=False)  # fmt: skip
+        return next(iter(loader))[0][:, 0].tolist()
+
+    assert first_batch(True) == first_batch(False)
+
+
+# ----- suggestions: repeated lrs, few points, one rule ----------------------------------------------
+
+
+def test_repeated_lrs_of_skipped_updates_never_give_a_nan_steep():
+    """A fusedlr sweep does not advance on an update a GradScaler skipped: the next point repeats
+    the lr. torch.gradient with such spacing divides by 0; steep must not pick that NaN."""
+    lrs = _grid(40)
+    losses = [2.0 - math.tanh(math.log(lr / lrs[30])) for lr in lrs]
+    repeated_lrs = lrs[:10] + [lrs[9]] + lrs[10:]  # update 10 was skipped
+    repeated = losses[:10] + [losses[9] - 0.01] + losses[10:]
+    ours = suggest.suggestions(repeated_lrs, repeated, skip_start=0, skip_end=0)
+    assert ours == suggest.suggestions(lrs, losses[:9] + [losses[9] - 0.01] + losses[10:], skip_start=0, skip_end=0)
+    assert ours["steep"] == lrs[30]
+
+
+def test_fused_sweep_with_skipped_updates():
+    torch.manual_seed(0)
+    model, loader = _mlp(), _regression(n=256)
+    opt = fusedlr.AdamW(model.parameters(), lr=1e-3)
+    scaler = torch.amp.GradScaler("cpu", init_scale=16.0, growth_interval=1000)
+    calls = []
+
+    def loss_fn(out, y):  # every 4th batch: a term worth 0 whose scaled grad overflows: a skipped step
+        calls.append(1)
+        loss = torch.nn.functional.mse_loss(out, y)
+        if len(calls) % 4 == 0:
+            w = model[0].weight
+            loss = loss + (w - w.detach()).sum() * 3e38
+        return loss
+
+    result = find_lr(model, opt, loader, loss_fn=loss_fn, grad_scaler=scaler, num_steps=40, beta=0.9,
+                     divergence=None, progress=False)  # fmt: skip
+    # Skipped updates repeat an lr (until the scale is low enough not to overflow), and the sweep
+    # ends short of end_lr.
+    assert sum(a == b for a, b in zip(result.lrs, result.lrs[1:])) >= 3 and result.lrs[-1] < 10.0
+    last = dict(zip(result.lrs, result.smoothed_losses))  # one point per lr: the last
+    assert result.suggestions == suggest.suggestions(list(last), list(last.values()))
+
+
+def test_fewer_than_ten_points_give_no_suggestion_and_a_warning():
+    model, loader = _mlp(), _regression(n=64)
+    with pytest.warns(UserWarning, match="only 5 usable points"):
+        result = find_lr(model, torch.optim.SGD(model.parameters(), lr=0.1), loader,
+                         loss_fn=torch.nn.functional.mse_loss, num_steps=5, progress=False)  # fmt: skip
+    assert result.suggestion is None and set(result.suggestions.values()) == {None}
+    lrs = _grid(10)
+    assert suggest.suggestions(lrs, [1.0 / i for i in range(1, 11)])["minimum"] is not None
+
+
+def test_suggest_takes_one_rule_name():
+    lrs = _grid()
+    losses = [2.0 - math.tanh(math.log(lr / 1e-3)) for lr in lrs]
+    result = fusedlr.lr_finder.RangeTestResult(lrs, losses, losses)
+    assert result.suggest("valley") == {"valley": result.suggest()["valley"]}
+    with pytest.raises(ValueError, match="Unknown suggestion rule 'valey'"):
+        result.suggest("valey")
+
+
+# ----- model outputs and arguments ------------------------------------------------------------------
+
+
+class _TupleLM(torch.nn.Module):
+    """A Hugging Face model called with ``return_dict=False``: ``(loss, logits)`` with labels,
+    ``(logits,)`` without."""
+
+    def __init__(self):
+        super().__init__()
+        self.embed = torch.nn.Embedding(16, 8)
+        self.head = torch.nn.Linear(8, 16)
+
+    def forward(self, input_ids, labels=None):
+        logits = self.head(self.embed(input_ids))
+        if labels is None:
+            return (logits,)
+        return torch.nn.functional.cross_entropy(logits.flatten(0, 1), labels.flatten()), logits
+
+
+def test_tuple_outputs_with_the_loss_first_and_a_short_error_without():
+    torch.manual_seed(0)
+    model = _TupleLM()
+    tokens = torch.randint(0, 16, (8, 4, 6))
+    opt = torch.optim.AdamW(model.parameters())
+    result = find_lr(model, opt, [{"input_ids": t, "labels": t} for t in tokens], num_steps=12, progress=False)
+    assert len(result.lrs) == 12
+    with pytest.raises(ValueError, match="outputs hold no loss") as error:
+        find_lr(model, opt, [{"input_ids": t} for t in tokens], num_steps=12, progress=False)
+    assert len(str(error.value)) < 500 and "(4, 6, 16)" in str(error.value)
+
+
+def test_bad_arguments_of_the_wrong_type():
+    model, loader = _mlp(), _regression(n=32)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    for bad in ({"sync_every": True}, {"accumulation_steps": True}):
+        with pytest.raises(ValueError, match=next(iter(bad))):
+            find_lr(model, opt, loader, loss_fn=torch.nn.functional.mse_loss, progress=False, **bad)
     assert opt.param_groups[0]["lr"] == 0.1 and not opt.state

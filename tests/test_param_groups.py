@@ -1,5 +1,8 @@
 """fusedlr.param_groups against Hugging Face Trainer's grouping and MAE's param_groups_lrd."""
 
+import re
+import warnings
+
 import pytest
 import torch
 
@@ -193,12 +196,72 @@ def test_no_decay_rules_by_module_type_dimension_embeddings_and_user_patterns():
                                 "lm_head.weight"}  # fmt: skip
     groups = fusedlr.param_groups(model, lr=1.0, weight_decay=0.1)  # 1-D tensors exempt (nanoGPT)
     assert "gate" not in _decayed(groups)
-    groups = fusedlr.param_groups(model, lr=1.0, weight_decay=0.1, no_decay_embeddings=True, no_decay=[r"lm_head"])
+    groups = fusedlr.param_groups(model, lr=1.0, weight_decay=0.1, no_decay_embeddings=True,
+                                  no_decay=[re.compile("lm_head")])  # fmt: skip
     assert _decayed(groups) == {"layers.0.proj.weight", "layers.1.proj.weight"}
     groups = fusedlr.param_groups(model, lr=1.0, weight_decay=0.1, no_decay=["layers.*.proj.weight"])
     assert _decayed(groups) == {"embed_tokens.weight", "lm_head.weight"}
     groups = fusedlr.param_groups(model, lr=1.0, weight_decay=0.1, no_decay=lambda name: name.startswith("lm"))
     assert "lm_head.weight" not in _decayed(groups)
+
+
+class _Patterns(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.attn = torch.nn.Module()
+        self.attn.scale = torch.nn.Parameter(torch.ones(4, 4))
+        self.head = torch.nn.Linear(4, 4)
+        self.lm_head = torch.nn.Linear(4, 4)
+
+
+def _exempt_2d(groups) -> set:
+    return {n for g, names in zip(groups, groups.param_names) if not g["weight_decay"] for n in names
+            if not n.endswith("bias")}  # fmt: skip
+
+
+def test_no_decay_strings_are_names_or_globs_and_regexes_are_compiled():
+    model = _Patterns()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        for pattern, exempt in [
+            ("*.scale", {"attn.scale"}),  # the README's glob: a string is not searched as a regex
+            (("head.weight",), {"head.weight"}),  # an exact name: not lm_head.weight
+            ("*head.weight", {"head.weight", "lm_head.weight"}),
+            (re.compile(r"head\.weight$"), {"head.weight", "lm_head.weight"}),  # a regex: searched
+            ([re.compile(r"^head\.")], {"head.weight"}),
+            (lambda name: name.startswith("lm_"), {"lm_head.weight"}),
+        ]:
+            groups = fusedlr.param_groups(model, lr=1.0, weight_decay=0.1, no_decay=pattern)
+            assert _exempt_2d(groups) == exempt, pattern
+    # A string that matches nothing as a name or glob but as a regex: still a regex, deprecated.
+    with pytest.warns(FutureWarning, match=r"re.compile\('lm_.ead'\)"):
+        groups = fusedlr.param_groups(model, lr=1.0, weight_decay=0.1, no_decay="lm_.ead")
+    assert _exempt_2d(groups) == {"lm_head.weight"}
+    with pytest.warns(UserWarning, match="matches no trainable parameter"):
+        groups = fusedlr.param_groups(model, lr=1.0, weight_decay=0.1, no_decay=["[", "neck"])
+    assert _exempt_2d(groups) == set()
+    with pytest.raises(TypeError, match="no_decay"):
+        fusedlr.param_groups(model, lr=1.0, weight_decay=0.1, no_decay=[3])
+
+
+def test_bad_numbers_are_refused():
+    model = _Llama()
+    for bad, error in [({"lr": -1.0}, ValueError), ({"lr": float("nan")}, ValueError), ({"lr": "1e-3"}, TypeError),
+                       ({"weight_decay": -0.1}, ValueError), ({"layer_decay": True}, TypeError),
+                       ({"layer_decay": 0.0}, ValueError)]:  # fmt: skip
+        arguments = {"lr": 1e-3, "weight_decay": 0.1, **bad}
+        with pytest.raises(error, match=next(iter(bad))):
+            fusedlr.param_groups(model, **arguments)
+
+
+def test_layer_decay_without_blocks_warns():
+    model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 2))
+    with pytest.warns(UserWarning, match="no transformer blocks found.*layer_id="):
+        groups = fusedlr.param_groups(model, lr=1.0, weight_decay=0.1, layer_decay=0.5)
+    assert {g["lr"] for g in groups} == {1.0}
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a layer_id function: nothing to warn about
+        fusedlr.param_groups(model, lr=1.0, weight_decay=0.1, layer_decay=0.5, layer_id=lambda n, p: 1, num_layers=1)
 
 
 def test_user_layer_ids_and_num_layers():

@@ -6,13 +6,14 @@ from __future__ import annotations
 
 import contextlib
 import math
+import warnings
 
 import torch
 
 from ..optim import _FusedOptimizer
 from ..schedules import RangeTestRamp
 from . import suggest
-from .batches import endless, model_loss, to_device
+from .batches import DataRanOut, data_generators, describe, endless, model_loss, to_device
 from .result import RangeTestResult
 from .snapshot import TrainingSnapshot
 
@@ -105,6 +106,10 @@ def find_lr(
     buffers, grads and train/eval flags; optimizer states, param groups and fusedlr's schedule
     counter; a GradScaler's state; the random number generators. The copy lives on the CPU
     (``snapshot="cpu"``) or beside the originals (``"device"``).
+
+    A one-shot ``data`` (an iterator, a generator) that ends before ``num_steps`` updates ends the
+    test there, with a warning; re-iterable data (a DataLoader, a list) starts another pass. A
+    Schedule-Free optimizer left in eval mode is put in train mode for the test (and back).
     """
     _check_arguments(start_lr, end_lr, num_steps, accumulation_steps, sync_every, divergence, beta, rule)
     if step_fn is None and data is None:
@@ -116,9 +121,11 @@ def find_lr(
     bases = [start_lr * ratio for ratio in _reference_ratios(optimizer.param_groups)]
     update = _Update(model, optimizer, data, device, loss_fn, step_fn, accumulation_steps, grad_scaler, autocast_dtype)
 
-    saved = TrainingSnapshot(model, optimizer, grad_scaler=grad_scaler, to=snapshot)
+    saved = TrainingSnapshot(model, optimizer, grad_scaler=grad_scaler, to=snapshot, generators=data_generators(data))
     recorder = _Recorder(ramp, start_lr, _SmoothedLoss(beta, divergence), _progress(num_steps, progress))
+    ran_out = False
     try:
+        _train_mode(optimizer)
         if fused:  # the sweep runs on the device, from the optimizer's own counter
             optimizer.schedule = ramp
             optimizer._schedule_step.zero_()
@@ -132,12 +139,20 @@ def find_lr(
             # The update index this step uses: fusedlr's device counter (which a GradScaler's
             # skipped step does not advance), or i.
             k = optimizer._schedule_step.clone() if fused else i
-            recorder.add(k, update())
+            try:
+                loss = update()
+            except DataRanOut:
+                ran_out = True
+                break
+            recorder.add(k, loss)
             if (len(recorder.pending) == sync_every or i == num_steps - 1) and recorder.flush():
                 break
+        recorder.flush()  # the points left pending when the data ran out
     finally:
         recorder.close()
         saved.restore()
+    if ran_out:
+        _data_ran_out(len(recorder.lrs), num_steps)
     smoothed = recorder.smoother.values
     result = RangeTestResult(recorder.lrs, recorder.losses, smoothed, rule=rule, stopped_early=recorder.stopped,
                              beta=beta)  # fmt: skip
@@ -150,9 +165,9 @@ def _check_arguments(start_lr, end_lr, num_steps, accumulation_steps, sync_every
         raise ValueError(f"Invalid range: start_lr={start_lr!r}, end_lr={end_lr!r} (need 0 < start_lr < end_lr)")
     if not isinstance(num_steps, int) or isinstance(num_steps, bool) or num_steps < 2:
         raise ValueError(f"Invalid num_steps: {num_steps!r} (need an int >= 2)")
-    if not isinstance(accumulation_steps, int) or accumulation_steps < 1:
+    if not isinstance(accumulation_steps, int) or isinstance(accumulation_steps, bool) or accumulation_steps < 1:
         raise ValueError(f"Invalid accumulation_steps: {accumulation_steps!r}")
-    if not isinstance(sync_every, int) or sync_every < 1:
+    if not isinstance(sync_every, int) or isinstance(sync_every, bool) or sync_every < 1:
         raise ValueError(f"Invalid sync_every: {sync_every!r} (need an int >= 1)")
     if divergence is not None and not divergence > 1.0:
         raise ValueError(f"Invalid divergence: {divergence!r} (need a factor > 1, or None)")
@@ -160,6 +175,28 @@ def _check_arguments(start_lr, end_lr, num_steps, accumulation_steps, sync_every
         raise ValueError(f"Invalid beta: {beta!r} (need 0 <= beta < 1)")
     if rule not in suggest.RULES:
         raise ValueError(f"Invalid rule: {rule!r} (expected one of {', '.join(suggest.RULES)})")
+
+
+def _train_mode(optimizer) -> None:
+    """Schedule-Free optimizers (fusedlr's, the schedulefree package's) step only in train mode:
+    one left in eval mode is switched for the test. Called after the snapshot, whose restore puts
+    back the eval-mode params and flags bit for bit (an ``eval()`` afterwards would round)."""
+    if callable(getattr(optimizer, "train", None)) and any(
+        not group.get("train_mode", True) for group in optimizer.param_groups
+    ):
+        optimizer.train()
+
+
+def _data_ran_out(points: int, num_steps: int) -> None:
+    if not points:
+        raise ValueError("find_lr: the data ran out before the first update; pass more batches or a re-iterable")
+    warnings.warn(
+        f"find_lr: the data ran out after {points} of num_steps={num_steps} updates (a one-shot iterator cannot "
+        "start another pass): the result holds the points so far. Pass a re-iterable (a DataLoader, a list) or "
+        "more batches for the whole sweep.",
+        UserWarning,
+        stacklevel=3,
+    )
 
 
 class _Update:
@@ -181,7 +218,7 @@ class _Update:
             else:
                 loss = self.step_fn(batch) if self.batches is not None else self.step_fn()
         if not isinstance(loss, torch.Tensor) or loss.numel() != 1:
-            raise TypeError(f"find_lr: the loss must be a one-element tensor, got {loss!r}")
+            raise TypeError(f"find_lr: the loss must be a one-element tensor, got {describe(loss)}")
         return loss
 
     def __call__(self) -> torch.Tensor:
@@ -216,6 +253,8 @@ class _Recorder:
 
     def flush(self) -> bool:
         """Read the pending points; True when the test should stop."""
+        if not self.pending:
+            return self.stopped
         ks = [k for k, _ in self.pending]
         if ks and isinstance(ks[0], torch.Tensor):
             ks = torch.stack(ks).cpu().tolist()

@@ -12,6 +12,8 @@ class RangeTestResult:
     """``lrs[i]`` is the lr of update ``i`` (of the reference group: the one with the largest lr;
     other groups kept their ratio to it), ``losses[i]`` the loss of the batch that update
     trained on, ``smoothed_losses[i]`` the debiased exponential average of ``losses[: i + 1]``.
+    With a fusedlr optimizer an update that a GradScaler skipped does not advance the sweep: the
+    next point repeats its lr (the suggestions keep one point per lr).
     ``suggestions`` maps each rule (``steep``, ``valley``, ``minimum``; see
     ``fusedlr.lr_finder.suggest``) to its lr; ``suggestion`` is the one named by ``rule``."""
 
@@ -28,7 +30,8 @@ class RangeTestResult:
         return self.suggestions.get(self.rule)
 
     def suggest(self, rules=tuple(suggest.RULES), skip_start=None, skip_end=5) -> dict:
-        """Suggestions again, with other trimming (see ``fusedlr.lr_finder.suggest.trimmed``)."""
+        """Suggestions again for ``rules`` (names, or one name), with other trimming (see
+        ``fusedlr.lr_finder.suggest.trimmed``)."""
         return suggest.suggestions(self.lrs, self.smoothed_losses, rules, skip_start, skip_end)
 
     def __repr__(self) -> str:

@@ -16,10 +16,9 @@ import sys
 
 import torch
 
-# fusedlr optimizer attributes the range test changes: device tensors restored in place, and
-# plain attributes restored by reference.
-_FUSED_TENSORS = ("_schedule_step", "skipped_steps")
-_FUSED_ATTRIBUTES = ("_host_step", "schedule", "last_grad_norm")
+# Caches a fusedlr optimizer rebuilds by itself (as after load_state_dict): dropped on restore,
+# since the test's steps may have filled them from states that the restore removes.
+_CACHES = ("_step_cache", "_plan_cache")
 
 
 class _SavedTensor:
@@ -38,22 +37,48 @@ class _SavedTensor:
         return self.original
 
 
+class _SavedSequence:
+    """A tuple or list holding tensors (tensor ``betas``): its tensors refilled in place, and the
+    same container object given back."""
+
+    __slots__ = ("original", "items")
+
+    def __init__(self, sequence, to):
+        self.original = sequence
+        self.items = [_save(item, to) for item in sequence]
+
+    def put_back(self):
+        items = [_load(item) for item in self.items]
+        if isinstance(self.original, list):
+            self.original[:] = items
+        return self.original
+
+
 def _save(value, to):
-    return _SavedTensor(value, to) if isinstance(value, torch.Tensor) else copy.deepcopy(value)
+    """Tensors (also in a tuple or list) are restored into the same objects, so that references
+    the caller holds (a tensor ``lr``) stay valid; anything else is a deep copy."""
+    if isinstance(value, torch.Tensor):
+        return _SavedTensor(value, to)
+    if isinstance(value, (tuple, list)) and any(isinstance(item, torch.Tensor) for item in value):
+        return _SavedSequence(value, to)
+    return copy.deepcopy(value)
 
 
 def _load(saved):
-    return saved.put_back() if isinstance(saved, _SavedTensor) else copy.deepcopy(saved)
+    return saved.put_back() if isinstance(saved, (_SavedTensor, _SavedSequence)) else copy.deepcopy(saved)
 
 
 class TrainingSnapshot:
-    """Model parameters, buffers, grads and train/eval flags; optimizer states, param groups and
-    fusedlr's schedule counter; a GradScaler's state; the torch (CPU and CUDA), Python and numpy
-    random states. ``to="cpu"`` (default) keeps the copies in host memory (one extra copy of the
+    """Model parameters, buffers, grads and train/eval flags; the values of optimizer params that
+    are not in the model; optimizer states, param groups and the optimizer's own attributes
+    (fusedlr's schedule counter, Schedule-Free's running sums, ...); a GradScaler's state; the
+    torch (CPU and CUDA), Python and numpy random states, and ``generators`` (a DataLoader's own
+    shuffling generator). ``to="cpu"`` (default) keeps the copies in host memory (one extra copy of the
     model and optimizer state there); ``to="device"`` keeps them beside the originals (faster to
     take and restore, costs device memory)."""
 
-    def __init__(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer, *, grad_scaler=None, to="cpu"):
+    def __init__(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer, *, grad_scaler=None, to="cpu",
+                 generators=()):  # fmt: skip
         if to not in ("cpu", "device"):
             raise ValueError(f"Invalid snapshot location: {to!r} (expected 'cpu' or 'device')")
         self.model, self.optimizer, self.grad_scaler = model, optimizer, grad_scaler
@@ -70,20 +95,26 @@ class TrainingSnapshot:
         params = list(model.parameters()) + [p for g in optimizer.param_groups for p in g["params"]]
         params = list({id(p): p for p in params}.values())
         self._grads = [(p, None if p.grad is None else _SavedTensor(p.grad, to)) for p in params]
+        # Optimizer params outside the model (a learnable temperature in the loss): values too.
+        self._other_params = [_SavedTensor(p, to) for p in params if id(p) not in copies]
         self._training = [(module, module.training) for module in model.modules()]
 
         self._groups = list(optimizer.param_groups)
-        self._group_values = [
-            {key: copy.deepcopy(value) for key, value in group.items() if key != "params"} for group in self._groups
-        ]
+        self._group_values = [{key: _save(value, to) for key, value in group.items() if key != "params"}
+                              for group in self._groups]  # fmt: skip
         self._group_params = [list(group["params"]) for group in self._groups]
         self._states = {
             p: {key: _save(value, to) for key, value in state.items()} for p, state in optimizer.state.items()
         }
-        self._fused = {
-            name: _SavedTensor(getattr(optimizer, name), to) for name in _FUSED_TENSORS if hasattr(optimizer, name)
-        }
-        self._fused_attrs = {name: getattr(optimizer, name) for name in _FUSED_ATTRIBUTES if hasattr(optimizer, name)}
+        # Every attribute of the optimizer, by reference (state and param_groups are refilled
+        # above), and the values of its tensors (fusedlr's counters, Schedule-Free's running
+        # sums): the restore puts back this exact set of attributes, so one that a step left
+        # behind (GradScaler's grad_scale / found_inf after an interrupt inside step) goes.
+        self._attributes = dict(vars(optimizer))
+        self._attribute_tensors = [
+            _SavedTensor(value, to) for value in self._attributes.values() if isinstance(value, torch.Tensor)
+        ]
+        self._generators = [(generator, generator.get_state()) for generator in generators]
 
         self._scaler = None
         if grad_scaler is not None:
@@ -105,16 +136,28 @@ class TrainingSnapshot:
         """Put everything back as it was when the snapshot was taken."""
         for module, slot, name, saved in self._module_tensors:
             getattr(module, slot)[name] = saved.put_back()
+        for saved in self._other_params:
+            saved.put_back()
         for param, saved in self._grads:
             param.grad = None if saved is None else saved.put_back()
         for module, training in self._training:
             module.training = training
 
         optimizer = self.optimizer
+        attributes = vars(optimizer)
+        for name in [name for name in attributes if name not in self._attributes]:
+            del attributes[name]  # attributes the test left behind
+        attributes.update(self._attributes)
+        for saved in self._attribute_tensors:
+            saved.put_back()
+        for name in _CACHES:
+            if name in attributes:
+                attributes[name] = None
+
         optimizer.param_groups[:] = self._groups
         for group, values, params in zip(self._groups, self._group_values, self._group_params):
             group.clear()
-            group.update(copy.deepcopy(values))
+            group.update({key: _load(saved) for key, saved in values.items()})
             group["params"] = params
         state = optimizer.state
         for param in [p for p in state if p not in self._states]:
@@ -127,12 +170,6 @@ class TrainingSnapshot:
                 value = _load(saved)
                 if current.get(key) is not value:
                     current[key] = value
-        for name, saved in self._fused.items():
-            setattr(optimizer, name, saved.put_back())
-        for name, value in self._fused_attrs.items():
-            setattr(optimizer, name, value)
-        if hasattr(optimizer, "_step_cache"):
-            optimizer._step_cache = None  # its tables are checked afresh at the next step
 
         if self._scaler is not None:
             for name, saved in self._scaler.items():
@@ -143,6 +180,8 @@ class TrainingSnapshot:
         torch.set_rng_state(self._torch_rng)
         if self._cuda_rng is not None:
             torch.cuda.set_rng_state_all(self._cuda_rng)
+        for generator, state in self._generators:
+            generator.set_state(state)
         random.setstate(self._python_rng)
         numpy = sys.modules.get("numpy")
         if self._numpy_rng is not None and numpy is not None:

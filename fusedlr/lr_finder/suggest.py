@@ -1,16 +1,24 @@
 """Suggested learning rates from a range-test curve: each rule as its source states it.
 
-All rules read the *smoothed* loss (as fastai's and Lightning's finders do), after dropping
-non-finite points and trimming the ends: the first tenth of the points and the last five, as
-fastai's ``Learner.lr_find`` does (``[num_it // 10 : -5]``), since the first points mostly
-show the smoothing warming up and the last ones the divergence.
+All rules read the *smoothed* loss (as fastai's and Lightning's finders do) at the points
+``trimmed`` keeps: the finite ones, one per distinct lr (the last: a fusedlr optimizer's sweep
+does not advance on an update a GradScaler skips, so such points repeat an lr), then without the
+first tenth of those points and the last five, since the first points mostly show the smoothing
+warming up and the last ones the divergence. This is close to fastai's ``Learner.lr_find``
+(``[num_it // 10 : -5]`` of the recorded points, then cut at the first NaN) but not the same:
+fastai counts the tenth from the requested ``num_it`` and trims before dropping NaNs. With
+fewer than ``MIN_POINTS`` usable points the curve is noise: every suggestion is None, with a
+warning.
 """
 
 from __future__ import annotations
 
 import math
+import warnings
 
 import torch
+
+MIN_POINTS = 10
 
 
 def steep(lrs, losses) -> int:
@@ -25,6 +33,8 @@ def steep(lrs, losses) -> int:
     losses = torch.as_tensor(losses, dtype=torch.float64)
     log_lrs = torch.as_tensor(lrs, dtype=torch.float64).log()
     gradients = torch.gradient(losses, spacing=[log_lrs])[0]
+    # Two points at one lr give a NaN (0 / 0); argmin would pick it: it is never the steepest.
+    gradients = torch.where(torch.isfinite(gradients), gradients, math.inf)
     return int(torch.argmin(gradients))
 
 
@@ -58,10 +68,20 @@ RULES = {"steep": steep, "valley": valley, "minimum": minimum}
 _DIVISOR = {"minimum": 10.0}
 
 
+def usable(lrs, losses):
+    """The finite points with lr > 0, one per distinct lr: the last one recorded at it (its
+    smoothed loss has absorbed the others)."""
+    last = {}
+    for lr, loss in zip(lrs, losses):
+        if math.isfinite(loss) and lr > 0:
+            last[lr] = loss
+    return list(last.items())
+
+
 def trimmed(lrs, losses, skip_start=None, skip_end=5):
-    """The points the rules read: finite, and without the first ``skip_start`` (default: a tenth
-    of the points) and the last ``skip_end``; the ends are kept when too few points remain."""
-    points = [(lr, loss) for lr, loss in zip(lrs, losses) if math.isfinite(loss) and lr > 0]
+    """The points the rules read: the ``usable`` ones, without the first ``skip_start`` (default:
+    a tenth of them) and the last ``skip_end``; the ends are kept when too few points remain."""
+    points = usable(lrs, losses)
     if skip_start is None:
         skip_start = len(points) // 10
     if len(points) - skip_start - skip_end >= 2:
@@ -70,14 +90,20 @@ def trimmed(lrs, losses, skip_start=None, skip_end=5):
 
 
 def suggestions(lrs, smoothed_losses, rules=tuple(RULES), skip_start=None, skip_end=5) -> dict:
-    """``{rule: suggested lr}`` (``None`` for every rule when fewer than 2 points are usable)."""
-    kept_lrs, kept_losses = trimmed(lrs, smoothed_losses, skip_start, skip_end)
-    out = {}
+    """``{rule: suggested lr}`` for ``rules`` (names, or one name); ``None`` for every rule, with
+    a warning, when fewer than ``MIN_POINTS`` points are usable."""
+    rules = (rules,) if isinstance(rules, str) else tuple(rules)
     for name in rules:
         if name not in RULES:
             raise ValueError(f"Unknown suggestion rule {name!r} (expected one of {', '.join(RULES)})")
-        if len(kept_losses) < 2:
-            out[name] = None
-            continue
-        out[name] = kept_lrs[RULES[name](kept_lrs, kept_losses)] / _DIVISOR.get(name, 1.0)
-    return out
+    count = len(usable(lrs, smoothed_losses))
+    if count < MIN_POINTS:
+        warnings.warn(
+            f"LR range test: only {count} usable points (finite, distinct lrs); suggestions need at least "
+            f"{MIN_POINTS} and are None: run more num_steps",
+            UserWarning,
+            stacklevel=3,  # the caller of find_lr or of RangeTestResult.suggest
+        )
+        return dict.fromkeys(rules)
+    kept_lrs, kept_losses = trimmed(lrs, smoothed_losses, skip_start, skip_end)
+    return {name: kept_lrs[RULES[name](kept_lrs, kept_losses)] / _DIVISOR.get(name, 1.0) for name in rules}
