@@ -556,3 +556,31 @@ def test_bad_arguments_of_the_wrong_type():
         with pytest.raises(ValueError, match=next(iter(bad))):
             find_lr(model, opt, loader, loss_fn=torch.nn.functional.mse_loss, progress=False, **bad)
     assert opt.param_groups[0]["lr"] == 0.1 and not opt.state
+
+
+def test_an_attached_torch_scheduler_is_set_aside_during_a_fused_sweep_and_kept():
+    """A torch scheduler on a fusedlr optimizer (schedule=None: the scheduler drives the lr) is not
+    stepped by the test: no "both apply" warning during the sweep, and afterwards the scheduler,
+    its step wrapper and the groups' initial_lr are as before and training goes on as a twin's."""
+    import warnings
+
+    runs = []
+    for _ in range(2):
+        torch.manual_seed(0)
+        model = _mlp()
+        opt = fusedlr.AdamW(model.parameters(), lr=3e-3, backend="torch")
+        scheduler = torch.optim.lr_scheduler.LambdaLR(opt, lambda k: 1.0 / (k + 1))
+        runs.append((model, opt, scheduler))
+    (model, opt, scheduler), (twin_model, twin_opt, twin_scheduler) = runs
+    wrapper = opt.__dict__["step"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
+        find_lr(model, opt, _regression(), loss_fn=torch.nn.functional.mse_loss, num_steps=12, progress=False)
+    assert opt.__dict__["step"] is wrapper and all("initial_lr" in group for group in opt.param_groups)
+    for m, o, s in ((model, opt, scheduler), (twin_model, twin_opt, twin_scheduler)):
+        for x, y in list(_regression())[:3]:
+            o.zero_grad()
+            torch.nn.functional.mse_loss(m(x), y).backward()
+            o.step()
+            s.step()
+    assert all(torch.equal(a, b) for a, b in zip(model.parameters(), twin_model.parameters()))

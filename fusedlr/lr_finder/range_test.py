@@ -130,8 +130,13 @@ def find_lr(
             optimizer.schedule = ramp
             optimizer._schedule_step.zero_()
             optimizer._host_step = 0
+            # The sweep is the only schedule while it runs: a torch scheduler attached to the
+            # optimizer is not stepped by the test, so its marks (the step wrapper, initial_lr)
+            # are set aside, or the first update would warn that both apply. Restored after.
+            optimizer.__dict__.pop("step", None)
             for group, base in zip(optimizer.param_groups, bases):
                 group["lr"] = base
+                group.pop("initial_lr", None)
         for i in range(num_steps):
             if not fused:
                 for group, base in zip(optimizer.param_groups, bases):
