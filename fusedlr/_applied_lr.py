@@ -33,3 +33,25 @@ def group_lrs(opt, *, upcoming: bool) -> list[torch.Tensor]:
         multiplier = float(schedule(opt._host_step if upcoming else max(opt._host_step - 1, 0)))
     # torch.full takes the value as a kernel argument: no host-to-device copy, no sync.
     return [torch.full((), base * multiplier + 0.0, dtype=torch.float64, device=counter.device) for base in bases]
+
+
+class AppliedLRMethods:
+    """The lr queries of ``optim._FusedOptimizer`` (a mixin)."""
+
+    def _schedule_on_host(self) -> tuple[float, float]:
+        """(scale, offset) of this update's lr, evaluated on the host (torch backend, callables)."""
+        if self.schedule is None:
+            return 1.0, 0.0
+        if isinstance(self.schedule, Schedule):
+            return self.schedule.scale_offset(self._host_step)
+        return float(self.schedule(self._host_step)), 0.0
+
+    def current_lr(self) -> list[torch.Tensor]:
+        """Per param group, the lr of the last update applied (a skipped step applies none), as
+        0-dim float64 device tensors: no host sync until you read them. Before the first update,
+        the lr the first one will use. See ``_applied_lr.py``."""
+        return group_lrs(self, upcoming=False)
+
+    def next_lr(self) -> list[torch.Tensor]:
+        """Per param group, the lr the next update will apply, as 0-dim float64 device tensors."""
+        return group_lrs(self, upcoming=True)

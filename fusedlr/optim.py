@@ -14,7 +14,6 @@ from numbers import Real
 import torch
 
 from . import (
-    _applied_lr,
     _backends,
     _compile,
     _cpu,
@@ -25,7 +24,9 @@ from . import (
     _split_master,
     reference,
 )
+from ._applied_lr import AppliedLRMethods
 from ._checkpoint import StateDictMethods
+from ._copying import CopyMethods
 from ._host_path import CachedChecks
 from ._sharded import ShardedSteps, _called_to_make_states
 from ._state import StateTable as _StateTable
@@ -128,7 +129,8 @@ def _kind_arguments(rule: dict, arguments: dict) -> tuple[dict, dict]:
     return defaults, {name: arguments[name] for name in _OPTIMIZER_OPTIONS}
 
 
-class _FusedOptimizer(ShardedSteps, CachedChecks, StateDictMethods, torch.optim.Optimizer):
+class _FusedOptimizer(ShardedSteps, CachedChecks, StateDictMethods, CopyMethods, AppliedLRMethods,
+                      torch.optim.Optimizer):  # fmt: skip
     """Shared machinery of AdamW and Lion: everything but the per-kind state and checks."""
 
     _kind: str  # "adamw", "lion", "sgd" or "schedulefree": selects the update rule in every backend
@@ -200,50 +202,6 @@ class _FusedOptimizer(ShardedSteps, CachedChecks, StateDictMethods, torch.optim.
         self._step_cache = None
         if hasattr(self, "norm_group"):  # (not yet while the base __init__ adds the first groups)
             self._check_norm_group()
-
-    # Rebuilt after a copy or an unpickle: device tables and caches keyed on addresses, and the
-    # handle under which compiled graphs find this optimizer.
-    _TRANSIENT = ("_plan_cache", "_step_cache", "_compile_handle", "_reduction_cache", "_checked_meshes")
-    # What a torch LR scheduler sets on the instance: a ``step`` wrapper holding a weak
-    # reference to *this* optimizer (a copy would step the original through it) and its flag.
-    # torch's own __getstate__ drops both too.
-    _SCHEDULER_PATCHES = ("step", "_opt_called")
-
-    def __getstate__(self) -> dict:
-        # torch keeps only defaults, state and param_groups (and drops hooks); we keep every
-        # attribute (schedule, counters, backend, ...) so that a deep copy or an unpickled
-        # optimizer steps exactly as the original would.
-        state = {
-            key: value
-            for key, value in self.__dict__.items()
-            if key not in self._TRANSIENT + self._SCHEDULER_PATCHES and not key.startswith("_optimizer_")
-        }
-        if state.get("norm_group") is not None:  # a deep copy shares the process group
-            state["norm_group"] = _distributed.SharedGroup(state["norm_group"])
-        return state
-
-    def __setstate__(self, state: dict) -> None:
-        defaults = state.get("defaults", self.__dict__.get("defaults", {}))
-        had_differentiable = "differentiable" in defaults
-        super().__setstate__(state)
-        if not had_differentiable:  # torch's __setstate__ adds it; our step has no use for it
-            self.defaults.pop("differentiable", None)
-        self.__dict__.setdefault("clip_value", None)  # optimizers pickled before clip_value existed
-        norm_group = self.__dict__.get("norm_group")
-        self.norm_group = norm_group.group if isinstance(norm_group, _distributed.SharedGroup) else norm_group
-        self._reduction_cache = None
-        self.state = _StateTable(self.state)
-        self._flat_params = [p for group in self.param_groups for p in group["params"]]
-        self._sharded = any(map(_distributed.is_dtensor, self._flat_params))
-        self._checked_state_version = None
-        self._plan_cache = None
-        self._step_cache = None
-        if "_compile_handle" not in self.__dict__:
-            self._compile_handle = _compile.register(self)
-        # Groups loaded from a torch.optim state dict lack our keys: fill them from defaults.
-        for group in self.param_groups:
-            for key, value in self.defaults.items():
-                group.setdefault(key, value)
 
     # ----- the step -----------------------------------------------------------------------
     def _check_param(self, param: torch.Tensor, grad: torch.Tensor, group: dict) -> None:
@@ -355,24 +313,6 @@ class _FusedOptimizer(ShardedSteps, CachedChecks, StateDictMethods, torch.optim.
         if self._sharded:
             index.update({id(_distributed.local(p)): i for i, p in enumerate(flat)})
         return [index[id(p)] for p in params]
-
-    def _schedule_on_host(self) -> tuple[float, float]:
-        """(scale, offset) of this update's lr, evaluated on the host (torch backend, callables)."""
-        if self.schedule is None:
-            return 1.0, 0.0
-        if isinstance(self.schedule, Schedule):
-            return self.schedule.scale_offset(self._host_step)
-        return float(self.schedule(self._host_step)), 0.0
-
-    def current_lr(self) -> list[torch.Tensor]:
-        """Per param group, the lr of the last update applied (a skipped step applies none), as
-        0-dim float64 device tensors: no host sync until you read them. Before the first update,
-        the lr the first one will use. See ``_applied_lr.py``."""
-        return _applied_lr.group_lrs(self, upcoming=False)
-
-    def next_lr(self) -> list[torch.Tensor]:
-        """Per param group, the lr the next update will apply, as 0-dim float64 device tensors."""
-        return _applied_lr.group_lrs(self, upcoming=True)
 
     @torch.no_grad()
     def step(self, closure=None):
