@@ -62,6 +62,13 @@ def is_norm_module(module: torch.nn.Module) -> bool:
     return isinstance(module, _TORCH_NORMS) or "norm" in type(module).__name__.lower()
 
 
+def _norm_parameter(param: torch.Tensor, module: torch.nn.Module) -> bool:
+    """A norm layer's own scale or shift: every parameter of a torch norm layer, and those of
+    fewer than 2 dimensions of a class named "norm" (a fused ``LayerNormLinear`` or a
+    ``NormHead`` also holds a projection matrix, which the Trainer decays)."""
+    return isinstance(module, _TORCH_NORMS) or (param.ndim < 2 and is_norm_module(module))
+
+
 def _owners(model: torch.nn.Module) -> dict:
     """Parameter name -> the module that holds it."""
     return {
@@ -162,7 +169,7 @@ def no_decay_reason(name, param, module, *, no_decay=(), decay_1d=False, embeddi
         return "user pattern"
     if name in model_list:
         return "model.no_weight_decay()"
-    if is_norm_module(module):
+    if _norm_parameter(param, module):
         return "norm module"
     if any(re.search(pattern, name.lower()) for pattern in HF_NO_DECAY_PATTERNS):
         return "name (bias/norm)"

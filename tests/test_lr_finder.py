@@ -584,3 +584,72 @@ def test_an_attached_torch_scheduler_is_set_aside_during_a_fused_sweep_and_kept(
             o.step()
             s.step()
     assert all(torch.equal(a, b) for a, b in zip(model.parameters(), twin_model.parameters()))
+
+
+def _applied_lrs(inner):
+    applied = []
+    handle = inner.register_step_post_hook(lambda opt, args, kwargs: applied.append(float(opt.current_lr()[0])))
+    return applied, handle
+
+
+def _warm_fused(model, steps=3):
+    opt = fusedlr.AdamW(model.parameters(), lr=1e-3, schedule=WarmupCosine(20, 100), backend="torch")
+    for x, y in list(_regression())[:steps]:
+        opt.zero_grad()
+        torch.nn.functional.mse_loss(model(x), y).backward()
+        opt.step()
+    return opt
+
+
+def test_a_fused_optimizer_inside_accelerates_wrapper_is_swept_and_restored():
+    """accelerate's AcceleratedOptimizer (what a Trainer holds once training started) keeps the
+    fusedlr optimizer as ``.optimizer``: the sweep's lrs are the ones applied, and the inner
+    optimizer's counter and states come back (the test steps through the wrapper)."""
+    accelerate = pytest.importorskip("accelerate")
+    model = _mlp()
+    inner = _warm_fused(model)
+    before = _state_of(model, inner)
+    model, wrapped = accelerate.Accelerator(cpu=True).prepare(model, inner)
+    applied, handle = _applied_lrs(inner)
+    result = find_lr(model, wrapped, _regression(), loss_fn=torch.nn.functional.mse_loss, num_steps=12,
+                     start_lr=1e-4, end_lr=1.0, progress=False)  # fmt: skip
+    handle.remove()
+    assert applied == pytest.approx(result.lrs, rel=1e-9)
+    _assert_same(before, _state_of(model, inner))
+
+
+def test_a_fused_optimizer_inside_lightnings_wrapper_is_swept_and_restored():
+    """Lightning's LightningOptimizer poses as a subclass of the optimizer's class with copies of
+    its attributes: the sweep must reach the optimizer it wraps (``._optimizer``)."""
+    L = pytest.importorskip("lightning")
+    seen = {}
+
+    class Module(L.LightningModule):
+        def __init__(self):
+            super().__init__()
+            self.net = _mlp()
+
+        def forward(self, x):
+            return self.net(x)
+
+        def training_step(self, batch, index):
+            return torch.nn.functional.mse_loss(self(batch[0]), batch[1])
+
+        def configure_optimizers(self):
+            return _warm_fused(self.net)
+
+        def on_train_start(self):
+            wrapped = self.optimizers()
+            inner = wrapped.optimizer
+            seen["before"] = _state_of(self.net, inner)
+            seen["applied"], handle = _applied_lrs(inner)
+            seen["result"] = find_lr(self, wrapped, _regression(), loss_fn=torch.nn.functional.mse_loss,
+                                     num_steps=12, start_lr=1e-4, end_lr=1.0, progress=False)  # fmt: skip
+            handle.remove()
+            seen["after"] = _state_of(self.net, inner)
+
+    trainer = L.Trainer(max_steps=1, accelerator="cpu", logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False)  # fmt: skip
+    trainer.fit(Module(), _regression())
+    assert seen["applied"] == pytest.approx(seen["result"].lrs, rel=1e-9)
+    _assert_same(seen["before"], seen["after"])

@@ -306,3 +306,20 @@ def test_optimizers_and_schedules_keep_the_layer_ratios(make_optimizer):
     for group, lr in zip(opt.param_groups, lrs):
         assert lr == pytest.approx(lrs[-1] * group["lr_scale"], rel=1e-12)
     assert [g["lr_scale"] for g in opt.param_groups] == [g["lr_scale"] for g in groups]
+
+
+def test_a_matrix_in_a_class_named_norm_keeps_its_decay():
+    """The class-name rule ("norm" in the name: custom RMSNorms) exempts a module's scale and
+    shift, not a projection matrix that a fused class holds beside them (Transformer Engine's
+    LayerNormLinear), which the Trainer decays."""
+
+    class LayerNormLinear(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.layer_norm_weight = torch.nn.Parameter(torch.ones(8))
+            self.weight = torch.nn.Parameter(torch.randn(16, 8))
+
+    model = torch.nn.Sequential(LayerNormLinear())
+    groups = fusedlr.param_groups(model, lr=1e-3, weight_decay=0.1)
+    decayed = {n for g, names in zip(groups, groups.param_names) if g["weight_decay"] for n in names}
+    assert decayed == {"0.weight"}

@@ -117,9 +117,12 @@ def find_lr(
     ramp = RangeTestRamp(end_lr / start_lr, num_steps, mode)
     if device is None:
         device = next(model.parameters()).device
+    # Steps go through what the caller passed (a trainer's wrapper syncs or scales there); the
+    # sweep, the snapshot and the restore act on the optimizer inside it.
+    stepped, optimizer = optimizer, innermost(optimizer)
     fused = isinstance(optimizer, _FusedOptimizer)
     bases = [start_lr * ratio for ratio in _reference_ratios(optimizer.param_groups)]
-    update = _Update(model, optimizer, data, device, loss_fn, step_fn, accumulation_steps, grad_scaler, autocast_dtype)
+    update = _Update(model, stepped, data, device, loss_fn, step_fn, accumulation_steps, grad_scaler, autocast_dtype)
 
     saved = TrainingSnapshot(model, optimizer, grad_scaler=grad_scaler, to=snapshot, generators=data_generators(data))
     recorder = _Recorder(ramp, start_lr, _SmoothedLoss(beta, divergence), _progress(num_steps, progress))
@@ -180,6 +183,18 @@ def _check_arguments(start_lr, end_lr, num_steps, accumulation_steps, sync_every
         raise ValueError(f"Invalid beta: {beta!r} (need 0 <= beta < 1)")
     if rule not in suggest.RULES:
         raise ValueError(f"Invalid rule: {rule!r} (expected one of {', '.join(suggest.RULES)})")
+
+
+def innermost(optimizer):
+    """The optimizer inside trainers' wrappers: accelerate's AcceleratedOptimizer keeps it as
+    ``.optimizer``, Lightning's LightningOptimizer as ``._optimizer`` (and poses as a subclass of
+    its class, with copies of its attributes: setting one there would not reach it)."""
+    for _ in range(8):
+        inner = vars(optimizer).get("_optimizer", vars(optimizer).get("optimizer"))
+        if not isinstance(inner, torch.optim.Optimizer):
+            return optimizer
+        optimizer = inner
+    return optimizer
 
 
 def _train_mode(optimizer) -> None:
