@@ -47,15 +47,18 @@ class ShardedSteps:
         norm_group wait for it in their step's collective: it joins with nothing to add (the
         same collective as ``NormReduction.reduce_``), and reports the global norm too. No
         update, so its counter does not advance."""
+        # GradScaler sets found_inf on every rank it steps (the int 0 where there were no grads
+        # to check), and then every rank's step reduces it: present means join.
         found_inf = getattr(self, "found_inf", None)
-        found_inf = found_inf if isinstance(found_inf, torch.Tensor) else None
         norms = self.max_grad_norm is not None or self.skip_nonfinite
         if not norms and found_inf is None:
             return  # the others reduce nothing either
         device = _distributed.local(self._flat_params[0]).device
         values = torch.zeros(2 if norms else 1, dtype=torch.float64, device=device)
-        if found_inf is not None:
+        if isinstance(found_inf, torch.Tensor):
             values[-1].copy_(found_inf.reshape(()))
+        elif found_inf:
+            values[-1] = float(found_inf)
         dist.all_reduce(values, op=dist.ReduceOp.SUM, group=self.norm_group)
         if norms:
             self.last_grad_norm = values[0].sqrt().to(torch.float32)

@@ -315,10 +315,30 @@ def idle_stage(kind, backend):
     dist.all_gather_object(gathered, (norms, own))
     (norms0, own0), (norms1, own1) = gathered
     expected = [math.sqrt(a + b) for a, b in zip(own0, own1)]
+    # Without norms, a GradScaler's found_inf is what the stages reduce: GradScaler sets it on
+    # the idle stage too (the int 0: no grads to check), which then joins as well.
+    import fusedlr
+
+    cls = fusedlr.AdamW if kind == "adamw" else fusedlr.Lion
+    scaled = cls([named[n] for n in stage], backend=backend, norm_group=dist.group.WORLD, **SETTINGS[kind])
+    for step in range(3):
+        scaled.zero_grad()
+        x, y = batch(step)
+        nn.functional.mse_loss(model(x), y).backward()
+        idle = rank == 1 and step == 1
+        if idle:
+            for name in stage:
+                named[name].grad = None
+        scaled.found_inf = 0 if idle else torch.tensor([float(rank == 0 and step == 2)])
+        scaled.step()
+        del scaled.found_inf
+    counters = [None] * dist.get_world_size()
+    dist.all_gather_object(counters, (int(scaled._schedule_step), int(scaled.skipped_steps)))
     return {
         "norms_agree": norms0 == norms1,
         "global": all(math.isclose(n, e, rel_tol=1e-5) for n, e in zip(norms, expected)),
         "counter": int(opt._schedule_step),
+        "scaled": counters,
     }
 
 

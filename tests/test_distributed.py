@@ -141,6 +141,10 @@ def test_a_stage_without_grads_still_joins_the_norm(results, backend, kind):
     for result in _each_rank(results, 2, "idle_stage", backend, kind):
         assert result["norms_agree"] and result["global"], result
         counters.append(result["counter"])
+        # With only a GradScaler's found_inf to agree on (rank 0 finds an inf at the third
+        # step): both skip that one; the idle stage's second step applied nothing.
+        # [updates applied, steps skipped] per rank:
+        assert result["scaled"] == [[2, 1], [1, 1]], result
     assert counters == [2, 1]
 
 
