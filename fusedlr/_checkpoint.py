@@ -13,17 +13,29 @@ from . import _distributed, _fused, _precision, _quantized, _state_dict, _torch_
 STORAGE_OPTIONS = ("state_dtype", "master_weights", "stochastic_rounding")
 
 
-def _stepped_elsewhere(states, counter) -> bool:
-    """Whether some parameter was updated more often than ``counter`` updates (fusedlr's
-    counter, from the groups of a state dict): then another optimizer stepped these states
-    after fusedlr saved them (a parameter's ``step`` never runs ahead of fusedlr's counter)."""
-    for state in states.values():
-        step = state.get("step")
-        if isinstance(step, torch.Tensor):
-            if step.device.type == "meta" or step.numel() != 1:
-                continue
-            step = step.item()
-        if isinstance(step, (int, float)) and step > float(counter):
+# Each group of a saved state dict also records the sum of its params' ``step`` counts:
+# torch.optim and the schedulefree package keep group keys they do not know, so a fusedlr dict
+# that one of them stepped further comes back with fusedlr's old counter in its groups, and
+# only the steps, grown since, tell.
+STEP_SUM_KEY = "param_step_sum"
+
+
+def _step_sum(states, indices) -> float | None:
+    """The sum of the ``step`` counts of ``indices``' states (None where none has one)."""
+    steps = [states[i]["step"] for i in indices if i in states and "step" in states[i]]
+    steps = [s for s in steps if not (isinstance(s, torch.Tensor) and s.device.type == "meta")]
+    if not steps:
+        return None
+    if all(isinstance(s, torch.Tensor) and s.numel() == 1 for s in steps):
+        device = steps[0].device  # one read for all of them
+        return float(torch.stack([s.reshape(()).to(device, torch.float64) for s in steps]).sum())
+    return float(sum(float(s) for s in steps))
+
+
+def _stepped_elsewhere(state_dict) -> bool:
+    """Whether another optimizer stepped this fusedlr state dict after it was saved."""
+    for group in state_dict["param_groups"]:
+        if STEP_SUM_KEY in group and _step_sum(state_dict["state"], group["params"]) != group[STEP_SUM_KEY]:
             return True
     return False
 
@@ -39,7 +51,10 @@ class StateDictMethods:
         # torch.distributed.checkpoint keeps only "state" and "param_groups": the counter travels
         # in every group too (a plain int, the same in each; removed again on load).
         counter = int(self._schedule_step.item())
-        state_dict["param_groups"] = [dict(group, schedule_step=counter) for group in state_dict["param_groups"]]
+        state_dict["param_groups"] = [
+            dict(group, schedule_step=counter, **{STEP_SUM_KEY: _step_sum(state_dict["state"], group["params"])})
+            for group in state_dict["param_groups"]
+        ]
         return state_dict
 
     def load_state_dict(self, state_dict: dict) -> None:
@@ -65,11 +80,12 @@ class StateDictMethods:
         state_dict = dict(state_dict)
         counter = state_dict.pop("schedule_step", None)
         groups = [dict(group) for group in state_dict["param_groups"]]
+        if counter is None and _stepped_elsewhere(state_dict):
+            for group in groups:  # a stale counter: read the dict as theirs (counter from the steps)
+                group.pop("schedule_step", None)
+        for group in groups:
+            group.pop(STEP_SUM_KEY, None)
         group_counters = [group.pop("schedule_step") for group in groups if "schedule_step" in group]
-        if counter is None and group_counters and _stepped_elsewhere(state_dict["state"], max(group_counters)):
-            # torch.optim and other optimizers keep unknown group keys: a fusedlr dict that one
-            # of them stepped further carries a stale counter. The states tell: treat it as theirs.
-            group_counters = []
         for group, current in zip(groups, self.param_groups):
             # A corrupt option is refused even where it would not be used; then how this
             # optimizer stores its states (its constructor's choice for this machine: 8-bit

@@ -31,10 +31,18 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _spawn(tmp_path_factory, world, names, shared):
+def _spawn(tmp_path_factory, world, names, shared, attempts=2):
     out = tmp_path_factory.mktemp(f"world{world}")
     try:
         mp.spawn(dist_worker.run, args=(world, _free_port(), str(out), names, BACKENDS, str(shared)), nprocs=world)
+    except mp.ProcessRaisedException as error:
+        # The port _free_port found may be taken by another process before the store binds it
+        # (a rare start-up race): such a run failed before any rank wrote a result. Once more.
+        started = any((out / f"rank{r}.json").exists() for r in range(world))
+        if attempts == 1 or started or "init_process_group" not in str(error):
+            raise
+        warnings.warn(f"the gloo group did not start, trying another port: {error}", stacklevel=1)
+        return _spawn(tmp_path_factory, world, names, shared, attempts - 1)
     except mp.ProcessExitedException as error:
         # A rank killed by a signal after every rank wrote its results died in gloo's teardown
         # (seen now and then on the CI machine: SIGABRT, "terminate called without an active

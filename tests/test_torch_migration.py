@@ -168,3 +168,27 @@ def test_a_fusedlr_state_dict_stepped_further_by_torch_comes_back_with_torchs_co
         back.step()
     for (name, p), q in zip(torch_model.named_parameters(), back_model.parameters()):
         torch.testing.assert_close(q, p, rtol=2e-5, atol=2e-6, msg=name)
+
+
+def test_a_counter_set_by_hand_survives_a_round_trip_without_the_top_level_key(backend):
+    """A torch checkpoint of 6 updates resumed with ``schedule_step = 2`` set by hand (the
+    migration warning's advice: the schedule restarts elsewhere): the per-parameter steps are
+    ahead of fusedlr's counter from then on, legitimately. A later state dict that travels
+    without its top-level counter (as through DCP) still resumes at fusedlr's counter."""
+    model = _model()
+    grads = _grads(8, model)
+    opt = torch.optim.AdamW(_groups(model, 1e-2), lr=1e-2, foreach=False)
+    for k in range(6):
+        _set(model, grads[k])
+        opt.step()
+    saved = copy.deepcopy(opt.state_dict())
+    saved["schedule_step"] = 2
+    fused = fusedlr.AdamW(_groups(model, 1e-2), lr=1e-2, schedule=SCHEDULE, backend=backend)
+    fused.load_state_dict(saved)
+    _set(model, grads[6])
+    fused.step()
+    again = copy.deepcopy(fused.state_dict())
+    del again["schedule_step"]
+    back = fusedlr.AdamW(_groups(model, 1e-2), lr=1e-2, schedule=SCHEDULE, backend=backend)
+    back.load_state_dict(again)
+    assert int(back._schedule_step) == 3
