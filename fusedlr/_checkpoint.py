@@ -128,3 +128,4 @@ class StateDictMethods:
         self._step_cache = None
         if not group_counters:  # not saved by fusedlr: a torch scheduler's lr and initial_lr, if any
             _torch_migration.continue_torch_schedule(self)
+        self.check_made_states()  # after DCP's state-making step: what the checkpoint did not fill

@@ -13,7 +13,8 @@ class CopyMethods:
 
     # Rebuilt after a copy or an unpickle: device tables and caches keyed on addresses, and the
     # handle under which compiled graphs find this optimizer.
-    _TRANSIENT = ("_plan_cache", "_step_cache", "_compile_handle", "_reduction_cache", "_checked_meshes")
+    _TRANSIENT = ("_plan_cache", "_step_cache", "_compile_handle", "_reduction_cache", "_checked_meshes",
+                  "_made_for_load")  # fmt: skip
     # What a torch LR scheduler sets on the instance: a ``step`` wrapper holding a weak
     # reference to *this* optimizer (a copy would step the original through it) and its flag.
     # torch's own __getstate__ drops both too.

@@ -130,5 +130,61 @@ class ShardedSteps:
         for (param, group), grad in zip(pairs, grads):
             self._check_param(param, grad, group)
         _fused.check_states(pairs, self._state_view(pairs, sources))
+        made = {}
         for (_, group), source in zip(pairs, sources or params):
-            self._init_state(source, group)
+            fresh = not self.state.get(source)
+            state = self._init_state(source, group)
+            if fresh:
+                made[id(source)] = (_fingerprint(source), {key: _fingerprint(value) for key, value in state.items()})
+        # Checked when the states are loaded (``check_made_states``); a real step drops it.
+        self._made_for_load = made
+
+    def check_made_states(self) -> None:
+        """After a load that followed DCP's state-making step: a state that still holds what that
+        step made was not in the checkpoint (a partial load, ``allow_partial_load=True``, of a
+        run saved with other storage options: DCP fills the states this optimizer made, by key,
+        and converts nothing). A master copy or residual made from the weights before they were
+        loaded is made again from the loaded weights (what loading a state dict without them
+        does); a moment cannot be, so where the param's loaded step count shows the checkpoint
+        had its state, that is a clear error (LION and Schedule-Free keep no per-parameter count:
+        there such a moment stays as made, zero)."""
+        made = self.__dict__.pop("_made_for_load", None)
+        if not made:
+            return
+        for param, state in self.state.items():
+            if id(param) not in made:
+                continue
+            param_print, prints = made[id(param)]
+            stale = [key for key, value in state.items() if key in prints and _fingerprint(value) == prints[key]]
+            # Evidence that the checkpoint held this param's state: its loaded step count (a
+            # param without one there, never stepped, keeps fresh states, as torch's would).
+            step = state.get("step")
+            stepped = isinstance(step, torch.Tensor) and "step" not in stale and float(step) > 0
+            for key in stale:
+                if key == "master_param" and _fingerprint(param) != param_print:
+                    _distributed.local(state[key]).copy_(_distributed.local(param).detach())
+                elif key == _split_master.RESIDUAL_KEY and _fingerprint(param) != param_print:
+                    _distributed.local(state[key]).zero_()
+                elif key not in ("step", "master_param", _split_master.RESIDUAL_KEY) and stepped:
+                    raise RuntimeError(
+                        f"{type(self).__name__}: the checkpoint holds no {key!r} for a parameter of shape "
+                        f"{tuple(param.shape)} (a partial torch.distributed.checkpoint load of a run saved with other "
+                        "storage options: state_dtype, master_weights). Load it with the options it was saved with, "
+                        "then change them: the next step converts the states."
+                    )
+
+
+def _fingerprint(tensor) -> tuple:
+    """Enough of a tensor's values to tell whether a load wrote it: its nonzero count and, for
+    floating point, its float64 sum of squares (taken slice by slice, no whole-tensor copy)."""
+    if not isinstance(tensor, torch.Tensor):
+        return (tensor,)
+    tensor = _distributed.local(tensor).detach()
+    if tensor.numel() == 0 or tensor.device.type == "meta":
+        return (0,)
+    nonzero = int(torch.count_nonzero(tensor))
+    if not tensor.is_floating_point():
+        return (nonzero, int(tensor.sum(dtype=torch.int64)))
+    from .reference import _sumsq
+
+    return (nonzero, float(_sumsq(tensor)))

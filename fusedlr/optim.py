@@ -334,6 +334,7 @@ class _FusedOptimizer(ShardedSteps, CachedChecks, StateDictMethods, CopyMethods,
             warn_if_torch_scheduler_attached(self)  # a second schedule, stacked by a trainer
         # Everything is checked before anything is modified: a failed step changes nothing.
         _check_clip_options(self.max_grad_norm, self.clip_value)
+        self.__dict__.pop("_made_for_load", None)  # DCP's placeholder states are real ones now
         params, grads, counts = self._active()
         if not params:
             if self.norm_group is not None:

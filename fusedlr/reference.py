@@ -24,12 +24,29 @@ def _norm(tensor):
     """clip_grad_norm_'s per-tensor norm; for bf16/fp16 tensors summed in float64 and reported in
     float32 (torch would report it in the tensor's dtype, 8 bits of mantissa for bf16)."""
     if tensor.dtype in _LOW:
+        if _norm_slices(tensor) is not None:
+            return _sumsq(tensor).sqrt().float()
         return torch.linalg.vector_norm(tensor, dtype=torch.float64).float()
     return torch.linalg.vector_norm(tensor)
 
 
 def _sumsq(tensor):
-    return torch.linalg.vector_norm(tensor, dtype=torch.float64).square()
+    """The float64 sum of squares. torch converts the whole tensor to float64 first (8 bytes per
+    element at once): a large one is summed slice by slice."""
+    slices = _norm_slices(tensor)
+    if slices is None:
+        return torch.linalg.vector_norm(tensor, dtype=torch.float64).square()
+    flat = tensor.view(-1)
+    parts = [torch.linalg.vector_norm(flat[part], dtype=torch.float64).square() for part in slices]
+    return torch.stack(parts).sum()
+
+
+def _norm_slices(tensor):
+    if tensor.dtype == torch.float64 or type(tensor) not in (torch.Tensor, torch.nn.Parameter):
+        return None
+    if tensor.numel() <= FP32_SLICE or not tensor.is_contiguous() or tensor.device.type == "meta":
+        return None
+    return [slice(start, min(start + FP32_SLICE, tensor.numel())) for start in range(0, tensor.numel(), FP32_SLICE)]
 
 
 def reduced_norms(grads, params, reduction, found_inf):

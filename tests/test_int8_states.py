@@ -436,7 +436,9 @@ def test_a_checkpoint_loads_in_the_loading_optimizers_storage_options(backend):
     "make",
     [
         lambda ps, b: fusedlr.AdamW(ps, lr=1e-2, master_weights="split", state_dtype="int8", backend=b),
-        lambda ps, b: fusedlr.AdamW(ps, lr=1e-2, master_weights=True, state_dtype="int8", backend=b),
+        lambda ps, b: fusedlr.AdamW(
+            ps, lr=1e-2, master_weights=True, state_dtype="int8", max_grad_norm=0.1, agc_clip_factor=0.05, backend=b
+        ),  # fmt: skip
         lambda ps, b: fusedlr.Lion(ps, lr=1e-3, state_dtype="int8", weight_decay=0.1, backend=b),
         lambda ps, b: fusedlr.SGD(ps, lr=1e-2, momentum=0.9, nesterov=True, master_weights=True, backend=b),
         lambda ps, b: fusedlr.AdamWScheduleFree(ps, lr=1e-2, warmup_steps=2, master_weights=True, backend=b),
@@ -446,8 +448,9 @@ def test_a_checkpoint_loads_in_the_loading_optimizers_storage_options(backend):
 @pytest.mark.parametrize("backend", ["torch", "cpu"])
 def test_large_tensors_update_slice_by_slice_with_the_same_bits(monkeypatch, backend, make):
     """The reference updates a large contiguous tensor's float32 copies slice by slice (and
-    converts 8-bit moments slice by slice), so that a step's transient memory stays small:
-    the bits are those of the whole-tensor update, step counters advanced once."""
+    converts 8-bit moments and sums the norms' squares slice by slice), so that a step's
+    transient memory stays small: the bits are those of the whole-tensor update, step counters
+    advanced once."""
     from fusedlr import reference
 
     shapes = [(40, 130), (4099,), (7,)]  # slices of 1,024 cut blocks and rows; a partial last block
