@@ -96,7 +96,13 @@ class StateDictMethods:
         if counter is None and group_counters:
             counter = max(group_counters)
         super().load_state_dict(state_dict)
-        self._check_groups()  # the loaded hyperparameters, before the conversions below use them
+        try:  # the loaded hyperparameters, before the conversions below use them
+            self._check_groups()
+        except ValueError as error:  # e.g. a loaded amsgrad=True beside this optimizer's 8-bit states
+            raise ValueError(
+                f"{error} (the loaded state dict's param groups, with this optimizer's storage options "
+                f"{', '.join(STORAGE_OPTIONS)})"
+            ) from None
         # torch casts every floating state to its param's dtype on load; an fp32 master copy
         # and fp32 or bf16 moments beside bf16 params keep the dtype they were saved in.
         saved_ids = [i for group in state_dict["param_groups"] for i in group["params"]]
