@@ -140,14 +140,13 @@ class ShardedSteps:
         self._made_for_load = made
 
     def check_made_states(self) -> None:
-        """After a load that followed DCP's state-making step: a state that still holds what that
-        step made was not in the checkpoint (a partial load, ``allow_partial_load=True``, of a
-        run saved with other storage options: DCP fills the states this optimizer made, by key,
-        and converts nothing). A master copy or residual made from the weights before they were
-        loaded is made again from the loaded weights (what loading a state dict without them
-        does); a moment cannot be, so where the param's loaded step count shows the checkpoint
-        had its state, that is a clear error (LION and Schedule-Free keep no per-parameter count:
-        there such a moment stays as made, zero)."""
+        """After a load that followed DCP's state-making step: a master copy or split residual
+        that still holds what that step made (from the weights before they were loaded) was not
+        in the checkpoint (a partial load, ``allow_partial_load=True``, of a run saved without
+        one: DCP fills the states this optimizer made, by key, and converts nothing). It is made
+        again from the loaded weights, as loading a state dict without one does. Each rank looks
+        at its own shards only: no collective, nothing raised on one rank alone. (Moments cannot
+        be told apart so: a moment of a param whose grads were all zero stays zero, as made.)"""
         made = self.__dict__.pop("_made_for_load", None)
         if not made:
             return
@@ -155,23 +154,15 @@ class ShardedSteps:
             if id(param) not in made:
                 continue
             param_print, prints = made[id(param)]
-            stale = [key for key, value in state.items() if key in prints and _fingerprint(value) == prints[key]]
-            # Evidence that the checkpoint held this param's state: its loaded step count (a
-            # param without one there, never stepped, keeps fresh states, as torch's would).
-            step = state.get("step")
-            stepped = isinstance(step, torch.Tensor) and "step" not in stale and float(step) > 0
-            for key in stale:
-                if key == "master_param" and _fingerprint(param) != param_print:
-                    _distributed.local(state[key]).copy_(_distributed.local(param).detach())
-                elif key == _split_master.RESIDUAL_KEY and _fingerprint(param) != param_print:
-                    _distributed.local(state[key]).zero_()
-                elif key not in ("step", "master_param", _split_master.RESIDUAL_KEY) and stepped:
-                    raise RuntimeError(
-                        f"{type(self).__name__}: the checkpoint holds no {key!r} for a parameter of shape "
-                        f"{tuple(param.shape)} (a partial torch.distributed.checkpoint load of a run saved with other "
-                        "storage options: state_dtype, master_weights). Load it with the options it was saved with, "
-                        "then change them: the next step converts the states."
-                    )
+            if _fingerprint(param) == param_print:
+                continue  # the weights were not loaded either: nothing to tell
+            for key in ("master_param", _split_master.RESIDUAL_KEY):
+                if key in state and key in prints and _fingerprint(state[key]) == prints[key]:
+                    local = _distributed.local(state[key])
+                    if key == "master_param":
+                        local.copy_(_distributed.local(param).detach())
+                    else:
+                        local.zero_()
 
 
 def _fingerprint(tensor) -> tuple:
