@@ -1,4 +1,4 @@
-"""Build script: the pure-Python package, plus the CUDA extension ``fusedlr._C`` from csrc/.
+"""Build script: the pure-Python package, plus the CUDA extensions ``fusedlr._C_cu<major>`` from csrc/.
 
 The extension is compiled with nvcc through ninja when FUSEDLR_BUILD_CUDA=1, or when a CUDA
 toolkit is found and FUSEDLR_BUILD_CUDA is not 0. Environment:
@@ -98,6 +98,11 @@ class BuildWithNvcc(build_ext):
     """Compiles each fusedlr._C_cu<major> with nvcc and the host compiler through a generated
     build.ninja: the nvcc object once per toolkit and architecture list, the binding per Python."""
 
+    def run(self):
+        if self.inplace:
+            remove_stale_extensions(ROOT / "fusedlr")
+        super().run()
+
     def build_extension(self, ext):
         if not ext.name.startswith("fusedlr._C"):
             return super().build_extension(ext)
@@ -148,17 +153,37 @@ def _ninja():
     except ImportError:
         found = shutil.which("ninja")
         if not found:
-            raise SystemExit("building fusedlr._C needs ninja: pip install ninja") from None
+            raise SystemExit("building fusedlr._C_cu* needs ninja: pip install ninja") from None
         return [found]
 
+
+# The CUDA major versions fusedlr/_cuda.py loads (EXTENSION_MAJORS there): an extension for
+# another would build and never load.
+SUPPORTED_MAJORS = (12, 13)
 
 # fusedlr._C_cu<major> -> the toolkit it is built with.
 TOOLKITS = {}
 if want_cuda():
     for home in find_cuda_homes():
-        name = f"fusedlr._C_cu{cuda_version(home)[0]}"
+        major = cuda_version(home)[0]
+        if major not in SUPPORTED_MAJORS:
+            raise SystemExit(f"{home} is CUDA {major}: fusedlr's cuda backend is built with CUDA 12 or 13 toolkits")
+        name = f"fusedlr._C_cu{major}"
         if name in TOOLKITS:
             raise SystemExit(f"FUSEDLR_CUDA_HOMES lists two toolkits of one major version: {TOOLKITS[name]}, {home}")
         TOOLKITS[name] = home
+
+
+def remove_stale_extensions(folder: Path) -> None:
+    """Extensions of toolkits this build does not use (an earlier build's, in build/lib or in
+    place) would be packed into the wheel or loaded beside the new ones: removed."""
+    keep = {name.rsplit(".", 1)[1] for name in TOOLKITS}
+    for path in folder.glob("_C_cu*.so"):
+        if path.name.split(".")[0] not in keep:
+            path.unlink()
+
+
+for built in (ROOT / "build").glob("lib*/fusedlr"):
+    remove_stale_extensions(built)
 ext_modules = [Extension(name, sources=["csrc/binding.cpp"]) for name in TOOLKITS]
 setup(ext_modules=ext_modules, cmdclass={"build_ext": BuildWithNvcc})

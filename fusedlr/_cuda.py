@@ -1,4 +1,4 @@
-"""The ``cuda`` backend: loads the compiled extension ``fusedlr._C`` and drives it with the same
+"""The ``cuda`` backend: loads a compiled extension ``fusedlr._C_cu<major>`` and drives it with the same
 plan the Triton backend uses. The extension takes addresses, sizes and torch's current stream
 as integers, so this file is where torch tensors become numbers.
 
@@ -93,10 +93,16 @@ def _choose():
         if major <= driver[0]:
             return _checked(module), None
     majors = ", ".join(f"CUDA {m}" for m, _ in built)
+    # A build for another supported major is a fix only where the driver supports one.
+    other = [m for m in EXTENSION_MAJORS if m <= driver[0] and m not in dict(built)]
+    fix = (
+        f"Update the driver, or build fusedlr with a CUDA {other[0]} toolkit (README: 'Installing and building wheels')"
+        if other
+        else f"Update the driver (fusedlr's cuda backend needs CUDA {EXTENSION_MAJORS[-1]} or newer)"
+    )
     return None, (
         f"this NVIDIA driver supports CUDA {driver[0]}.{driver[1]}, but fusedlr's extension was built for {majors} "
-        f"(needs a driver for CUDA {built[-1][0]} or newer: 525+ for CUDA 12, 580+ for CUDA 13). Update the driver, "
-        "or install/build fusedlr for your CUDA version (README: 'Installing and building wheels'); "
+        f"(needs a driver for CUDA {built[-1][0]} or newer: 525+ for CUDA 12, 580+ for CUDA 13). {fix}; "
         "backend='auto' uses triton meanwhile"
     )
 

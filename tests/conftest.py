@@ -26,8 +26,8 @@ def cuda_on_host(request) -> str:
     module = _cuda.load()
     if module is None:
         if os.environ.get("FUSEDLR_EXPECT_EXTENSION") == "1":
-            pytest.fail("FUSEDLR_EXPECT_EXTENSION=1 but fusedlr._C is not built")
-        pytest.skip("fusedlr._C is not built (FUSEDLR_BUILD_CUDA=1 pip install -e .)")
+            pytest.fail(f"FUSEDLR_EXPECT_EXTENSION=1 but no extension loads: {_cuda.unavailable_reason()}")
+        pytest.skip(f"no extension loads: {_cuda.unavailable_reason()}")
     choose = _backends.choose
     patch = pytest.MonkeyPatch()  # its own: a test's monkeypatch.undo() keeps these
     request.addfinalizer(patch.undo)

@@ -18,8 +18,8 @@ def ext():
     module = _cuda.load()
     if module is None:
         if os.environ.get("FUSEDLR_EXPECT_EXTENSION") == "1":
-            pytest.fail("FUSEDLR_EXPECT_EXTENSION=1 but fusedlr._C is not built")
-        pytest.skip("fusedlr._C is not built (FUSEDLR_BUILD_CUDA=1 pip install -e .)")
+            pytest.fail(f"FUSEDLR_EXPECT_EXTENSION=1 but no extension loads: {_cuda.unavailable_reason()}")
+        pytest.skip(f"no extension loads: {_cuda.unavailable_reason()}")
     return module
 
 

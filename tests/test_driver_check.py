@@ -60,6 +60,18 @@ def test_driver_too_old_falls_back_with_a_clear_error(world):
     assert "cuda" not in _backends.available_backends()
 
 
+@pytest.mark.parametrize(
+    "built,driver,fix",
+    [
+        ((13,), (12, 4), "build fusedlr with a CUDA 12 toolkit"),  # a build for this driver exists
+        ((12, 13), (11, 8), "Update the driver (fusedlr's cuda backend needs CUDA 12 or newer)"),  # none can
+    ],
+)
+def test_the_fix_named_is_one_that_works(world, built, driver, fix):
+    world(built, driver)
+    assert fix in _cuda.unavailable_reason()
+
+
 def test_nothing_built_says_how_to_build(world):
     world((), (13, 0))
     assert _cuda.load() is None

@@ -20,6 +20,14 @@ grep -q "consistent with" <<<"$shown" || { echo "FAIL: auditwheel show $wheel:" 
 "$py" -m zipfile -e "$wheel" "$unpacked"
 sos=$(ls "$unpacked"/fusedlr/_C_cu*.so 2>/dev/null || true)
 [ -n "$sos" ] || { echo "$wheel has no fusedlr/_C_cu* extension" >&2; exit 1; }
+# Exactly one extension per toolkit built with (FUSEDLR_CUDA_HOMES, else the local one): no
+# leftover of an earlier build.
+homes=${FUSEDLR_CUDA_HOMES:-${CUDA_HOME:-/usr/local/cuda}}
+want=$(for home in ${homes//;/ }; do
+  echo "_C_cu$("$home/bin/nvcc" --version | sed -n 's/.*release \([0-9]*\)\..*/\1/p')"
+done | sort | tr '\n' ' ')
+found=$(for so in $sos; do basename "$so" | cut -d. -f1; done | sort | tr '\n' ' ')
+[ "$found" == "$want" ] || { echo "FAIL: $wheel holds extensions [$found], built for [$want]" >&2; exit 1; }
 
 # cuobjdump: the toolkit's, else the one Triton ships.
 cuobjdump=$(command -v cuobjdump || true)
@@ -32,6 +40,9 @@ for so in $sos; do
   echo "$(basename "$so"):"; echo "$listing"
   for arch in ${archs//;/ }; do
     grep -q "sm_${arch}\b" <<<"$listing" || { echo "FAIL: no sm_${arch} code in $(basename "$so")" >&2; exit 1; }
+  done
+  for arch in $(grep -o "sm_[0-9]*" <<<"$listing" | sort -u); do  # and nothing else
+    [[ ";${archs};" == *";${arch#sm_};"* ]] || { echo "FAIL: $(basename "$so") has ${arch} code, not asked for" >&2; exit 1; }
   done
 done
 echo "architectures present: ${archs}"

@@ -30,6 +30,12 @@ def kernel_backend(request):
 
     if request.param == "cuda" and "cuda" not in fusedlr.available_backends():
         if os.environ.get("FUSEDLR_EXPECT_EXTENSION") == "1":
-            pytest.fail("FUSEDLR_EXPECT_EXTENSION=1 but the cuda backend is unavailable")
-        pytest.skip("fusedlr._C is not built (FUSEDLR_BUILD_CUDA=1 pip install -e .)")
+            pytest.fail(f"FUSEDLR_EXPECT_EXTENSION=1 but the cuda backend is unavailable: {_cuda_reason()}")
+        pytest.skip(f"the cuda backend is unavailable: {_cuda_reason()}")
     return request.param
+
+
+def _cuda_reason() -> str:
+    from fusedlr import _cuda
+
+    return _cuda.unavailable_reason() or "the extension loads, but the cuda backend is not listed here"
