@@ -7,15 +7,15 @@ group's update by torch's fused kernels (AdamW, SGD) or the reference's operatio
 ops (LION, Schedule-Free AdamW): ``_cpu_updates.py``. The clip is applied only when it changes
 the grads (an inactive clip costs nothing), to cache-sized copies made chunk by chunk just
 before the update reads them: the fused kernels' own ``grad_scale`` input writes the unscaled
-grads back into the grads it is given, and ``.grad`` is never rewritten here.
+grads back into the grads it is given, and ``.grad`` is never rewritten here. ``clip_value``
+clamps whole copies of the grads first (foreach ops), as GradScaler's unscale does.
 
 Where a feature cannot be fused, the step falls back to the reference, documented per case:
 
 * the whole step, when the params are not all float32 or all float64 (bf16/fp16 params,
   fp32 master weights, stochastic rounding, bf16 or 8-bit moments, a split master), or not all
   on the CPU: ``reference.step_`` as is;
-* the whole step, with ``clip_value`` or a distributed norm (DTensor params or ``norm_group``:
-  ``reduction``);
+* the whole step, with a distributed norm (DTensor params or ``norm_group``: ``reduction``);
 * one tensor's AdamW or SGD update, when its param, grad and states do not share one dense
   memory layout (the fused kernels walk memory flat): ``reference``'s per-tensor update, after
   the shared vectorized clip. (The foreach ops of LION and Schedule-Free take any layout.)
@@ -204,8 +204,8 @@ def step_(opt, kind: str, items, grads, lr_scale: float, lr_offset: float, max_g
     key = opt._step_cache.key
     count = len(items)
     plan = plan_for(opt, kind, items, key[:count] + key[2 * count :])  # all but the grads' addresses
-    # Value clipping and a distributed norm take the reference's step as it is.
-    if not plan.fast or clip_value is not None or reduction is not None:
+    # A distributed norm takes the reference's step as it is.
+    if not plan.fast or reduction is not None:
         return reference.step_(kind, items, grads, lr_scale, lr_offset, max_grad_norm, grad_scale=grad_scale,
                                found_inf=found_inf, skip_nonfinite=skip_nonfinite, positions=positions,
                                counter=counter, clip_value=clip_value, report_norm=report_norm,
@@ -215,6 +215,13 @@ def step_(opt, kind: str, items, grads, lr_scale: float, lr_offset: float, max_g
         inverse = grad_scale.double().reciprocal().float()  # as GradScaler.unscale_ and the reference
         grads = torch._foreach_mul(grads, inverse)
         owned = True
+    if clip_value is not None:  # clip_grad_value_, after unscaling as the reference: on copies
+        if not owned:
+            grads = torch._foreach_clamp_min(grads, -clip_value)
+            owned = True
+        else:
+            torch._foreach_clamp_min_(grads, -clip_value)
+        torch._foreach_clamp_max_(grads, clip_value)
     scales, total_norm = _grad_scales(plan, grads, max_grad_norm, skip_nonfinite or report_norm)
     if found_inf is not None and bool(found_inf.item()):
         return total_norm, False
