@@ -28,6 +28,7 @@ from pathlib import Path
 
 from setuptools import Extension, setup
 from setuptools.command.build_ext import build_ext
+from setuptools.command.build_py import build_py
 
 ROOT = Path(__file__).resolve().parent
 DEFAULT_ARCHS = "80;86;89;90"
@@ -99,7 +100,15 @@ class BuildWithNvcc(build_ext):
     build.ninja: the nvcc object once per toolkit and architecture list, the binding per Python."""
 
     def run(self):
-        if self.inplace:
+        # In place (a developer's tree), only another major's extension is replaced; a build
+        # without a toolkit (no extensions: this command does not run) leaves theirs alone.
+        if not self.inplace:
+            remove_stale_extensions(Path(self.build_lib) / "fusedlr")
+            # What tools/check_wheel.sh expects in the wheel: the extensions this build makes.
+            (ROOT / "build").mkdir(exist_ok=True)
+            names = [name.rsplit(".", 1)[1] for name in sorted(TOOLKITS)]
+            (ROOT / "build" / "extensions.txt").write_text("".join(f"{name}\n" for name in names))
+        elif TOOLKITS:
             remove_stale_extensions(ROOT / "fusedlr")
         super().run()
 
@@ -175,15 +184,22 @@ if want_cuda():
 
 
 def remove_stale_extensions(folder: Path) -> None:
-    """Extensions of toolkits this build does not use (an earlier build's, in build/lib or in
-    place) would be packed into the wheel or loaded beside the new ones: removed."""
+    """Extensions of toolkits this build does not use (an earlier build's, in build/lib) would be
+    packed into the wheel beside the new ones: removed."""
     keep = {name.rsplit(".", 1)[1] for name in TOOLKITS}
     for path in folder.glob("_C_cu*.so"):
         if path.name.split(".")[0] not in keep:
             path.unlink()
 
 
-for built in (ROOT / "build").glob("lib*/fusedlr"):
-    remove_stale_extensions(built)
+class BuildPy(build_py):
+    """A build without the extension (no toolkit) packs no extension an earlier build left."""
+
+    def run(self):
+        super().run()
+        if not TOOLKITS:
+            remove_stale_extensions(Path(self.build_lib) / "fusedlr")
+
+
 ext_modules = [Extension(name, sources=["csrc/binding.cpp"]) for name in TOOLKITS]
-setup(ext_modules=ext_modules, cmdclass={"build_ext": BuildWithNvcc})
+setup(ext_modules=ext_modules, cmdclass={"build_ext": BuildWithNvcc, "build_py": BuildPy})

@@ -69,6 +69,9 @@ class StateDictMethods:
         except BaseException:
             self.__dict__.update(before)
             raise
+        # After DCP's state-making step: what the checkpoint did not fill (only once the load
+        # has succeeded: a failed one changes nothing, and a corrected retry checks again).
+        self.check_made_states()
 
     def _check_loaded(self) -> None:
         """The loaded groups and states, checked as a step would check them."""
@@ -134,4 +137,3 @@ class StateDictMethods:
         self._step_cache = None
         if not group_counters:  # not saved by fusedlr: a torch scheduler's lr and initial_lr, if any
             _torch_migration.continue_torch_schedule(self)
-        self.check_made_states()  # after DCP's state-making step: what the checkpoint did not fill

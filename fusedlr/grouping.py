@@ -233,7 +233,12 @@ def param_groups(
     names when not given. Without ``layer_decay`` there are at most two groups (decay, no decay).
     With ``layer_decay`` but no ``layer_id`` and no block found in the names, a warning says so.
     """
-    _check_number("lr", lr)
+    if isinstance(lr, torch.Tensor):  # a one-element tensor lr, as the optimizers take it
+        if lr.numel() != 1 or not lr.is_floating_point():
+            raise ValueError(f"Tensor lr must be a 1-element floating-point tensor; got {lr!r}")
+        _check_number("lr", float(lr))
+    else:
+        _check_number("lr", lr)
     _check_number("weight_decay", weight_decay)
     if layer_decay is not None:
         _check_number("layer_decay", layer_decay, high=1.0, low_inclusive=False)

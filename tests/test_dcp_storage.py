@@ -87,3 +87,25 @@ def test_a_param_the_saved_run_never_stepped_keeps_fresh_states(tmp_path):
     set_state_dict(loaded, loading, model_state_dict=state["model"], optim_state_dict=state["optim"])
     assert float(loading.state[loaded[1].weight]["step"]) == 0
     assert float(loading.state[loaded[0].weight]["step"]) == 3
+
+
+def test_a_failed_load_leaves_the_check_for_the_corrected_one():
+    """A load that is refused changes nothing, the pending check of DCP's made states included:
+    the corrected retry still makes the master copy again from the loaded weights."""
+    import copy
+
+    from torch.distributed.checkpoint.state_dict import _init_optim_state
+
+    torch.manual_seed(0)
+    param = torch.nn.Parameter(torch.randn(4, 4).to(torch.bfloat16))
+    opt = fusedlr.AdamW([param], lr=1e-3, master_weights=True, backend="torch")
+    _init_optim_state(opt)  # what get_state_dict does first: states made from the weights as they are
+    template = opt.state_dict()  # DCP fills these tensors in place...
+    with torch.no_grad():
+        param.fill_(2.0)  # ...and loads the model's weights
+    bad = copy.copy(template)
+    bad["state"] = {0: {k: v for k, v in template["state"][0].items() if k != "exp_avg_sq"}}
+    with pytest.raises(KeyError, match="exp_avg_sq"):
+        opt.load_state_dict(bad)
+    opt.load_state_dict(template)
+    assert torch.equal(opt.state[param]["master_param"], torch.full((4, 4), 2.0))

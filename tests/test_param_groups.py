@@ -323,3 +323,11 @@ def test_a_matrix_in_a_class_named_norm_keeps_its_decay():
     groups = fusedlr.param_groups(model, lr=1e-3, weight_decay=0.1)
     decayed = {n for g, names in zip(groups, groups.param_names) if g["weight_decay"] for n in names}
     assert decayed == {"0.weight"}
+
+
+def test_a_tensor_lr_is_taken_as_the_optimizers_take_it():
+    model = torch.nn.Sequential(torch.nn.Linear(4, 4))
+    groups = fusedlr.param_groups(model, lr=torch.tensor(1e-3), weight_decay=0.1)
+    assert all(float(group["lr"]) == pytest.approx(1e-3) for group in groups)
+    with pytest.raises(ValueError, match="1-element"):
+        fusedlr.param_groups(model, lr=torch.tensor([1e-3, 2e-3]), weight_decay=0.1)

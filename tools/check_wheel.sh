@@ -20,12 +20,10 @@ grep -q "consistent with" <<<"$shown" || { echo "FAIL: auditwheel show $wheel:" 
 "$py" -m zipfile -e "$wheel" "$unpacked"
 sos=$(ls "$unpacked"/fusedlr/_C_cu*.so 2>/dev/null || true)
 [ -n "$sos" ] || { echo "$wheel has no fusedlr/_C_cu* extension" >&2; exit 1; }
-# Exactly one extension per toolkit built with (FUSEDLR_CUDA_HOMES, else the local one): no
-# leftover of an earlier build.
-homes=${FUSEDLR_CUDA_HOMES:-${CUDA_HOME:-/usr/local/cuda}}
-want=$(for home in ${homes//;/ }; do
-  echo "_C_cu$("$home/bin/nvcc" --version | sed -n 's/.*release \([0-9]*\)\..*/\1/p')"
-done | sort | tr '\n' ' ')
+# Exactly the extensions the last build made (setup.py writes their names, one per toolkit it
+# found): no leftover of an earlier build.
+[ -f build/extensions.txt ] || { echo "FAIL: build/extensions.txt missing: check a wheel right after make wheel" >&2; exit 1; }
+want=$(sort build/extensions.txt | tr '\n' ' ')
 found=$(for so in $sos; do basename "$so" | cut -d. -f1; done | sort | tr '\n' ' ')
 [ "$found" == "$want" ] || { echo "FAIL: $wheel holds extensions [$found], built for [$want]" >&2; exit 1; }
 
@@ -41,7 +39,7 @@ for so in $sos; do
   for arch in ${archs//;/ }; do
     grep -q "sm_${arch}\b" <<<"$listing" || { echo "FAIL: no sm_${arch} code in $(basename "$so")" >&2; exit 1; }
   done
-  for arch in $(grep -o "sm_[0-9]*" <<<"$listing" | sort -u); do  # and nothing else
+  for arch in $(grep -o "sm_[0-9]*[af]\?" <<<"$listing" | sort -u); do  # and nothing else (90a: arch-specific)
     [[ ";${archs};" == *";${arch#sm_};"* ]] || { echo "FAIL: $(basename "$so") has ${arch} code, not asked for" >&2; exit 1; }
   done
 done
