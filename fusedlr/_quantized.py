@@ -131,11 +131,14 @@ def _memory_flat(tensor: torch.Tensor) -> torch.Tensor:
 CONVERT_SLICE = 1 << 20
 
 
-def _block_slices(numel: int):
-    return [slice(start, min(start + CONVERT_SLICE, numel)) for start in range(0, numel, CONVERT_SLICE)]
+def flat_slices(numel: int, size: int) -> list[slice]:
+    """Consecutive slices of at most ``size`` elements covering ``numel`` (``size`` a multiple of
+    QUANT_BLOCK, so that each slice holds whole 8-bit blocks)."""
+    return [slice(start, min(start + size, numel)) for start in range(0, numel, size)]
 
 
-def _scales_of(part: slice) -> slice:
+def scales_of(part: slice) -> slice:
+    """The block scales of the elements in ``part`` (a slice of whole blocks, the last partial)."""
     return slice(part.start // QUANT_BLOCK, -(-part.stop // QUANT_BLOCK))
 
 
@@ -148,8 +151,8 @@ def encode(values: torch.Tensor, like: torch.Tensor, signed: bool) -> tuple[torc
     out = torch.empty_like(like, dtype=torch.int8 if signed else torch.uint8)
     scale = torch.empty(num_blocks(like.numel()), dtype=torch.float32, device=like.device)
     flat, out_flat = _memory_flat(ordered), _memory_flat(out)
-    for part in _block_slices(like.numel()):
-        codes, scale[_scales_of(part)] = (quantize_signed if signed else quantize_unsigned)(flat[part])
+    for part in flat_slices(like.numel(), CONVERT_SLICE):
+        codes, scale[scales_of(part)] = (quantize_signed if signed else quantize_unsigned)(flat[part])
         out_flat[part] = codes
     return out, scale
 
@@ -158,8 +161,8 @@ def decode(codes: torch.Tensor, scale: torch.Tensor, signed: bool) -> torch.Tens
     """float32 moment laid out as ``codes``."""
     out = torch.empty_like(codes, dtype=torch.float32)
     flat, out_flat = _memory_flat(codes), _memory_flat(out)
-    for part in _block_slices(codes.numel()):
-        out_flat[part] = (dequantize_signed if signed else dequantize_unsigned)(flat[part], scale[_scales_of(part)])
+    for part in flat_slices(codes.numel(), CONVERT_SLICE):
+        out_flat[part] = (dequantize_signed if signed else dequantize_unsigned)(flat[part], scale[scales_of(part)])
     return out
 
 

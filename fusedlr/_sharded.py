@@ -7,7 +7,6 @@ from __future__ import annotations
 import sys
 
 import torch
-import torch.distributed as dist
 
 from . import _distributed, _fused, _quantized, _split_master
 
@@ -54,14 +53,13 @@ class ShardedSteps:
         if not norms and found_inf is None:
             return  # the others reduce nothing either
         device = _distributed.local(self._flat_params[0]).device
-        values = torch.zeros(2 if norms else 1, dtype=torch.float64, device=device)
-        if isinstance(found_inf, torch.Tensor):
-            values[-1].copy_(found_inf.reshape(()))
-        elif found_inf:
-            values[-1] = float(found_inf)
-        dist.all_reduce(values, op=dist.ReduceOp.SUM, group=self.norm_group)
+        if found_inf is not None and not isinstance(found_inf, torch.Tensor):
+            found_inf = torch.tensor(float(found_inf), device=device)
+        # The collective of a step with one tensor whose sums are zero: adds nothing.
+        sumsq = torch.zeros(3, dtype=torch.float64, device=device)
+        _distributed.NormReduction([], [False], self.norm_group, device).reduce_(sumsq, 1, found_inf, norms=norms)
         if norms:
-            self.last_grad_norm = values[0].sqrt().to(torch.float32)
+            self.last_grad_norm = sumsq[0].sqrt().to(torch.float32)
 
     def _local_items(self, params, grads):
         """Params and grads as the kernels and reference.py see them (the local shards of
@@ -134,8 +132,9 @@ class ShardedSteps:
         for (_, group), source in zip(pairs, sources or params):
             fresh = not self.state.get(source)
             state = self._init_state(source, group)
-            if fresh:
-                made[id(source)] = (_fingerprint(source), {key: _fingerprint(value) for key, value in state.items()})
+            kept = [key for key in _WEIGHT_COPIES if key in state]
+            if fresh and kept:
+                made[id(source)] = (_fingerprint(source), {key: _fingerprint(state[key]) for key in kept})
         # Checked when the states are loaded (``check_made_states``); a real step drops it.
         self._made_for_load = made
 
@@ -156,13 +155,18 @@ class ShardedSteps:
             param_print, prints = made[id(param)]
             if _fingerprint(param) == param_print:
                 continue  # the weights were not loaded either: nothing to tell
-            for key in ("master_param", _split_master.RESIDUAL_KEY):
-                if key in state and key in prints and _fingerprint(state[key]) == prints[key]:
+            for key, made_print in prints.items():
+                if key in state and _fingerprint(state[key]) == made_print:
                     local = _distributed.local(state[key])
                     if key == "master_param":
                         local.copy_(_distributed.local(param).detach())
                     else:
                         local.zero_()
+
+
+# The states made from the weights (an fp32 master copy, a split residual): what a load that
+# did not fill them must make again from the loaded weights.
+_WEIGHT_COPIES = ("master_param", _split_master.RESIDUAL_KEY)
 
 
 def _fingerprint(tensor) -> tuple:

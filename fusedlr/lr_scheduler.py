@@ -12,16 +12,26 @@ from __future__ import annotations
 import torch
 
 
+def innermost(optimizer):
+    """The optimizer inside trainers' wrappers: accelerate's AcceleratedOptimizer keeps it as
+    ``.optimizer``, Lightning's LightningOptimizer as ``._optimizer`` (and poses as a subclass of
+    its class, so an isinstance check stops too early, and an attribute set on it does not reach
+    the optimizer)."""
+    for _ in range(8):
+        inner = vars(optimizer).get("_optimizer", vars(optimizer).get("optimizer"))
+        if not isinstance(inner, torch.optim.Optimizer):
+            return optimizer
+        optimizer = inner
+    return optimizer
+
+
 def unwrap_fused(optimizer):
-    """The fusedlr optimizer inside wrappers that keep it as ``.optimizer`` (accelerate's
-    AcceleratedOptimizer, Lightning's wrappers), or a TypeError."""
+    """The fusedlr optimizer inside trainers' wrappers (``innermost``), or a TypeError."""
     from .optim import _FusedOptimizer
 
-    seen = optimizer
-    for _ in range(8):
-        if isinstance(seen, _FusedOptimizer):
-            return seen
-        seen = getattr(seen, "optimizer", None)
+    inner = innermost(optimizer)
+    if isinstance(inner, _FusedOptimizer):
+        return inner
     raise TypeError(f"expected a fusedlr optimizer (fusedlr.AdamW, fusedlr.Lion), got {type(optimizer).__name__}")
 
 

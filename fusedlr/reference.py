@@ -42,11 +42,16 @@ def _sumsq(tensor):
 
 
 def _norm_slices(tensor):
-    if tensor.dtype == torch.float64 or type(tensor) not in (torch.Tensor, torch.nn.Parameter):
+    if tensor.dtype == torch.float64 or not _sliceable(tensor, tensor.numel()):
         return None
-    if tensor.numel() <= FP32_SLICE or not tensor.is_contiguous() or tensor.device.type == "meta":
-        return None
-    return [slice(start, min(start + FP32_SLICE, tensor.numel())) for start in range(0, tensor.numel(), FP32_SLICE)]
+    return _quantized.flat_slices(tensor.numel(), FP32_SLICE)
+
+
+def _sliceable(tensor, numel) -> bool:
+    """A large plain tensor of ``numel`` elements, contiguous: its flat slices line up with
+    those of other such tensors (a DTensor or meta tensor is taken whole)."""
+    plain = type(tensor) in (torch.Tensor, torch.nn.Parameter) and tensor.device.type != "meta"
+    return plain and numel > FP32_SLICE and tensor.numel() == numel and tensor.is_contiguous()
 
 
 def reduced_norms(grads, params, reduction, found_inf):
@@ -264,20 +269,17 @@ def _slices(param, grad, state):
     """Slices of the flat tensors for a sliced update, or None to update the tensor whole
     (small, or some tensor not contiguous: then their elements would not line up)."""
     numel = param.numel()
-    if numel <= FP32_SLICE or param.device.type == "meta" or type(param) not in (torch.Tensor, torch.nn.Parameter):
-        return None
     shaped = [param, grad] + [v for k, v in state.items() if k != "step" and k not in _quantized.SCALE_KEYS]
-    if not all(isinstance(t, torch.Tensor) and t.numel() == numel and t.is_contiguous() for t in shaped):
+    if not all(isinstance(t, torch.Tensor) and _sliceable(t, numel) for t in shaped):
         return None
-    return [slice(start, min(start + FP32_SLICE, numel)) for start in range(0, numel, FP32_SLICE)]
+    return _quantized.flat_slices(numel, FP32_SLICE)
 
 
 def _slice_state(name, value, part):
     if name == "step":
         return value
     if name in _quantized.SCALE_KEYS:  # one scale per block; slices hold whole blocks
-        block = _quantized.QUANT_BLOCK
-        return value[part.start // block : -(-part.stop // block)]
+        return value[_quantized.scales_of(part)]
     return value.view(-1)[part]
 
 

@@ -10,6 +10,7 @@ import warnings
 
 import torch
 
+from ..lr_scheduler import innermost
 from ..optim import _FusedOptimizer
 from ..schedules import RangeTestRamp
 from . import suggest
@@ -183,18 +184,6 @@ def _check_arguments(start_lr, end_lr, num_steps, accumulation_steps, sync_every
         raise ValueError(f"Invalid beta: {beta!r} (need 0 <= beta < 1)")
     if rule not in suggest.RULES:
         raise ValueError(f"Invalid rule: {rule!r} (expected one of {', '.join(suggest.RULES)})")
-
-
-def innermost(optimizer):
-    """The optimizer inside trainers' wrappers: accelerate's AcceleratedOptimizer keeps it as
-    ``.optimizer``, Lightning's LightningOptimizer as ``._optimizer`` (and poses as a subclass of
-    its class, with copies of its attributes: setting one there would not reach it)."""
-    for _ in range(8):
-        inner = vars(optimizer).get("_optimizer", vars(optimizer).get("optimizer"))
-        if not isinstance(inner, torch.optim.Optimizer):
-            return optimizer
-        optimizer = inner
-    return optimizer
 
 
 def _train_mode(optimizer) -> None:
