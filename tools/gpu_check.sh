@@ -20,8 +20,15 @@ FUSEDLR_BUILD_CUDA=1 FUSEDLR_CUDA_ARCHS=${FUSEDLR_CUDA_ARCHS:-90} MAX_JOBS=16 \
 echo "build: $(( $(date +%s) - start )) s"
 $PY -c "import fusedlr; print('backends', fusedlr.available_backends())"
 if [[ $what == tests || $what == all ]]; then
-    FUSEDLR_EXPECT_EXTENSION=1 timeout ${TEST_TIMEOUT:-300} $PY -m pytest tests/gpu tests/test_cuda_extension.py \
-        -q -rs --timeout=150 -p no:cacheprovider ${PYTEST_ARGS:-} 2>&1 | tee "$OUT/tests.log" | tail -60
+    # One process per file: a kernel fault poisons its process's CUDA context, and every later
+    # test in that process would fail with it, hiding which ones are really broken.
+    : >"$OUT/tests.log"
+    for file in ${TEST_FILES:-tests/gpu/test_*.py tests/test_cuda_extension.py}; do
+        FUSEDLR_EXPECT_EXTENSION=1 timeout ${TEST_TIMEOUT:-300} $PY -m pytest "$file" \
+            -q -rfEs --timeout=150 -p no:cacheprovider ${PYTEST_ARGS:-} >>"$OUT/tests.log" 2>&1
+        echo "$file: $(tail -1 "$OUT/tests.log")"
+    done
+    grep -E "^(FAILED|ERROR) " "$OUT/tests.log" | cut -c1-220
 fi
 if [[ $what == bench || $what == all ]]; then
     # Most important rows first; rows are recorded case by case, so a run cut short keeps them.

@@ -121,6 +121,13 @@ def _address(tensor_table, col, num_tensors, t, ELEM: tl.constexpr):
 
 
 @triton.jit
+def _addresses(tensor_table, col, num_tensors, t, mask, ELEM: tl.constexpr):
+    """Pointers of a vector ``t`` of tensors; lanes off ``mask`` (past the last tensor) read no
+    table entry, which would lie past the table's end (an illegal address on the GPU), and get 0."""
+    return tl.load(tensor_table + col * num_tensors + t, mask=mask, other=0).to(tl.pointer_type(ELEM))
+
+
+@triton.jit
 def _chunk_extent(tensor_table, num_tensors, chunk_table, num_chunks, c, CHUNK: tl.constexpr):
     """(tensor index, first element, elements in this chunk) of chunk ``c``."""
     t = tl.load(chunk_table + c)
@@ -412,7 +419,7 @@ def _finalize_kernel(
         step_size = lr
         bc2_sqrt = lr * 0.0 + 1.0
         if RULE == RULE_ADAMW:
-            step_ptr = _address(tensor_table, T_STEP, num_tensors, t, tl.float32)
+            step_ptr = _addresses(tensor_table, T_STEP, num_tensors, t, mask, tl.float32)
             step = tl.load(step_ptr, mask=mask, other=0.0) + 1.0
             tl.store(step_ptr, step, mask=mask & (skip == 0))
             step64 = step.to(tl.float64)
@@ -423,7 +430,7 @@ def _finalize_kernel(
             # without a buffer (momentum 0) has address 0 there.
             momentum = beta1
             has_buffer = (tl.load(tensor_table + T_STEP * num_tensors + t, mask=mask, other=0) != 0) & (momentum != 0.0)
-            step_ptr = _address(tensor_table, T_STEP, num_tensors, t, tl.float32)
+            step_ptr = _addresses(tensor_table, T_STEP, num_tensors, t, mask, tl.float32)
             step = tl.load(step_ptr, mask=mask & has_buffer, other=0.0)
             tl.store(step_ptr, step + 1.0, mask=mask & has_buffer & (skip == 0))
             first_update = step == 0.0
