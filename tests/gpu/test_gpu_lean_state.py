@@ -4,10 +4,17 @@ other, and a CUDA-graph replay against eager steps. Skipped without a GPU."""
 
 import pytest
 import torch
-from helpers import capture_step, make_grads, make_params, run_steps
+from helpers import (
+    assert_as_close_to_the_oracle,
+    capture_step,
+    distance_to_oracle,
+    make_grads,
+    make_params,
+    run_steps,
+)
 
 import fusedlr
-from fusedlr import _quantized, _split_master, schedules
+from fusedlr import _quantized, schedules
 
 pytestmark = pytest.mark.gpu
 SHAPES = [(1,), (4097,), (300, 257), (70_000,), (64, 64)]
@@ -25,30 +32,61 @@ def _make(kind, params, backend, **options):
     return cls(params, **common, backend=backend, **options)
 
 
+EXTRA_OPTIONS = {
+    "int8+stochastic": dict(state_dtype="int8", stochastic_rounding=True),
+    "split+amsgrad": dict(master_weights="split", amsgrad=True),
+}
+
+
+class _Trial:
+    """One model's params and bf16 grads, and fp32 AdamW/LION (the torch backend, fp32 params
+    and states, the same bf16-rounded start and grads) as the oracle every run is measured by:
+    ``error(run)`` is the distance of the run's weights to the oracle's, as a fraction of how far
+    the oracle moved. The lean options pay their precision there (8-bit moments about 1e-2,
+    split master weights about 1e-3, bf16 params without a master copy about 0.2)."""
+
+    def __init__(self, kind, steps=6, dtype=torch.bfloat16):
+        self.kind, self.dtype = kind, dtype
+        base = make_params(SHAPES, dtype=torch.float64)
+        self.start = [p.detach().to(dtype) for p in base]
+        self.grads = [[g.to(dtype) for g in step] for step in make_grads(base, steps, scale=2.0)]
+        oracle = self.run("torch", "cpu", {}, start_dtype=torch.float32)[0]
+        self.oracle = torch.cat([p.detach().flatten() for p in oracle])
+        self.begin = torch.cat([p.float().flatten() for p in self.start])
+
+    def run(self, backend, device, options, start_dtype=None):
+        dtype = start_dtype or self.dtype
+        params = [p.to(device, dtype, copy=True).requires_grad_() for p in self.start]
+        opt = _make(self.kind, params, backend, **options)
+        run_steps(opt, params, [[g.to(device, dtype) for g in step] for step in self.grads])
+        return params, opt
+
+    def error(self, params, opt) -> float:
+        return distance_to_oracle(params, opt, self.oracle, self.begin)
+
+
+def _assert_same_layout(opt, ref, params, ref_params):
+    for p, q in zip(params, ref_params):
+        assert p.dtype == q.dtype and opt.state[p].keys() == ref.state[q].keys()
+        for name, value in ref.state[q].items():
+            mine = opt.state[p][name]
+            assert (mine.dtype, mine.shape) == (value.dtype, value.shape), name
+            if name == "step":
+                assert float(mine) == float(value)
+
+
 @pytest.mark.parametrize("kind", ["adamw", "lion"])
 @pytest.mark.parametrize("option", list(OPTIONS))
-def test_kernels_on_the_gpu_match_the_torch_backend(kernel_backend, kind, option):
-    base = make_params(SHAPES, dtype=torch.float64)
-    grads = [[g.to(torch.bfloat16) for g in step] for step in make_grads(base, 6, scale=2.0)]
-    runs = []
-    for backend, device in (("torch", "cpu"), (kernel_backend, "cuda")):
-        params = [p.detach().to(device, torch.bfloat16).requires_grad_() for p in base]
-        opt = _make(kind, params, backend, **OPTIONS[option])
-        run_steps(opt, params, [[g.to(device) for g in step] for step in grads])
-        runs.append((params, opt))
-    (ours, opt), (theirs, ref) = runs[1], runs[0]
-    for p, q in zip(ours, theirs):
-        assert opt.state[p].keys() == ref.state[q].keys()
-        # Fused multiply-adds and the norm's summation order move last bits: a rounding, a code
-        # or a residual may differ by one unit, in rare elements.
-        assert (p.detach().cpu() != q.detach()).float().mean() < 0.01
-        for name, value in ref.state[q].items():
-            mine = opt.state[p][name].cpu()
-            if name in _quantized.CODE_KEYS or name == _split_master.RESIDUAL_KEY:
-                off = (mine.int() - value.int()).abs()
-                assert off.max() <= 1 and (off > 0).float().mean() < 0.01, name
-            elif name != "step":
-                torch.testing.assert_close(mine.float(), value.float(), rtol=1e-3, atol=1e-6)
+def test_kernels_on_the_gpu_are_as_close_to_fp32_as_the_torch_backend(kernel_backend, kind, option):
+    """The torch backend holds the readable reference of the 8-bit codes and the split residuals;
+    the kernels on the GPU must keep the same states and land as near fp32 training as it does.
+    (Element by element they part: a code one unit off in a block's largest moment moves the
+    block's scale and codes all over the block, and such a difference persists for steps.)"""
+    trial = _Trial(kind)
+    ref_params, ref = trial.run("torch", "cpu", OPTIONS[option])
+    params, opt = trial.run(kernel_backend, "cuda", OPTIONS[option])
+    _assert_same_layout(opt, ref, params, ref_params)
+    assert_as_close_to_the_oracle(trial.error(params, opt), trial.error(ref_params, ref), kernel_backend)
 
 
 @pytest.mark.parametrize("kind", ["adamw", "lion"])
@@ -77,41 +115,20 @@ def test_captured_step_matches_eager_steps(kernel_backend, kind):
 
 
 @pytest.mark.parametrize("kind", ["adamw", "lion"])
-@pytest.mark.parametrize("option", [*OPTIONS, "int8+stochastic", "split+amsgrad", "int8-fp32"])
+@pytest.mark.parametrize("option", [*OPTIONS, *EXTRA_OPTIONS, "int8-fp32"])
 def test_cuda_matches_triton_on_the_gpu(kind, option):
-    """The two kernel backends on the same CUDA tensors: codes, scales and residuals equal but for
-    rare units (both contract other multiply-adds than the reference's), params as close."""
+    """The two kernel backends on the same CUDA tensors keep the same states and land equally
+    near fp32 training (stochastic rounding: the same bits drawn; fp32 params: 8-bit moments alone)."""
     if "cuda" not in fusedlr.available_backends():
         pytest.skip("the CUDA extension is not built")
-    options = {"int8+stochastic": dict(state_dtype="int8", stochastic_rounding=True),
-               "split+amsgrad": dict(master_weights="split", amsgrad=True),
-               "int8-fp32": dict(state_dtype="int8")}.get(option, OPTIONS.get(option))  # fmt: skip
+    options = {**OPTIONS, **EXTRA_OPTIONS}.get(option, dict(state_dtype="int8"))
     if kind == "lion" and "amsgrad" in options:
         pytest.skip("amsgrad is AdamW's")
-    dtype = torch.float32 if option == "int8-fp32" else torch.bfloat16
-    base = make_params(SHAPES, dtype=torch.float64)
-    grads = [[g.to(dtype) for g in step] for step in make_grads(base, 6, scale=2.0)]
-    runs = []
-    for backend in ("triton", "cuda"):
-        params = [p.detach().to("cuda", dtype).requires_grad_() for p in base]
-        opt = _make(kind, params, backend, **options)
-        run_steps(opt, params, [[g.to("cuda") for g in step] for step in grads])
-        runs.append((params, opt))
-    (ours, opt), (theirs, ref) = runs[1], runs[0]
-    for p, q in zip(ours, theirs):
-        assert opt.state[p].keys() == ref.state[q].keys()
-        if dtype == torch.bfloat16:  # fp32 params differ in last bits wherever the multiply-adds do
-            assert (p != q).float().mean() < 0.01
-        torch.testing.assert_close(p.float(), q.float(), rtol=2**-6, atol=1e-2 * 2**-6)
-        for name, value in ref.state[q].items():
-            mine = opt.state[p][name]
-            if name in _quantized.CODE_KEYS or name == _split_master.RESIDUAL_KEY:
-                off = (mine.int() - value.int()).abs()
-                assert off.max() <= 1 and (off > 0).float().mean() < 0.01, name
-            elif name == "master_param":  # a code one off moves its weight as it moves the param
-                torch.testing.assert_close(mine, value, rtol=1e-3, atol=1e-2 * 2**-6)
-            else:
-                torch.testing.assert_close(mine.float(), value.float(), rtol=1e-3, atol=1e-6)
+    trial = _Trial(kind, dtype=torch.float32 if option == "int8-fp32" else torch.bfloat16)
+    ref_params, ref = trial.run("triton", "cuda", options)
+    params, opt = trial.run("cuda", "cuda", options)
+    _assert_same_layout(opt, ref, params, ref_params)
+    assert_as_close_to_the_oracle(trial.error(params, opt), trial.error(ref_params, ref), "cuda vs triton")
 
 
 @pytest.mark.parametrize(
