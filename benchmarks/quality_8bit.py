@@ -26,6 +26,7 @@ import argparse
 import os
 import sys
 import time
+from functools import partial
 
 import torch
 
@@ -77,10 +78,12 @@ def contenders(backend: str = "auto", device: str = "cpu") -> dict:
     return runs
 
 
-def run(steps: int, width: int, names=None, backend: str = "auto", device: str = "cpu", peaks=None) -> dict:
+def run(steps: int, width: int, names=None, backend: str = "auto", device: str = "cpu", peaks=None,
+        progress=None) -> dict:  # fmt: skip
     """``{name: per-step losses}`` for the contenders (all of them, or ``names``); on a GPU each
     run's peak allocated bytes go into ``peaks`` when given. A peer that cannot run here (an
-    optional package missing) is reported and left out; fusedlr's runs and the reference raise."""
+    optional package missing) is reported and left out; fusedlr's runs and the reference raise.
+    ``progress`` (e.g. ``print``) gets a line per finished run, so a run cut short keeps them."""
     losses = {}
     for name, make in contenders(backend, device).items():
         if names is not None and name not in names:
@@ -88,6 +91,7 @@ def run(steps: int, width: int, names=None, backend: str = "auto", device: str =
         if device != "cpu":
             torch.cuda.empty_cache()
             torch.cuda.reset_peak_memory_stats(device)
+        began = time.perf_counter()
         try:
             losses[name] = tiny_gpt.train(make, device, steps, width)
         except Exception as error:
@@ -97,6 +101,10 @@ def run(steps: int, width: int, names=None, backend: str = "auto", device: str =
             continue
         if device != "cpu" and peaks is not None:
             peaks[name] = torch.cuda.max_memory_allocated(device)
+        if progress is not None:
+            peak = f", peak {peaks[name] / 2**20:.0f} MB" if peaks and name in peaks else ""
+            last = losses[name][-50:].mean().item()
+            progress(f"{name}: {time.perf_counter() - began:.0f} s, loss of the last 50 steps {last:.4f}{peak}")
     return losses
 
 
@@ -117,7 +125,7 @@ def main():
     args = parser.parse_args()
     start = time.perf_counter()
     peaks = {}
-    losses = run(args.steps, args.width, device=args.device, peaks=peaks)
+    losses = run(args.steps, args.width, device=args.device, peaks=peaks, progress=partial(print, flush=True))
     where = "the CPU" if args.device == "cpu" else torch.cuda.get_device_name(args.device)
     print(f"TinyGPT width {args.width}, {args.steps} steps, bf16 on {where} ({time.perf_counter() - start:.0f} s)")
     memory = " peak MB |" if peaks else ""
