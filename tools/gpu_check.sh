@@ -34,7 +34,9 @@ if [[ $what == bench || $what == all ]]; then
     # Most important rows first; rows are recorded case by case, so a run cut short keeps them.
     # torch.compile's first step on the 2,000-tensor case takes minutes: that case runs the
     # eager baselines only (BENCH_MANY_SMALL_BASELINES to change).
-    bench() { timeout "$1" $PY -m fusedlr.bench "${@:2}" ${BENCH_ARGS:-} 2>&1 | grep --line-buffered -v "^[EW][0-9]"; }
+    # After each run the rows so far go to $OUT too: a call cut at its limit returns only $OUT.
+    bench() { timeout "$1" $PY -m fusedlr.bench "${@:2}" ${BENCH_ARGS:-} 2>&1 | grep --line-buffered -v "^[EW][0-9]"
+              cp benchmarks/results/results.csv "$OUT/results.csv" 2>/dev/null; }
     { bench ${ADAMW_TIMEOUT:-220} --optimizer adamw --dtype float32 --case one_big --case llama_1b --case gpt2
       bench ${LION_TIMEOUT:-120} --optimizer lion --dtype float32
       bench ${SMALL_TIMEOUT:-60} --optimizer adamw --dtype float32 --case many_small \
