@@ -117,6 +117,26 @@ def assert_as_close_to_the_oracle(error, reference_error, what):
     )
 
 
+def assert_runs_as_close_to_the_oracle(ours, opt, theirs, ref, oracle, start, what, min_numel=4096):
+    """``ours`` (stepped by ``opt``) and ``theirs`` (by ``ref``) end equally far from the oracle,
+    over the whole model and tensor by tensor for tensors of ``min_numel`` elements or more (a
+    wrong tensor hides in the whole model's norm: a 4,096-element tensor is 4% of 155,000
+    weights' norm; per tensor, runs that part in last bits differ by under 1e-3 of the distance)."""
+    assert_as_close_to_the_oracle(
+        distance_to_oracle(ours, opt, oracle, start), distance_to_oracle(theirs, ref, oracle, start), what
+    )
+    offset = 0
+    for index, (p, q) in enumerate(zip(ours, theirs)):
+        span = slice(offset, offset + p.numel())
+        offset += p.numel()
+        if p.numel() >= min_numel:
+            assert_as_close_to_the_oracle(
+                distance_to_oracle([p], opt, oracle[span], start[span]),
+                distance_to_oracle([q], ref, oracle[span], start[span]),
+                f"{what}, tensor {index} {tuple(p.shape)}",
+            )
+
+
 def capture_step(opt):
     """One eager warm-up step on a side stream (it builds the device tables), then
     ``opt.step()`` captured in a CUDA graph, the way torch's CUDA-graph docs do it."""

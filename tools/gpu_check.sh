@@ -26,7 +26,8 @@ if [[ $what == tests || $what == all ]]; then
     for file in ${TEST_FILES:-tests/gpu/test_*.py tests/test_cuda_extension.py}; do
         FUSEDLR_EXPECT_EXTENSION=1 timeout ${TEST_TIMEOUT:-300} $PY -m pytest "$file" \
             -q -rfEs --timeout=150 -p no:cacheprovider ${PYTEST_ARGS:-} >>"$OUT/tests.log" 2>&1
-        echo "$file: $(tail -1 "$OUT/tests.log")"
+        rc=$?  # 124: the file's timeout; 134/139: a crash
+        echo "$file: exit $rc: $(tail -1 "$OUT/tests.log")"
     done
     grep -E "^(FAILED|ERROR) " "$OUT/tests.log" | cut -c1-220
 fi

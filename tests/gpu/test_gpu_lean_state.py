@@ -5,9 +5,8 @@ other, and a CUDA-graph replay against eager steps. Skipped without a GPU."""
 import pytest
 import torch
 from helpers import (
-    assert_as_close_to_the_oracle,
+    assert_runs_as_close_to_the_oracle,
     capture_step,
-    distance_to_oracle,
     make_grads,
     make_params,
     run_steps,
@@ -41,8 +40,8 @@ EXTRA_OPTIONS = {
 class _Trial:
     """One model's params and bf16 grads, and fp32 AdamW/LION (the torch backend, fp32 params
     and states, the same bf16-rounded start and grads) as the oracle every run is measured by:
-    ``error(run)`` is the distance of the run's weights to the oracle's, as a fraction of how far
-    the oracle moved. The lean options pay their precision there (8-bit moments about 1e-2,
+    a run's distance is that of its weights to the oracle's, as a fraction of how far the oracle
+    moved (tests/helpers.py). The lean options pay their precision there (8-bit moments about 1e-2,
     split master weights about 1e-3, bf16 params without a master copy about 0.2)."""
 
     def __init__(self, kind, steps=6, dtype=torch.bfloat16):
@@ -61,8 +60,8 @@ class _Trial:
         run_steps(opt, params, [[g.to(device, dtype) for g in step] for step in self.grads])
         return params, opt
 
-    def error(self, params, opt) -> float:
-        return distance_to_oracle(params, opt, self.oracle, self.begin)
+    def assert_as_close(self, ours, opt, theirs, ref, what):
+        assert_runs_as_close_to_the_oracle(ours, opt, theirs, ref, self.oracle, self.begin, what)
 
 
 def _assert_same_layout(opt, ref, params, ref_params):
@@ -86,7 +85,7 @@ def test_kernels_on_the_gpu_are_as_close_to_fp32_as_the_torch_backend(kernel_bac
     ref_params, ref = trial.run("torch", "cpu", OPTIONS[option])
     params, opt = trial.run(kernel_backend, "cuda", OPTIONS[option])
     _assert_same_layout(opt, ref, params, ref_params)
-    assert_as_close_to_the_oracle(trial.error(params, opt), trial.error(ref_params, ref), kernel_backend)
+    trial.assert_as_close(params, opt, ref_params, ref, kernel_backend)
 
 
 @pytest.mark.parametrize("kind", ["adamw", "lion"])
@@ -128,7 +127,7 @@ def test_cuda_matches_triton_on_the_gpu(kind, option):
     ref_params, ref = trial.run("triton", "cuda", options)
     params, opt = trial.run("cuda", "cuda", options)
     _assert_same_layout(opt, ref, params, ref_params)
-    assert_as_close_to_the_oracle(trial.error(params, opt), trial.error(ref_params, ref), "cuda vs triton")
+    trial.assert_as_close(params, opt, ref_params, ref, "cuda vs triton")
 
 
 @pytest.mark.parametrize(

@@ -7,10 +7,9 @@ import pytest
 import tiny_gpt
 import torch
 from helpers import (
-    assert_as_close_to_the_oracle,
+    assert_runs_as_close_to_the_oracle,
     assert_same_storage,
     capture_step,
-    distance_to_oracle,
     make_grads,
     make_params,
     run_steps,
@@ -69,9 +68,7 @@ def test_kernel_backends_match_the_torch_backend_on_cuda(kernel_backend, kind, o
     # Elements that part are rare over the model: it ends as near fp32 training as the reference.
     flat = torch.cat([p.detach().cpu().flatten() for p in oracle])
     start = torch.cat([p.detach().cpu().float().flatten() for p in _bf16(base)])
-    assert_as_close_to_the_oracle(
-        distance_to_oracle(ours, opt, flat, start), distance_to_oracle(theirs, ref, flat, start), kernel_backend
-    )
+    assert_runs_as_close_to_the_oracle(ours, opt, theirs, ref, flat, start, kernel_backend)
 
 
 def test_bf16_gpt_training_tracks_the_fp32_master_reference(kernel_backend):
