@@ -118,10 +118,13 @@ def assert_as_close_to_the_oracle(error, reference_error, what):
 
 
 def assert_runs_as_close_to_the_oracle(ours, opt, theirs, ref, oracle, start, what, min_numel=4096):
-    """``ours`` (stepped by ``opt``) and ``theirs`` (by ``ref``) end equally far from the oracle,
-    over the whole model and tensor by tensor for tensors of ``min_numel`` elements or more (a
-    wrong tensor hides in the whole model's norm: a 4,096-element tensor is 4% of 155,000
-    weights' norm; per tensor, runs that part in last bits differ by under 1e-3 of the distance)."""
+    """``ours`` (stepped by ``opt``) and ``theirs`` (by ``ref``) end equally far from the fp32
+    ``oracle`` params, which moved from the ``start`` tensors, over the whole model and tensor by
+    tensor for tensors of ``min_numel`` elements or more (a wrong tensor hides in the whole
+    model's norm: a 4,096-element tensor is 4% of 155,000 weights' norm; per tensor, runs that
+    part in last bits differ by under 1e-3 of the distance)."""
+    oracle = torch.cat([p.detach().cpu().float().flatten() for p in oracle])
+    start = torch.cat([p.detach().cpu().float().flatten() for p in start])
     assert_as_close_to_the_oracle(
         distance_to_oracle(ours, opt, oracle, start), distance_to_oracle(theirs, ref, oracle, start), what
     )
