@@ -68,6 +68,11 @@ std::pair<double, double> schedule_on_cpu(const std::vector<double>& program, in
   return {scale, offset};
 }
 
+py::tuple probe_kernels_as_tuple() {
+  const fusedlr::KernelProbe probe = fusedlr::probe_kernels();
+  return py::make_tuple(probe.error, probe.message, probe.binary_version, probe.ptx_version);
+}
+
 void mixed_update_on_cpu_checked(int rule, int param_dtype, int grad_dtype, int state_dtype, uint64_t param,
                                  uint64_t master, uint64_t grad, uint64_t exp_avg, uint64_t exp_avg_sq,
                                  uint64_t max_sq, int64_t numel, int64_t first_index, const std::vector<double>& coef,
@@ -128,6 +133,9 @@ PYBIND11_MODULE(FUSEDLR_MODULE_NAME, m) {
   m.doc() = "fusedlr's CUDA kernels: addresses, sizes and the stream as integers; see csrc/kernels.h";
   m.def("layout", &layout, "Column, slot, opcode and dtype numbers, for the Python side's consistency check");
   m.def("cuda_runtime_version", &fusedlr::cuda_runtime_version, "CUDART_VERSION this was compiled with");
+  m.def("compiled_archs", &fusedlr::compiled_archs, "The compute capabilities compiled for (800, ..., 900)");
+  m.def("probe_kernels", &probe_kernels_as_tuple,
+        "(cudaError_t, message, binary_version, ptx_version) of loading a kernel on the current device");
   m.def("schedule_on_cpu", &schedule_on_cpu, "The CUDA schedule interpreter's logic, run on the CPU (for tests)",
         py::arg("program"), py::arg("num_instructions"), py::arg("scale_register"), py::arg("offset_register"),
         py::arg("k"));

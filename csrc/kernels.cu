@@ -1194,6 +1194,20 @@ void run_schedule_program(const double* program, int num_instructions, int scale
 
 int cuda_runtime_version() { return CUDART_VERSION; }
 
+std::vector<int> compiled_archs() { return {__CUDA_ARCH_LIST__}; }
+
+// Every kernel of this file sits in one fatbinary, so whether one loads answers for all of them.
+KernelProbe probe_kernels() {
+  cudaFuncAttributes attributes{};
+  const cudaError_t status = cudaFuncGetAttributes(&attributes, finalize_kernel);
+  if (status != cudaSuccess) {
+    cudaGetLastError();  // not sticky: torch's next error check must not see it
+    return {static_cast<int>(status), std::string(cudaGetErrorName(status)) + ": " + cudaGetErrorString(status), 0,
+            0};
+  }
+  return {0, "", attributes.binaryVersion, attributes.ptxVersion};
+}
+
 // ----- the host twins: the launches' code on host memory, one thread -------------------------------
 
 namespace host {

@@ -6,6 +6,8 @@
 #pragma once
 
 #include <cstdint>
+#include <string>
+#include <vector>
 
 namespace fusedlr {
 
@@ -21,6 +23,20 @@ void mixed_update_on_cpu(int rule, int param_dtype, int grad_dtype, int state_dt
 // CUDART_VERSION of the toolkit this was compiled with (e.g. 12040 for 12.4): the driver must
 // support that CUDA major version.
 int cuda_runtime_version();
+
+// The compute capabilities this was compiled for (nvcc's __CUDA_ARCH_LIST__: 800, 860, ... 900).
+std::vector<int> compiled_archs();
+
+// Whether this build's kernels load on the current device with this driver: SASS for its
+// architecture, or PTX the driver can JIT-compile (PTX from a newer CUDA than the driver's
+// cannot). Loads one kernel (no launch, nothing written); a failure is cleared, not left sticky.
+struct KernelProbe {
+  int error;            // cudaError_t: 0 when the kernels load
+  std::string message;  // "cudaErrorNoKernelImageForDevice: ..." when they do not
+  int binary_version;   // the loaded code's architecture (90: sm_90 SASS), 0 on failure
+  int ptx_version;      // the PTX's virtual architecture the build holds for it, 0 on failure
+};
+KernelProbe probe_kernels();
 
 // Runs a schedule program on the host side of this library (a CPU twin of the device
 // interpreter, compiled from the same source), for tests without a GPU.

@@ -81,4 +81,7 @@ def choose(requested: str, device: torch.device) -> str:
             raise RuntimeError(f"fusedlr: backend='cuda' cannot run: {_cuda.unavailable_reason()}")
         if device.type != "cuda":
             raise RuntimeError(f"fusedlr: backend='cuda' needs CUDA tensors; these parameters are on {device.type}")
+        problem = _cuda.kernel_load_problem(device)
+        if problem is not None:
+            raise RuntimeError(f"fusedlr: backend='cuda' cannot run: {problem}")
     return name

@@ -8,6 +8,12 @@ supports (``cuDriverGetVersion``, which creates no context). ``import fusedlr`` 
 any extension: ``load()`` returns None and ``available_backends()`` leaves "cuda" out; where an
 extension exists but the driver is too old for it, ``unavailable_reason()`` says so and
 ``backend="cuda"`` raises with that message, while ``auto`` keeps choosing triton.
+
+A build can also load and still not run on a GPU: none of its architectures matches the GPU's
+and its PTX is missing or newer than the driver can JIT-compile (a CUDA 13.1 build's PTX on a
+13.0 driver). ``kernel_load_problem(device)`` asks the runtime once per device by loading one
+kernel (``probe_kernels``; a CUDA context is made then, never at import), and ``backend="cuda"``
+raises with its answer before a step touches anything.
 """
 
 from __future__ import annotations
@@ -123,12 +129,46 @@ def load():
 
 
 def unavailable_reason() -> str | None:
-    """Why no extension can run here, or None when one can."""
-    return _choose()[1]
+    """Why no extension can run here, or None when one can. Once torch has initialised CUDA,
+    that includes whether its kernels load on the current device."""
+    if _choose()[1] is not None or not torch.cuda.is_initialized():
+        return _choose()[1]
+    return kernel_load_problem(torch.device("cuda", torch.cuda.current_device()))
 
 
 def available() -> bool:
-    return load() is not None and torch.cuda.is_available()
+    """An extension loads and, once torch has initialised CUDA (no context is made here), its
+    kernels load on the current device."""
+    return load() is not None and torch.cuda.is_available() and unavailable_reason() is None
+
+
+def kernel_load_problem(device: torch.device) -> str | None:
+    """Why the extension's kernels cannot load on ``device``, or None when they can."""
+    index = torch.cuda.current_device() if device.index is None else device.index
+    return _kernel_load_problem(index)
+
+
+@functools.cache
+def _kernel_load_problem(index: int) -> str | None:
+    ext = load()
+    with torch.cuda.device(index):
+        error, message, _, _ = ext.probe_kernels()
+    if not error:
+        return None
+    capability = "".join(map(str, torch.cuda.get_device_capability(index)))
+    gpu = f"{torch.cuda.get_device_name(index)} (sm_{capability})"
+    driver = driver_cuda_version()
+    driver_cuda = "an unknown CUDA" if driver is None else f"CUDA {driver[0]}.{driver[1]}"
+    built = ext.cuda_runtime_version()
+    archs = ", ".join(f"sm_{arch // 10}" for arch in ext.compiled_archs())
+    return (
+        f"its kernels cannot load on {gpu} with this driver ({driver_cuda}): {message}. The extension was built "
+        f"with CUDA {built // 1000}.{built % 1000 // 10} for {archs} (SASS for each, PTX for the newest), and a GPU "
+        f"needs SASS for its own architecture or PTX from a CUDA no newer than the driver's. Rebuild for this GPU "
+        f"(FUSEDLR_CUDA_ARCHS={capability} with a toolkit no newer "
+        f"than {driver_cuda}; README: 'Installing and building wheels') or update the driver; backend='auto' uses "
+        "triton meanwhile"
+    )
 
 
 def _stored_alike(bucket) -> bool:

@@ -23,7 +23,7 @@ if [[ $what == tests || $what == all ]]; then
     # One process per file: a kernel fault poisons its process's CUDA context, and every later
     # test in that process would fail with it, hiding which ones are really broken.
     : >"$OUT/tests.log"
-    for file in ${TEST_FILES:-tests/gpu/test_*.py tests/test_cuda_extension.py}; do
+    for file in ${TEST_FILES:-tests/gpu/test_*.py tests/test_cuda_extension.py tests/test_kernel_probe.py}; do
         FUSEDLR_EXPECT_EXTENSION=1 timeout ${TEST_TIMEOUT:-300} $PY -m pytest "$file" \
             -q -rfEs --timeout=150 -p no:cacheprovider ${PYTEST_ARGS:-} >>"$OUT/tests.log" 2>&1
         rc=$?  # 124: the file's timeout; 134/139: a crash

@@ -33,7 +33,7 @@ dir=${1:-.wheels-gpu}
 OUT=${OUT:-gpu-out}
 mkdir -p "$OUT" && OUT=$(cd "$OUT" && pwd)
 PY=${PYTHON:-python3}
-files=${TEST_FILES:-tests/gpu/test_gpu_step.py tests/gpu/test_gpu_amp.py tests/gpu/test_gpu_clip_value.py tests/test_driver_check.py}
+files=${TEST_FILES:-tests/gpu/test_gpu_step.py tests/gpu/test_gpu_amp.py tests/gpu/test_gpu_clip_value.py tests/test_driver_check.py tests/test_kernel_probe.py}
 budget=${BUDGET_S:-540}
 start=$SECONDS
 export PYTHONUNBUFFERED=1
@@ -80,7 +80,7 @@ import os, re, subprocess, sys
 venv, expect_file, cuobjdump, label = sys.argv[1:5]
 import torch
 import fusedlr
-from fusedlr import _cuda
+from fusedlr import _backends, _cuda
 
 here = os.path.realpath(fusedlr.__file__)
 print("fusedlr.__file__:", fusedlr.__file__)
@@ -158,11 +158,31 @@ else:
     reason = _cuda.unavailable_reason()
 print("loaded:", loaded.__name__ if loaded is not None else f"none: {reason}")
 print("available_backends():", fusedlr.available_backends())
-if expect and loaded is None:
-    print("MISMATCH: CUDA's rules say an extension runs here, fusedlr loaded none")
-if not expect and loaded is not None and driver is not None:
-    print(f"MISMATCH: fusedlr loaded {loaded.__name__}, which CUDA's rules say cannot run here ({why})")
+# A loaded extension's kernels may still not load on this GPU (no SASS for it, PTX too new for
+# the driver): the runtime's own answer, asked by loading one kernel.
+problem = None
 if loaded is not None and torch.cuda.is_available():
+    print("probe_kernels() (error, message, binary_version, ptx_version):", loaded.probe_kernels())
+    problem = _cuda.kernel_load_problem(torch.device("cuda"))
+    print("kernel_load_problem():", problem)
+runs_here = loaded is not None and problem is None
+if expect and not runs_here:
+    print("MISMATCH: CUDA's rules say an extension runs here, fusedlr cannot run one")
+if not expect and runs_here and driver is not None:
+    print(f"MISMATCH: fusedlr runs {loaded.__name__}, which CUDA's rules say cannot run here ({why})")
+if problem is not None:  # backend="cuda" must refuse before the step touches anything
+    param = torch.nn.Parameter(torch.linspace(-1, 1, 5000, device="cuda"))
+    param.grad, before = torch.ones_like(param), param.detach().clone()
+    opt = fusedlr.AdamW([param], lr=0.1, backend="cuda")
+    try:
+        opt.step()
+    except RuntimeError as error:
+        unchanged = torch.equal(param, before) and not opt.state
+        print(f"backend='cuda' refused ({'nothing' if unchanged else 'SOMETHING'} changed): {error}")
+    else:
+        print("MISMATCH: backend='cuda' stepped although its kernels cannot load here")
+    print("backend='auto' chooses:", _backends.choose("auto", param.device))
+if runs_here and torch.cuda.is_available():
     ours, ref = (torch.nn.Parameter(torch.linspace(-1, 1, 5000, device="cuda")) for _ in range(2))
     for p in (ours, ref):
         p.grad = torch.cos(torch.arange(5000, device="cuda", dtype=torch.float32))
