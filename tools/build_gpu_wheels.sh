@@ -57,7 +57,7 @@ v = module.cuda_runtime_version()
 print(sys.argv[1], f'{v // 1000}.{v % 1000 // 10}')" "$(basename "$so" | cut -d. -f1)" "$so")
   done | sort)
   [ "$found" == "$want" ] || { echo "FAIL: $wheel holds [$found], meant [$want]" >&2; exit 1; }
-  echo "$(echo "$found" | sed 's/ \(.*\)/ (CUDA \1)/' | tr '\n' ' ')from $homes, FUSEDLR_CUDA_ARCHS=$archs, $("$python" --version)" >"$dest/$label/BUILD.txt"
+  echo "$(echo "$found" | sed 's/ \(.*\)/ (CUDA \1)/' | tr '\n' ' ')from $homes, FUSEDLR_CUDA_ARCHS=$archs, $("$python" --version), commit $(git rev-parse --short HEAD)$(git diff --quiet HEAD -- csrc fusedlr setup.py || echo "+changes")" >"$dest/$label/BUILD.txt"
   [[ $label != *-jit ]] || : >"$dest/$label/TEST_FILES"
   echo "$label: $(basename "$wheel") $(du -h "$wheel" | cut -f1): $(cat "$dest/$label/BUILD.txt")" >&2
 done
