@@ -16,6 +16,25 @@ def _require(name):
     pytest.skip(f"backend {name!r} needs a GPU here; run with TRITON_INTERPRET=1 (as `make test` does)")
 
 
+def loaded_extension():
+    """The compiled extension that loads here; the test is skipped where none does (a failure
+    when FUSEDLR_EXPECT_EXTENSION=1 says one was built)."""
+    from fusedlr import _cuda
+
+    module = _cuda.load()
+    if module is None:
+        if os.environ.get("FUSEDLR_EXPECT_EXTENSION") == "1":
+            pytest.fail(f"FUSEDLR_EXPECT_EXTENSION=1 but no extension loads: {_cuda.unavailable_reason()}")
+        pytest.skip(f"no extension loads: {_cuda.unavailable_reason()}")
+    return module
+
+
+@pytest.fixture(scope="session")
+def extension():
+    """``loaded_extension()`` as a fixture."""
+    return loaded_extension()
+
+
 def cuda_on_host(request) -> str:
     """``backend="cuda"`` on CPU tensors: fusedlr/_cuda.py's launcher driving the extension's host
     twins (``_C.host``: the kernels' element, lane and finalize code compiled for the host, over
@@ -23,11 +42,7 @@ def cuda_on_host(request) -> str:
     FUSEDLR_EXPECT_EXTENSION=1 says it was)."""
     from fusedlr import _backends, _cuda
 
-    module = _cuda.load()
-    if module is None:
-        if os.environ.get("FUSEDLR_EXPECT_EXTENSION") == "1":
-            pytest.fail(f"FUSEDLR_EXPECT_EXTENSION=1 but no extension loads: {_cuda.unavailable_reason()}")
-        pytest.skip(f"no extension loads: {_cuda.unavailable_reason()}")
+    module = loaded_extension()
     choose = _backends.choose
     patch = pytest.MonkeyPatch()  # its own: a test's monkeypatch.undo() keeps these
     request.addfinalizer(patch.undo)

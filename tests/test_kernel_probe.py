@@ -6,7 +6,6 @@ on a CPU machine it must report the missing driver without crashing or leaving a
 from __future__ import annotations
 
 import contextlib
-import os
 import types
 
 import pytest
@@ -17,17 +16,8 @@ from fusedlr import _backends, _cuda
 UNSUPPORTED_PTX = (222, "cudaErrorUnsupportedPtxVersion: the provided PTX was compiled with an unsupported toolchain.")
 
 
-def _built_extension():
-    module = _cuda.load()
-    if module is None:
-        if os.environ.get("FUSEDLR_EXPECT_EXTENSION") == "1":
-            pytest.fail(f"FUSEDLR_EXPECT_EXTENSION=1 but no extension loads: {_cuda.unavailable_reason()}")
-        pytest.skip(f"no extension loads: {_cuda.unavailable_reason()}")
-    return module
-
-
-def test_the_real_probe_answers_for_this_machine():
-    module = _built_extension()
+def test_the_real_probe_answers_for_this_machine(extension):
+    module = extension
     archs = module.compiled_archs()
     assert archs and all(arch % 10 == 0 and 500 <= arch <= 1300 for arch in archs)
     first = module.probe_kernels()
