@@ -54,7 +54,7 @@ std::map<std::string, int> layout() {
       {"group_sums.lr_max", kLrMax}, {"group_sums.weight_sum", kWeightSum}, {"group_sums.ckp1", kCkp1},
       {"group_sums.scheduled_lr", kScheduledLr}, {"group_sums.rows", kGroupSumRows},
       {"quant.block", kQuantBlock}, {"quant.signed_levels", kSignedLevels},
-      {"quant.unsigned_levels", kUnsignedLevels},
+      {"quant.unsigned_levels", kUnsignedLevels}, {"quant.signed_slack_log2", kSignedSlackLog2},
   };
 }
 

@@ -40,6 +40,7 @@ enum GroupSumRow : int { kLrMax = 0, kWeightSum, kCkp1, kScheduledLr, kGroupSumR
 constexpr int kQuantBlock = 256;
 constexpr int kSignedLevels = 127;
 constexpr int kUnsignedLevels = 255;
+constexpr int kSignedSlackLog2 = 12;  // exp_avg's codes: floor(127 |y| + 2^-12), toward zero
 
 // coef: float64 [kCoefColumns, T], written by finalize, read by the updates.
 enum CoefColumn : int {

@@ -55,6 +55,7 @@ def _expected_layout() -> dict:
     expected["quant.block"] = _quantized.QUANT_BLOCK
     expected["quant.signed_levels"] = int(_quantized.SIGNED_LEVELS)
     expected["quant.unsigned_levels"] = int(_quantized.UNSIGNED_LEVELS)
+    expected["quant.signed_slack_log2"] = _quantized.SIGNED_SLACK_LOG2
     return expected
 
 

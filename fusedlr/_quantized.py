@@ -8,10 +8,24 @@ never straddles two tensors, or two local shards); each block keeps one float32 
 
 * ``exp_avg`` (signed, LION's and AdamW's first moment): ``s = max |m|`` over the block,
   ``y = 2x / (1 + |x|)`` of ``x = m / s`` (a companding that spends more codes near zero), code
-  ``floor(127 y + 0.5)`` in int8 ``[-127, 127]``; decoded ``y = code / 127``,
+  ``sign(y) * floor(127 |y| + 0.5)`` in int8 ``[-127, 127]``, or ``sign(y) * floor(127 |y| + 2^-12)``
+  (toward zero) where the step made ``|m|`` smaller; decoded ``y = code / 127``,
   ``m = s * y / (2 - |y|)``;
 * ``exp_avg_sq`` (non-negative): ``r = sqrt(v)``, ``s = max r`` over the block, code
-  ``floor(255 r / s + 0.5)`` in uint8; decoded ``v = (s * code / 255) ** 2``.
+  ``floor(255 r / s + 0.5)`` in uint8, and at least 1 where ``v > 0``; decoded
+  ``v = (s * code / 255) ** 2``.
+
+Why a shrinking first moment is rounded toward zero and the second moment never to zero: a
+moment whose gradients have stopped decays by ``beta`` a step, and rounding to nearest maps a
+small code back to itself (``floor(0.9 c + 0.5) == c`` for ``c <= 5``), so ``m`` would never
+reach zero and the weight would keep moving forever; rounded toward zero while it shrinks, every
+code decays to 0, as fp32 ``m`` does, and a growing or converted moment keeps the nearest code
+(half the error). (The 2^-12 only keeps a code from losing a unit to float error.) AdamW's only:
+LION's update is the sign of a mix of ``m`` and the gradient, which a tiny fp32 ``m`` moves by
+lr as well, so there the nearest code is the faithful one.
+A second moment rounded to code 0 beside a nonzero ``m`` would make the update ``m / eps``: a
+jump of thousands of lr; a floor of code 1 keeps ``v`` at or above the truth there (a smaller,
+safe update), and ``v`` sticking at its code only errs the same safe way.
 
 This is FlashOptim's companding (arXiv 2602.23349) with float32 scales on blocks of 256;
 ``benchmarks/quantization_error.py`` measures it against bitsandbytes' dynamic map on moments
@@ -39,6 +53,8 @@ CODE_KEYS = {codes: (moment, scales, signed) for moment, (codes, scales, signed)
 SCALE_KEYS = {scales: (moment, codes) for moment, (codes, scales, _) in QUANTIZED_KEYS.items()}
 SIGNED_LEVELS = 127.0
 UNSIGNED_LEVELS = 255.0
+SIGNED_SLACK_LOG2 = 12  # exp_avg's codes: floor(127 |y| + 2**-12), toward zero (see above)
+SIGNED_SLACK = 2.0**-SIGNED_SLACK_LOG2
 
 
 def wants_int8(group: dict) -> bool:
@@ -85,13 +101,15 @@ def _safe(scale: torch.Tensor) -> torch.Tensor:
     return torch.where(scale > 0, scale, torch.ones_like(scale))
 
 
-def quantize_signed(flat: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """float32 values in memory order -> (int8 codes, float32 block scales)."""
+def quantize_signed(flat: torch.Tensor, shrank: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """float32 values in memory order -> (int8 codes, float32 block scales); rounded to nearest,
+    or toward zero where ``shrank`` (bool, the same order) is true."""
     blocks = _blocks(flat)
     scale = blocks.abs().amax(dim=1)
     x = blocks / _safe(scale)[:, None]
     y = (x * 2.0) / (x.abs() + 1.0)
-    codes = torch.floor(y * SIGNED_LEVELS + 0.5)
+    offset = 0.5 if shrank is None else torch.where(_blocks(shrank) > 0, SIGNED_SLACK, 0.5)
+    codes = torch.copysign(torch.floor(y.abs() * SIGNED_LEVELS + offset), y)
     return codes.flatten()[: flat.numel()].to(torch.int8), scale
 
 
@@ -109,6 +127,7 @@ def quantize_unsigned(flat: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     blocks = torch.sqrt(_blocks(flat).double()).float()
     scale = blocks.amax(dim=1)
     codes = torch.floor(blocks / _safe(scale)[:, None] * UNSIGNED_LEVELS + 0.5)
+    codes = torch.where((codes == 0) & (blocks > 0), 1.0, codes)  # never 0 for v > 0
     return codes.flatten()[: flat.numel()].to(torch.uint8), scale
 
 
@@ -142,17 +161,25 @@ def scales_of(part: slice) -> slice:
     return slice(part.start // QUANT_BLOCK, -(-part.stop // QUANT_BLOCK))
 
 
-def encode(values: torch.Tensor, like: torch.Tensor, signed: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    """Codes laid out as ``like`` (dense) and block scales of ``values`` (any layout)."""
-    if values.dtype == torch.float32 and values.stride() == like.stride():
-        ordered = values  # already in like's memory order
-    else:
-        ordered = torch.empty_like(like, dtype=torch.float32).copy_(values)
+def _in_memory_order_of(values: torch.Tensor, like: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    if values.dtype == dtype and values.stride() == like.stride():
+        return values  # already in like's memory order
+    return torch.empty_like(like, dtype=dtype).copy_(values)
+
+
+def encode(values: torch.Tensor, like: torch.Tensor, signed: bool, shrank: torch.Tensor | None = None):
+    """(codes laid out as ``like`` (dense), block scales) of ``values`` (any layout); a signed
+    moment is rounded toward zero where ``shrank`` (values' shape) is true."""
+    flat = _memory_flat(_in_memory_order_of(values, like, torch.float32))
+    shrank_flat = None if shrank is None else _memory_flat(_in_memory_order_of(shrank, like, torch.bool))
     out = torch.empty_like(like, dtype=torch.int8 if signed else torch.uint8)
     scale = torch.empty(num_blocks(like.numel()), dtype=torch.float32, device=like.device)
-    flat, out_flat = _memory_flat(ordered), _memory_flat(out)
+    out_flat = _memory_flat(out)
     for part in flat_slices(like.numel(), CONVERT_SLICE):
-        codes, scale[scales_of(part)] = (quantize_signed if signed else quantize_unsigned)(flat[part])
+        if signed:
+            codes, scale[scales_of(part)] = quantize_signed(flat[part], None if shrank is None else shrank_flat[part])
+        else:
+            codes, scale[scales_of(part)] = quantize_unsigned(flat[part])
         out_flat[part] = codes
     return out, scale
 
@@ -195,11 +222,14 @@ def decoded_moments(state: dict) -> dict:
     }
 
 
-def store_moments_(state: dict, moments: dict) -> None:
-    """Quantise float32 ``moments`` back into ``state``'s codes and scales, in place."""
+def store_moments_(state: dict, moments: dict, before: dict | None) -> None:
+    """Quantise float32 ``moments`` back into ``state``'s codes and scales, in place; ``before``:
+    the decoded moments the step started from (AdamW: a first moment that shrank rounds toward
+    zero), or None (LION: to nearest)."""
     for moment, value in moments.items():
         codes, scales, signed = QUANTIZED_KEYS[moment]
-        new_codes, new_scales = encode(value, state[codes], signed)
+        shrank = value.abs() < before[moment].abs() if signed and before is not None else None
+        new_codes, new_scales = encode(value, state[codes], signed, shrank)
         state[codes].copy_(new_codes)
         state[scales].copy_(new_scales)
 

@@ -227,6 +227,46 @@ def test_lion_int8_follows_the_lion_reference(backend):
         assert gap.max() <= 2 * 1e-3 * 20 * 1.01  # a flipped sign moves a param by 2 lr per step
 
 
+def _one_gradient_beside_a_large_one(backend, kind, ratio, after_steps, flipping=False, **options):
+    """A 4,096-element param whose element 0 gets a gradient of 1 at every step (of alternating
+    sign where ``flipping``) and element 1 one gradient of ``ratio`` (at step 5), then zeros:
+    element 1's trajectory from step 5 on and the state."""
+    param = torch.nn.Parameter(torch.zeros(4096))
+    opt = getattr(fusedlr, kind)([param], lr=1e-3, weight_decay=0.0, state_dtype="int8", backend=backend, **options)
+    trajectory = []
+    for step in range(6 + after_steps):
+        grad = torch.zeros(4096)
+        grad[0] = -1.0 if flipping and step % 2 else 1.0
+        if step == 5:
+            grad[1] = ratio
+        param.grad = grad
+        opt.step()
+        trajectory.append(param[1].item())
+    return torch.tensor(trajectory[5:]), opt.state[param]
+
+
+@pytest.mark.parametrize("ratio", [0.002, 0.004])
+def test_a_small_second_moment_is_never_decoded_as_zero(backend, ratio):
+    """One small gradient in a block whose largest element's gradient flips sign (its m stays
+    small, its v grows): element 1's sqrt(v) is under half a code of the block maximum, its m
+    over half a code. Rounded to 0, v made the update m / eps: the weight jumped by 17 to 150
+    (17,000 to 150,000 lr). AdamW's update is at most about 7 lr a step (|m| <= 7.3 sqrt(v) for
+    betas 0.9, 0.999)."""
+    trajectory, state = _one_gradient_beside_a_large_one(backend, "AdamW", ratio, after_steps=8, flipping=True)
+    assert state["exp_avg_sq_codes"][1] >= 1
+    assert trajectory.diff().abs().max() <= 8e-3 and trajectory.abs().max() <= 25e-3
+
+
+def test_a_first_moment_whose_gradients_stopped_decays_to_zero(backend):
+    """Rounded to nearest, exp_avg's code c came back as itself once floor(0.9 c + 0.5) == c
+    (c <= 5): the weight kept moving forever, faster as v decayed. Rounded toward zero while it
+    shrinks, the code reaches 0 and the weight stops, as with fp32 moments (whose m is 1e-3 of
+    where it started after 70 steps)."""
+    trajectory, state = _one_gradient_beside_a_large_one(backend, "AdamW", 0.3, after_steps=70)
+    assert state["exp_avg_codes"][1] == 0
+    assert torch.equal(trajectory[-10:], trajectory[-1].expand(10))
+
+
 def test_int8_state_bytes():
     p = torch.zeros(4096 * 4, requires_grad=True)
     p.grad = torch.ones_like(p)

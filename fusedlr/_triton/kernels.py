@@ -89,6 +89,7 @@ C_UNSCALE = tl.constexpr(_plan.COEF_COLUMNS.index("unscale"))
 C_CLIP_VALUE = tl.constexpr(_plan.COEF_COLUMNS.index("clip_value"))
 SIGNED_LEVELS = tl.constexpr(_quantized.SIGNED_LEVELS)
 UNSIGNED_LEVELS = tl.constexpr(_quantized.UNSIGNED_LEVELS)
+SIGNED_SLACK = tl.constexpr(_quantized.SIGNED_SLACK)
 HASH_MUL1 = tl.constexpr(_precision.HASH_MUL1)
 HASH_MUL2 = tl.constexpr(_precision.HASH_MUL2)
 G_NUM_COLUMNS = tl.constexpr(len(_plan.GROUP_COLUMNS))
@@ -585,13 +586,15 @@ def _store_scales(scales, index, mask, scale, QBLOCK: tl.constexpr):
 
 
 @triton.jit
-def _store_signed(codes, scales, offs, index, mask, value, QBLOCK: tl.constexpr, MASKED: tl.constexpr):
-    """Encode a ``[rows, QBLOCK]`` tile of first moments (``quantize_signed``)."""
+def _store_signed(codes, scales, offs, index, mask, value, shrank, QBLOCK: tl.constexpr, MASKED: tl.constexpr):
+    """Encode a ``[rows, QBLOCK]`` tile of first moments (``quantize_signed``): to nearest, or
+    toward zero where ``shrank``."""
     value = tl.where(mask, value, 0.0)
     scale = tl.max(tl.abs(value), axis=1)
     x = tl.div_rn(value, tl.where(scale > 0.0, scale, 1.0)[:, None])
     y = tl.div_rn(x * 2.0, tl.abs(x) + 1.0)
-    code = tl.floor(y * SIGNED_LEVELS + 0.5).to(tl.int8)
+    magnitude = tl.floor(tl.abs(y) * SIGNED_LEVELS + tl.where(shrank, SIGNED_SLACK, 0.5))
+    code = tl.where(y < 0.0, -magnitude, magnitude).to(tl.int8)
     if MASKED:
         tl.store(codes + offs, code, mask=mask)
     else:
@@ -604,7 +607,8 @@ def _store_unsigned(codes, scales, offs, index, mask, value, QBLOCK: tl.constexp
     """Encode a ``[rows, QBLOCK]`` tile of second moments (``quantize_unsigned``): their roots."""
     r = tl.sqrt_rn(tl.where(mask, value, 0.0))
     scale = tl.max(r, axis=1)
-    code = tl.floor(tl.div_rn(r, tl.where(scale > 0.0, scale, 1.0)[:, None]) * UNSIGNED_LEVELS + 0.5).to(tl.uint8)
+    code = tl.floor(tl.div_rn(r, tl.where(scale > 0.0, scale, 1.0)[:, None]) * UNSIGNED_LEVELS + 0.5)
+    code = tl.where((code == 0.0) & (r > 0.0), 1.0, code).to(tl.uint8)  # never 0 for v > 0: no m / eps
     if MASKED:
         tl.store(codes + offs, code, mask=mask)
     else:
@@ -670,6 +674,7 @@ def _update_block(
     if RULE != RULE_SGD:  # SGD loads its momentum buffer only where it has one
         if QUANTIZED:
             m = _load_signed(exp_avg, exp_avg_scales, offs, index, mask, QBLOCK, MASKED)
+            m_before = m  # a moment that shrank is encoded toward zero (_quantized.py says why)
         else:
             m = _load(exp_avg, offs, mask, COMPUTE, MASKED)
     if RULE == RULE_ADAMW:
@@ -734,7 +739,8 @@ def _update_block(
         _store(param, offs, p, mask, MASKED)
     if RULE != RULE_SGD:
         if QUANTIZED:
-            _store_signed(exp_avg, exp_avg_scales, offs, index, mask, m, QBLOCK, MASKED)
+            shrank = (tl.abs(m) < tl.abs(m_before)) & (RULE == RULE_ADAMW)  # LION: sign-led, to nearest
+            _store_signed(exp_avg, exp_avg_scales, offs, index, mask, m, shrank, QBLOCK, MASKED)
         else:
             _store(exp_avg, offs, m, mask, MASKED)
 
