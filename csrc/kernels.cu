@@ -732,16 +732,17 @@ __host__ __device__ inline float split_weight(uint16_t param, int8_t residual) {
   return w;
 }
 
-// `w` written as the bf16 param (to nearest even) and the residual: the difference of the float32
-// bit patterns in units of 256, rounded, clamped to [-127, 127].
+// `w` written as the bf16 param and the residual: its bit pattern rounded to 24 bits (q), the
+// upper 16 of those rounded to nearest (ties up) as the param, the rest (in [-128, 127]) as the
+// residual. Never clamped; a NaN is the quiet NaN with residual 0.
 __host__ __device__ inline void split_store(float w, uint16_t* param, int8_t* residual) {
   uint32_t bits;
   memcpy(&bits, &w, 4);
-  const uint32_t rounded = ((bits + 0x7FFFu + ((bits >> 16) & 1u)) >> 16) << 16;
-  const int32_t d = static_cast<int32_t>(bits - rounded);
-  const int32_t e = (d + 128) >> 8;  // an arithmetic shift: floor division by 256
-  *residual = static_cast<int8_t>(e < -127 ? -127 : (e > 127 ? 127 : e));
-  *param = BF16::store(w);
+  const int32_t q = static_cast<int32_t>((bits + 128u) >> 8);
+  const int32_t high = static_cast<int32_t>((bits + 0x8080u) >> 16);  // (q + 128) >> 8
+  const bool nan = w != w;
+  *residual = nan ? int8_t(0) : static_cast<int8_t>(q - (high << 8));
+  *param = nan ? uint16_t(0x7FC0) : static_cast<uint16_t>(high);
 }
 
 // Where a tensor's float32 weight lives: the param itself, an fp32 master copy beside it, or (bf16

@@ -1,20 +1,22 @@
 """Split master weights (``master_weights="split"``): a bf16 param plus an int8 residual of its
 rounding error stand for a float32 master weight, at 3 bytes per param instead of 6.
 
-The float32 weight ``w`` is written as the param ``p = round_to_nearest_even(w)`` (bf16) and the
-residual ``e``: the difference of their float32 bit patterns, ``d = bits(w) - bits(p) << 16``
-(``|d| <= 2**15``, as ``p`` is ``w`` rounded to 16 bits; ``w`` and ``p`` share their sign),
-rounded to units of 256 and clamped: ``e = clamp((d + 128) >> 8, -127, 127)`` (not -128: the
-weight ``-128`` units would stand for is a tie that rounds to the other neighbour, so a step that
-leaves the weight unchanged would move it).
-The step reconstructs ``w' = float32 from bits(p) << 16 + 256 e``, updates it in float32 and
-writes ``p`` and ``e`` again, in the same pass.
-
-Reconstruction error: ``|bits(w) - bits(w')| <= 128`` (up to 256 where the residual is within
-1/128 of half a bf16 step from ``p``, where the clamp bites), that is ``|w - w'| <= 2**-16 |w|``
-(``2**-15 |w|`` there) for normal numbers: about 24 significant bits of the 32. Re-encoding a
-reconstructed weight gives back the same param and residual.
-Integer arithmetic only, so deterministic and the same bits in every backend.
+The float32 weight ``w`` is first rounded to 24 bits, ``q = (bits(w) + 128) >> 8`` (units of 256
+in its float32 bit pattern), and then split: the param is ``q`` rounded to its upper 16 bits,
+``p = (q + 128) >> 8`` (bf16, to nearest, ties up), and the residual is what is left,
+``e = q - (p << 8)``, always in int8's ``[-128, 127]``: nothing is clamped. ``p`` is the bf16
+nearest ``w`` except within 128 units of a tie, where it may be the other neighbour (a weight
+no further than half a bf16 step from either).
+The step reconstructs ``w' = float32 from q << 8 = bits(p) << 16 + 256 e``, updates it in float32
+and writes ``p`` and ``e`` again, in the same pass.
+Reconstruction error: ``|bits(w) - bits(w')| <= 128``, that is ``|w - w'| <= 2**-16 |w|`` for
+normal numbers: about 24 significant bits of the 32. Re-encoding a reconstructed weight gives
+back the same param and residual. An update of more than 128 units moves the weight; one under
+128 units is rounded away (as a bf16 param loses updates under half its step).
+(An earlier encoding rounded ``p`` to nearest-even and clamped the residual to [-127, 127]: a
+steady update of 128 to 256 units then stalled for good at the clamp.)
+Integer arithmetic only, so deterministic and the same bits in every backend. A NaN weight is
+stored as bf16's quiet NaN with residual 0.
 """
 
 from __future__ import annotations
@@ -31,16 +33,21 @@ def _bits(x: torch.Tensor) -> torch.Tensor:
     return x.float().view(torch.int32).to(torch.int64) & MASK32
 
 
-def rounded_bits(w: torch.Tensor) -> torch.Tensor:
-    """Bits (uint32 in int64) of ``w`` rounded to bfloat16 to nearest-even, in float32 layout."""
+def split(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(bf16 param, int8 residual) that stand for the float32 weight ``w``."""
     bits = _bits(w)
-    return ((bits + 0x7FFF + ((bits >> 16) & 1)) >> 16 & 0xFFFF) << 16
+    q = (bits + 128) >> 8  # w rounded to 24 bits
+    high = (q + 128) >> 8  # ... and to 16: the param's bits
+    nan = torch.isnan(w)
+    e = torch.where(nan, 0, q - (high << 8)).to(torch.int8)
+    high = torch.where(nan, 0x7FC0, high & 0xFFFF)
+    param = (high - ((high >> 15) << 16)).to(torch.int16).view(torch.bfloat16)
+    return param, e
 
 
 def residual(w: torch.Tensor) -> torch.Tensor:
-    """The int8 residual of ``w`` (float32) against its bf16 rounding."""
-    d = _bits(w) - rounded_bits(w)
-    return ((d + 128) >> 8).clamp(-127, 127).to(torch.int8)
+    """The int8 residual of the float32 ``w`` (beside the param ``split(w)[0]``)."""
+    return split(w)[1]
 
 
 def reconstruct(param: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
@@ -51,9 +58,10 @@ def reconstruct(param: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
 
 
 def store_(param: torch.Tensor, residual_out: torch.Tensor, w: torch.Tensor) -> None:
-    """Write the float32 weight ``w`` as the bf16 ``param`` (to nearest-even) and its residual."""
-    residual_out.copy_(residual(w))
-    param.copy_(w)
+    """Write the float32 weight ``w`` as the bf16 ``param`` and its residual (``split``)."""
+    bf16, e = split(w)
+    residual_out.copy_(e)
+    param.copy_(bf16)
 
 
 def uses_split(param: torch.Tensor, group: dict) -> bool:
@@ -69,8 +77,10 @@ def convert_state_(state: dict, param: torch.Tensor, group: dict, wants_fp32_mas
             master = state.pop("master_param", None)
             if master is None:
                 state[RESIDUAL_KEY] = torch.zeros_like(param, dtype=torch.int8, memory_format=torch.preserve_format)
-            else:
-                state[RESIDUAL_KEY] = torch.empty_like(param, dtype=torch.int8).copy_(residual(master))
+            else:  # the param is rewritten too: the residual belongs to split(master)'s param
+                state[RESIDUAL_KEY] = torch.empty_like(param, dtype=torch.int8, memory_format=torch.preserve_format)
+                with torch.no_grad():
+                    store_(param, state[RESIDUAL_KEY], master)
         state.pop("master_param", None)
     elif RESIDUAL_KEY in state:
         saved = state.pop(RESIDUAL_KEY)

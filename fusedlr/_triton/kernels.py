@@ -632,12 +632,13 @@ def _load_split(param, residual, offs, mask, MASKED: tl.constexpr):
 
 @triton.jit
 def _store_split(param, residual, offs, value, mask, MASKED: tl.constexpr):
-    """Write ``value`` as the bf16 param (nearest-even) and the int8 residual (``residual``)."""
+    """Write ``value`` as the bf16 param and the int8 residual (``split``): rounded to 24 bits,
+    then the upper 16 as the param (to nearest, ties up) and the rest, in [-128, 127], as ``e``."""
     bits = value.to(tl.uint32, bitcast=True)
-    rounded = ((bits + 0x7FFF + ((bits >> 16) & 1)) >> 16) << 16
-    d = value.to(tl.int32, bitcast=True) - rounded.to(tl.int32, bitcast=True)
-    e = tl.minimum(tl.maximum((d + 128) >> 8, -127), 127).to(tl.int8)
-    p = _bf16_from_bits(bits + 0x7FFF + ((bits >> 16) & 1), value)
+    q = ((bits + 128) >> 8).to(tl.int32, bitcast=True)  # < 2**24 (NaNs aside)
+    high = ((bits + 0x8080) >> 16).to(tl.int32, bitcast=True)  # (q + 128) >> 8
+    e = tl.where(value != value, 0, q - (high << 8)).to(tl.int8)
+    p = _bf16_from_bits(bits + 0x8080, value)
     if MASKED:
         tl.store(param + offs, p, mask=mask)
         tl.store(residual + offs, e, mask=mask)
