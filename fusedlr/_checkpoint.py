@@ -119,6 +119,7 @@ class StateDictMethods:
             if param in owners and not _distributed.is_dtensor(param):  # 8-bit moments in, or out
                 group = owners[param]
                 _quantized.convert_state_(state, param, group, _precision.state_dtype(param, group))
+                _relay_like_param_(state, param)
             if "step" in state:
                 # torch keeps a non-capturable step on the CPU; the kernels read it on the
                 # param's device.
@@ -137,3 +138,21 @@ class StateDictMethods:
         self._step_cache = None
         if not group_counters:  # not saved by fusedlr: a torch scheduler's lr and initial_lr, if any
             _torch_migration.continue_torch_schedule(self)
+
+
+def _relay_like_param_(state: dict, param: torch.Tensor) -> None:
+    """States saved beside a param of another memory layout (a channels_last model's checkpoint
+    loaded into a contiguous one) laid out as ``param``, which the kernel backends need: element
+    states are copied as they are; 8-bit moments, whose blocks follow memory order, are decoded
+    and encoded again (one quantisation, as any conversion)."""
+    if not _quantized._is_dense(param):
+        return
+    for name, value in list(state.items()):
+        if isinstance(value, torch.Tensor) and value.shape == param.shape and value.stride() != param.stride():
+            if name in _quantized.CODE_KEYS:
+                _, scales, signed = _quantized.CODE_KEYS[name]
+                moment = _quantized.decode(value, state[scales], signed)
+                like = torch.empty_like(param, dtype=value.dtype)
+                state[name], state[scales] = _quantized.encode(moment, like, signed)
+            else:
+                state[name] = torch.empty_like(param, dtype=value.dtype).copy_(value)

@@ -267,6 +267,43 @@ def test_a_first_moment_whose_gradients_stopped_decays_to_zero(backend):
     assert torch.equal(trajectory[-10:], trajectory[-1].expand(10))
 
 
+@pytest.mark.parametrize("state_dtype", [None, "int8"])
+def test_a_checkpoint_from_another_memory_layout_is_laid_out_as_the_param(backend, state_dtype):
+    """Saved beside a channels_last conv weight, loaded beside a contiguous one (and the reverse):
+    the states are laid out as the param (the kernel backends refused every later step before);
+    float32 moments are copied exactly, 8-bit ones re-encoded in the new blocks (one quantisation)."""
+    weight = torch.randn(32, 16, 3, 3, generator=torch.Generator().manual_seed(0))
+    grads = [torch.randn(32, 16, 3, 3, generator=torch.Generator().manual_seed(i)) for i in range(1, 5)]
+    layouts = (torch.channels_last, torch.contiguous_format)
+    for saved, loaded in (layouts, layouts[::-1]):
+        runs = []
+        for layout in (saved, loaded):
+            param = torch.nn.Parameter(weight.clone().contiguous(memory_format=layout))
+            runs.append((param, fusedlr.AdamW([param], lr=1e-2, state_dtype=state_dtype, backend=backend), layout))
+        (first, first_opt, _), (second, second_opt, _) = runs
+        for grad in grads[:2]:
+            first.grad = grad.contiguous(memory_format=saved)
+            first_opt.step()
+        buffer = io.BytesIO()
+        torch.save(first_opt.state_dict(), buffer)
+        buffer.seek(0)
+        with torch.no_grad():
+            second.copy_(first)
+        second_opt.load_state_dict(torch.load(buffer, weights_only=True))
+        state = second_opt.state[second]
+        for value in state.values():
+            if value.shape == second.shape:
+                assert value.stride() == second.stride()
+        for param, opt, layout in runs:
+            for grad in grads[2:]:
+                param.grad = grad.contiguous(memory_format=layout)
+                opt.step()
+        if state_dtype is None:
+            assert torch.equal(first, second)
+        else:  # one re-encoding of the moments: the next steps differ by a small part of lr
+            assert (first - second).abs().max() < 0.2 * 1e-2
+
+
 def test_int8_state_bytes():
     p = torch.zeros(4096 * 4, requires_grad=True)
     p.grad = torch.ones_like(p)
