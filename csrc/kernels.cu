@@ -881,12 +881,12 @@ __host__ __device__ inline float decode_unsigned(uint8_t code, float scale) {
   return mul_rn(r, r);
 }
 
-// To nearest, or toward zero where the step shrank the moment (fusedlr/_quantized.py says why:
-// a decaying first moment must reach code 0).
-__host__ __device__ inline int8_t encode_signed(float value, float scale, bool shrank) {
+// To nearest, or toward zero where the moment only decays (AdamW, a zero gradient:
+// fusedlr/_quantized.py says why: it must reach code 0).
+__host__ __device__ inline int8_t encode_signed(float value, float scale, bool decaying) {
   const float x = value / (scale > 0.0f ? scale : 1.0f);
   const float y = mul_rn(x, 2.0f) / add_rn(fabsf(x), 1.0f);
-  const float offset = shrank ? kSignedSlack : 0.5f;
+  const float offset = decaying ? kSignedSlack : 0.5f;
   const float magnitude = floorf(add_rn(mul_rn(fabsf(y), static_cast<float>(kSignedLevels)), offset));
   const float code = y < 0.0f ? -magnitude : magnitude;
   return code == code ? static_cast<int8_t>(static_cast<int>(code)) : int8_t(0);
@@ -921,13 +921,13 @@ template <typename P, typename G> struct QuantizedTensor {
 template <typename P, typename G, typename Rule>
 __host__ __device__ void quantized_lane_update(const Coefs<float>& k, const QuantizedTensor<P, G>& x, int64_t begin,
                                                int64_t end, int lane, bool stochastic, uint32_t key, float* m,
-                                               float* r, float& max_m, float& max_r, uint32_t& shrank) {
+                                               float* r, float& max_m, float& max_r, uint32_t& decaying) {
   const int64_t block = begin / kQuantBlock;
   const float m_scale = x.m_scales[block];
   const float v_scale = Rule::kSecondMoment ? x.v_scales[block] : 0.0f;
   max_m = 0.0f;
   max_r = 0.0f;
-  shrank = 0u;  // bit j: element j's first moment got smaller (encoded toward zero)
+  decaying = 0u;  // bit j: element j's first moment only decays (encoded toward zero)
 #pragma unroll
   for (int j = 0; j < kPerLane; ++j) {
     const int64_t i = begin + j * kLanes + lane;
@@ -936,12 +936,12 @@ __host__ __device__ void quantized_lane_update(const Coefs<float>& k, const Quan
     if (i >= end) continue;
     float p = x.w.load(i);
     float mj = decode_signed(x.m_codes[i], m_scale);
-    const float m_before = mj;
     float vj = Rule::kSecondMoment ? decode_unsigned(x.v_codes[i], v_scale) : 0.0f;
-    Rule::apply(k, p, G::load(x.grad[i]), mj, vj, static_cast<float*>(nullptr));
+    const float g = G::load(x.grad[i]);
+    Rule::apply(k, p, g, mj, vj, static_cast<float*>(nullptr));
     x.w.store(i, p, stochastic, key, i);
     m[j] = mj;
-    if (Rule::kSecondMoment && fabsf(mj) < fabsf(m_before)) shrank |= 1u << j;  // AdamW's; LION: to nearest
+    if (Rule::kSecondMoment && g == 0.0f) decaying |= 1u << j;  // AdamW's; LION: to nearest
     max_m = nan_max(max_m, fabsf(mj));
     if (Rule::kSecondMoment) {
       r[j] = sqrtf(vj);  // IEEE square root (nvcc's default -prec-sqrt=true)
@@ -954,12 +954,12 @@ __host__ __device__ void quantized_lane_update(const Coefs<float>& k, const Quan
 template <typename P, typename G, typename Rule>
 __host__ __device__ void quantized_lane_store(const QuantizedTensor<P, G>& x, int64_t begin, int64_t end, int lane,
                                               const float* m, const float* r, float scale_m, float scale_r,
-                                              uint32_t shrank) {
+                                              uint32_t decaying) {
 #pragma unroll
   for (int j = 0; j < kPerLane; ++j) {
     const int64_t i = begin + j * kLanes + lane;
     if (i >= end) continue;
-    x.m_codes[i] = encode_signed(m[j], scale_m, (shrank >> j) & 1u);
+    x.m_codes[i] = encode_signed(m[j], scale_m, (decaying >> j) & 1u);
     if (Rule::kSecondMoment) x.v_codes[i] = encode_unsigned(r[j], scale_r);
   }
   if (lane == 0) {
@@ -985,14 +985,14 @@ __global__ void quantized_update_kernel(const int64_t* tensor_table, int64_t num
     // Warp-uniform bounds: every lane of a warp takes part in each block's shuffles.
     for (int64_t begin = chunk.start + warp * kQuantBlock; begin < end; begin += warps * kQuantBlock) {
       float m[kPerLane], r[kPerLane], max_m, max_r;
-      uint32_t shrank;
-      quantized_lane_update<P, G, Rule>(k, x, begin, end, lane, stochastic, key, m, r, max_m, max_r, shrank);
+      uint32_t decaying;
+      quantized_lane_update<P, G, Rule>(k, x, begin, end, lane, stochastic, key, m, r, max_m, max_r, decaying);
 #pragma unroll
       for (int offset = kLanes / 2; offset > 0; offset /= 2) {
         max_m = nan_max(max_m, __shfl_xor_sync(0xFFFFFFFFu, max_m, offset));
         if (Rule::kSecondMoment) max_r = nan_max(max_r, __shfl_xor_sync(0xFFFFFFFFu, max_r, offset));
       }
-      quantized_lane_store<P, G, Rule>(x, begin, end, lane, m, r, max_m, max_r, shrank);
+      quantized_lane_store<P, G, Rule>(x, begin, end, lane, m, r, max_m, max_r, decaying);
     }
   }
 }
@@ -1375,10 +1375,10 @@ void quantized_update(int rule, int param_dtype, int grad_dtype, uint64_t tensor
                      for (int64_t begin = chunk.start; begin < end; begin += kQuantBlock) {
                        // The warp's 32 lanes, one after the other; then the block's maxima.
                        float m[kLanes][kPerLane], r[kLanes][kPerLane], max_m[kLanes], max_r[kLanes];
-                       uint32_t shrank[kLanes];
+                       uint32_t decaying[kLanes];
                        for (int lane = 0; lane < kLanes; ++lane) {
                          quantized_lane_update<P, G, Rule>(k, x, begin, end, lane, stochastic, key, m[lane], r[lane],
-                                                           max_m[lane], max_r[lane], shrank[lane]);
+                                                           max_m[lane], max_r[lane], decaying[lane]);
                        }
                        float scale_m = max_m[0], scale_r = max_r[0];
                        for (int lane = 1; lane < kLanes; ++lane) {
@@ -1387,7 +1387,7 @@ void quantized_update(int rule, int param_dtype, int grad_dtype, uint64_t tensor
                        }
                        for (int lane = 0; lane < kLanes; ++lane) {
                          quantized_lane_store<P, G, Rule>(x, begin, end, lane, m[lane], r[lane], scale_m, scale_r,
-                                                          shrank[lane]);
+                                                          decaying[lane]);
                        }
                      }
                    });

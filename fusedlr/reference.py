@@ -292,16 +292,16 @@ def _update_in_fp32_(kind, param, grad, state, group, lr, key=None) -> None:
         p32 = master.clone() if master is not None else param.float()
     work = {k: v.float() for k, v in state.items() if k in _STATE_KEYS}
     decoded = _quantized.decoded_moments(state)
-    work.update({k: v.clone() for k, v in decoded.items()})
+    work.update(decoded)
     if "step" in state:
         work["step"] = state["step"]
     _UPDATES[kind](p32, grad, work, group, lr)
     for k in _STATE_KEYS:
         if k in state:
             state[k].copy_(work[k])
-    # AdamW's shrinking first moment is encoded toward zero (fusedlr/_quantized.py); LION's sign
-    # update follows a tiny m as fp32 does, so its codes stay rounded to nearest.
-    _quantized.store_moments_(state, {k: work[k] for k in decoded}, decoded if kind == "adamw" else None)
+    # AdamW's first moment where the gradient is zero (it only decays) is encoded toward zero
+    # (fusedlr/_quantized.py); LION's sign update follows a tiny m as fp32 does: to nearest.
+    _quantized.store_moments_(state, {k: work[k] for k in decoded}, grad == 0 if kind == "adamw" else None)
     if master is not None:
         master.copy_(p32)
     if residual is not None:

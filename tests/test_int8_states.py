@@ -259,9 +259,9 @@ def test_a_small_second_moment_is_never_decoded_as_zero(backend, ratio):
 
 def test_a_first_moment_whose_gradients_stopped_decays_to_zero(backend):
     """Rounded to nearest, exp_avg's code c came back as itself once floor(0.9 c + 0.5) == c
-    (c <= 5): the weight kept moving forever, faster as v decayed. Rounded toward zero while it
-    shrinks, the code reaches 0 and the weight stops, as with fp32 moments (whose m is 1e-3 of
-    where it started after 70 steps)."""
+    (c <= 5): the weight kept moving forever, faster as v decayed. Rounded toward zero while its
+    gradient is zero, the code reaches 0 and the weight stops, as with fp32 moments (whose m is
+    1e-3 of where it started after 70 steps)."""
     trajectory, state = _one_gradient_beside_a_large_one(backend, "AdamW", 0.3, after_steps=70)
     assert state["exp_avg_codes"][1] == 0
     assert torch.equal(trajectory[-10:], trajectory[-1].expand(10))

@@ -586,14 +586,14 @@ def _store_scales(scales, index, mask, scale, QBLOCK: tl.constexpr):
 
 
 @triton.jit
-def _store_signed(codes, scales, offs, index, mask, value, shrank, QBLOCK: tl.constexpr, MASKED: tl.constexpr):
+def _store_signed(codes, scales, offs, index, mask, value, decaying, QBLOCK: tl.constexpr, MASKED: tl.constexpr):
     """Encode a ``[rows, QBLOCK]`` tile of first moments (``quantize_signed``): to nearest, or
-    toward zero where ``shrank``."""
+    toward zero where ``decaying``."""
     value = tl.where(mask, value, 0.0)
     scale = tl.max(tl.abs(value), axis=1)
     x = tl.div_rn(value, tl.where(scale > 0.0, scale, 1.0)[:, None])
     y = tl.div_rn(x * 2.0, tl.abs(x) + 1.0)
-    magnitude = tl.floor(tl.abs(y) * SIGNED_LEVELS + tl.where(shrank, SIGNED_SLACK, 0.5))
+    magnitude = tl.floor(tl.abs(y) * SIGNED_LEVELS + tl.where(decaying, SIGNED_SLACK, 0.5))
     code = tl.where(y < 0.0, -magnitude, magnitude).to(tl.int8)
     if MASKED:
         tl.store(codes + offs, code, mask=mask)
@@ -675,7 +675,6 @@ def _update_block(
     if RULE != RULE_SGD:  # SGD loads its momentum buffer only where it has one
         if QUANTIZED:
             m = _load_signed(exp_avg, exp_avg_scales, offs, index, mask, QBLOCK, MASKED)
-            m_before = m  # a moment that shrank is encoded toward zero (_quantized.py says why)
         else:
             m = _load(exp_avg, offs, mask, COMPUTE, MASKED)
     if RULE == RULE_ADAMW:
@@ -740,8 +739,8 @@ def _update_block(
         _store(param, offs, p, mask, MASKED)
     if RULE != RULE_SGD:
         if QUANTIZED:
-            shrank = (tl.abs(m) < tl.abs(m_before)) & (RULE == RULE_ADAMW)  # LION: sign-led, to nearest
-            _store_signed(exp_avg, exp_avg_scales, offs, index, mask, m, shrank, QBLOCK, MASKED)
+            decaying = (g == 0.0) & (RULE == RULE_ADAMW)  # toward zero (_quantized.py says why)
+            _store_signed(exp_avg, exp_avg_scales, offs, index, mask, m, decaying, QBLOCK, MASKED)
         else:
             _store(exp_avg, offs, m, mask, MASKED)
 
