@@ -24,8 +24,7 @@ rule such as "toward zero wherever ``|m|`` shrank" also hits the half of noisy s
 ``m`` and biases it low (measured: stored against fp32 ``m``, a slope of 0.88 for an element
 under a tenth of its block's maximum), while with a nonzero gradient the nearest code is at most
 half a code off, as for any rounding. (The 2^-12 only keeps a code from losing a unit to float
-error.) AdamW's only:
-LION's update is the sign of a mix of ``m`` and the gradient, which a tiny fp32 ``m`` moves by
+error.) AdamW's only: LION's update is the sign of a mix of ``m`` and the gradient, which a tiny fp32 ``m`` moves by
 lr as well, so there the nearest code is the faithful one.
 A second moment rounded to code 0 beside a nonzero ``m`` would make the update ``m / eps``: a
 jump of thousands of lr; a floor of code 1 keeps ``v`` at or above the truth there (a smaller,
