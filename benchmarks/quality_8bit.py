@@ -2,7 +2,7 @@
 trained in bf16 on the CPU with the same data, lr, schedule (warmup-cosine), clip (1.0) and
 weight decay (0.1), several ways:
 
-    PYTHONPATH=. python benchmarks/quality_8bit.py --steps 400 --width 64
+    PYTHONPATH=. python benchmarks/quality_8bit.py --steps 400 --width 64 --seeds 3
     PYTHONPATH=. python benchmarks/quality_8bit.py --device cuda --width 512   # on a GPU: + peak memory
 
 * ``fp32-master (torch AdamW)``: torch AdamW on fp32 copies of the bf16 params (16 bytes/param);
@@ -16,8 +16,10 @@ weight decay (0.1), several ways:
   weight), FlashOptim's 7 bytes/param configuration, with ``clip_grad_norm_`` and ``LambdaLR``.
 
 Prints the mean loss of the first 10 and last 50 steps of each run and the gap of the last 50
-to the fp32-master run's; on a GPU also each run's peak allocated memory (model, activations,
-grads and optimizer state together: the differences are the optimizer's bytes).
+to the fp32-master run's (with ``--seeds N``: means over N seeds of weights and data order, and
+the lowest and highest seed's gap, each against the fp32-master run of its seed); on a GPU also
+each run's peak allocated memory (model, activations, grads and optimizer state together: the
+differences are the optimizer's bytes).
 """
 
 from __future__ import annotations
@@ -79,11 +81,12 @@ def contenders(backend: str = "auto", device: str = "cpu") -> dict:
 
 
 def run(steps: int, width: int, names=None, backend: str = "auto", device: str = "cpu", peaks=None,
-        progress=None) -> dict:  # fmt: skip
+        progress=None, seed: int = 0) -> dict:  # fmt: skip
     """``{name: per-step losses}`` for the contenders (all of them, or ``names``); on a GPU each
     run's peak allocated bytes go into ``peaks`` when given. A peer that cannot run here (an
     optional package missing) is reported and left out; fusedlr's runs and the reference raise.
-    ``progress`` (e.g. ``print``) gets a line per finished run, so a run cut short keeps them."""
+    ``progress`` (e.g. ``print``) gets a line per finished run, so a run cut short keeps them.
+    ``seed`` picks the initial weights and the data order, the same for every contender."""
     losses = {}
     for name, make in contenders(backend, device).items():
         if names is not None and name not in names:
@@ -93,7 +96,7 @@ def run(steps: int, width: int, names=None, backend: str = "auto", device: str =
             torch.cuda.reset_peak_memory_stats(device)
         began = time.perf_counter()
         try:
-            losses[name] = tiny_gpt.train(make, device, steps, width)
+            losses[name] = tiny_gpt.train(make, device, steps, width, seed)
         except Exception as error:
             if name.startswith(("fusedlr", "fp32-master")):
                 raise
@@ -104,7 +107,7 @@ def run(steps: int, width: int, names=None, backend: str = "auto", device: str =
         if progress is not None:
             peak = f", peak {peaks[name] / 2**20:.0f} MB" if peaks and name in peaks else ""
             last = losses[name][-50:].mean().item()
-            progress(f"{name}: {time.perf_counter() - began:.0f} s, loss of the last 50 steps {last:.4f}{peak}")
+            progress(f"{name} (seed {seed}): {time.perf_counter() - began:.0f} s, last-50 loss {last:.4f}{peak}")
     return losses
 
 
@@ -122,18 +125,42 @@ def main():
     parser.add_argument("--steps", type=int, default=400)
     parser.add_argument("--width", type=int, default=64)
     parser.add_argument("--device", default="cpu", help="cpu, or cuda (adds FlashOptim and peak memory)")
+    parser.add_argument("--seeds", type=int, default=1, help="seeds 0..N-1 (weights and data order): the "
+                        "gaps' spread over seeds says how much of a gap is noise")  # fmt: skip
     args = parser.parse_args()
     start = time.perf_counter()
     peaks = {}
-    losses = run(args.steps, args.width, device=args.device, peaks=peaks, progress=partial(print, flush=True))
+    progress = partial(print, flush=True)
+    rows_by_seed = [
+        summary(run(args.steps, args.width, device=args.device, peaks=peaks, progress=progress, seed=seed))
+        for seed in range(args.seeds)
+    ]
     where = "the CPU" if args.device == "cpu" else torch.cuda.get_device_name(args.device)
-    print(f"TinyGPT width {args.width}, {args.steps} steps, bf16 on {where} ({time.perf_counter() - start:.0f} s)")
+    seeds = f", {args.seeds} seeds" if args.seeds > 1 else ""
+    took = f"{time.perf_counter() - start:.0f} s"
+    print(f"TinyGPT width {args.width}, {args.steps} steps, bf16 on {where}{seeds} ({took})")
+    spread = " gap, lowest .. highest seed |" if args.seeds > 1 else ""
     memory = " peak MB |" if peaks else ""
-    print(f"| run | loss, first 10 steps | loss, last 50 steps | gap to fp32-master |{memory}")
-    print("| --- | ---: | ---: | ---: |" + (" ---: |" if peaks else ""))
-    for name, first, last, gap in summary(losses):
+    print(f"| run | loss, first 10 steps | loss, last 50 steps | gap to fp32-master |{spread}{memory}")
+    print("| --- | ---: | ---: | ---: |" + (" ---: |" if spread else "") + (" ---: |" if peaks else ""))
+    for name, first, last, gap, gaps in _over_seeds(rows_by_seed):
+        low_high = f" {min(gaps):+.2%} .. {max(gaps):+.2%} |" if spread else ""
         peak = f" {peaks[name] / 2**20:.0f} |" if name in peaks else ""
-        print(f"| {name} | {first:.4f} | {last:.4f} | {gap:+.2%} |{peak}")
+        print(f"| {name} | {first:.4f} | {last:.4f} | {gap:+.2%} |{low_high}{peak}")
+
+
+def _over_seeds(rows_by_seed: list) -> list:
+    """(name, mean first-10 loss, mean last-50 loss, mean gap, each seed's gap) for the runs every
+    seed has (a peer skipped on one seed is left out rather than averaged over fewer)."""
+    by_name = {}
+    for rows in rows_by_seed:
+        for name, first, last, gap in rows:
+            by_name.setdefault(name, []).append((first, last, gap))
+    return [
+        (name, *(sum(column) / len(column) for column in zip(*values)), [gap for _, _, gap in values])
+        for name, values in by_name.items()
+        if len(values) == len(rows_by_seed)
+    ]
 
 
 if __name__ == "__main__":

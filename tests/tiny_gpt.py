@@ -23,9 +23,9 @@ class TinyGPT(torch.nn.Module):
         return self.head(self.blocks(x, mask=self.mask.to(x.dtype), is_causal=True))
 
 
-def batches(steps, device, batch=32, context=33, vocab=64):
+def batches(steps, device, batch=32, context=33, vocab=64, seed=0):
     """Sequences that follow t -> (5t + 3) mod vocab, with 10% random tokens: learnable."""
-    gen = torch.Generator(device=device).manual_seed(0)
+    gen = torch.Generator(device=device).manual_seed(seed)
     for _ in range(steps):
         start = torch.randint(vocab, (batch, 1), generator=gen, device=device)
         seq = start.repeat(1, context)
@@ -36,12 +36,13 @@ def batches(steps, device, batch=32, context=33, vocab=64):
         yield seq[:, :-1], seq[:, 1:]
 
 
-def train(make_step, device, steps, width=64):
-    torch.manual_seed(0)
+def train(make_step, device, steps, width=64, seed=0):
+    """Per-step losses; ``seed`` picks the initial weights and the data order."""
+    torch.manual_seed(seed)
     model = TinyGPT(width=width).to(device).to(torch.bfloat16)
     step = make_step(model, steps)
     losses = []
-    for inputs, targets in batches(steps, device):
+    for inputs, targets in batches(steps, device, seed=seed):
         logits = model(inputs)
         loss = torch.nn.functional.cross_entropy(logits.float().flatten(0, 1), targets.flatten())
         model.zero_grad(set_to_none=True)
