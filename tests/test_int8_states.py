@@ -548,3 +548,26 @@ def test_large_tensors_update_slice_by_slice_with_the_same_bits(monkeypatch, bac
         assert torch.equal(p.detach(), q.detach())
         for name, value in whole_opt.state[p].items():
             assert torch.equal(sliced_opt.state[q][name], value), name
+
+
+@pytest.mark.parametrize("kind", ["AdamW", "Lion"])
+def test_a_nan_gradient_poisons_its_moments_block_visibly_on_every_backend(backend, kind):
+    """A NaN gradient that reaches the update (no skip_nonfinite, no GradScaler) makes its
+    block's scale NaN, so every moment of that block decodes as NaN on every backend (Triton's
+    tl.max skips NaNs: its block kept a finite scale and a code cast from NaN), and only that
+    block: the others decode as before. (The interpreter's tl.max keeps NaNs, so on the CPU this
+    checks torch, cpu and the CUDA kernel's host twin; tests/gpu runs it on a GPU.)"""
+    param = torch.nn.Parameter(torch.linspace(-1, 1, 600))
+    opt = getattr(fusedlr, kind)([param], lr=1e-3, state_dtype="int8", backend=backend)
+    param.grad = torch.linspace(1, -2, 600)
+    opt.step()
+    grad = torch.linspace(-1, 3, 600)
+    grad[300] = float("nan")
+    param.grad = grad
+    opt.step()
+    blocks = torch.arange(600) // _quantized.QUANT_BLOCK
+    for name, moment in _quantized.decoded_moments(opt.state[param]).items():
+        assert moment[blocks == 1].isnan().all(), name
+        assert moment[blocks != 1].isfinite().all(), name
+    assert param[blocks != 1].isfinite().all()
+    assert param[300].isnan() == (kind == "AdamW")  # torch.sign(NaN) is 0: LION skips it, as lion-pytorch

@@ -579,6 +579,16 @@ def _load_unsigned(codes, scales, offs, index, mask, QBLOCK: tl.constexpr, MASKE
 
 
 @triton.jit
+def _block_max(x):
+    """Each row's maximum, NaN if the row holds one (as torch's amax and the CUDA kernel): tl.max
+    skips NaNs on a GPU (its interpreter does not), which left a NaN moment's block a finite
+    scale and the NaN's code whatever the cast made of it. (A reduce with a NaN-propagating
+    combine does the same but runs 20x slower under the interpreter.)"""
+    has_nan = tl.max((x != x).to(tl.int32), axis=1) > 0
+    return tl.where(has_nan, float("nan"), tl.max(x, axis=1))
+
+
+@triton.jit
 def _store_scales(scales, index, mask, scale, QBLOCK: tl.constexpr):
     """One float32 scale per row of the ``[rows, QBLOCK]`` tile (rows with no element skipped)."""
     rows = tl.min(index, axis=1) // QBLOCK
@@ -590,7 +600,7 @@ def _store_signed(codes, scales, offs, index, mask, value, decaying, QBLOCK: tl.
     """Encode a ``[rows, QBLOCK]`` tile of first moments (``quantize_signed``): to nearest, or
     toward zero where ``decaying``."""
     value = tl.where(mask, value, 0.0)
-    scale = tl.max(tl.abs(value), axis=1)
+    scale = _block_max(tl.abs(value))
     x = tl.div_rn(value, tl.where(scale > 0.0, scale, 1.0)[:, None])
     y = tl.div_rn(x * 2.0, tl.abs(x) + 1.0)
     magnitude = tl.floor(tl.abs(y) * SIGNED_LEVELS + tl.where(decaying, SIGNED_SLACK, 0.5))
@@ -606,7 +616,7 @@ def _store_signed(codes, scales, offs, index, mask, value, decaying, QBLOCK: tl.
 def _store_unsigned(codes, scales, offs, index, mask, value, QBLOCK: tl.constexpr, MASKED: tl.constexpr):
     """Encode a ``[rows, QBLOCK]`` tile of second moments (``quantize_unsigned``): their roots."""
     r = tl.sqrt_rn(tl.where(mask, value, 0.0))
-    scale = tl.max(r, axis=1)
+    scale = _block_max(r)
     code = tl.floor(tl.div_rn(r, tl.where(scale > 0.0, scale, 1.0)[:, None]) * UNSIGNED_LEVELS + 0.5)
     code = tl.where((code == 0.0) & (r > 0.0), 1.0, code).to(tl.uint8)  # never 0 for v > 0: no m / eps
     if MASKED:

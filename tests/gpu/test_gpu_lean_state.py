@@ -191,3 +191,21 @@ def test_8bit_split_tensor_over_two_billion_elements(kernel_backend):
         elif name != "step":
             mine = mine.reshape(-1)[tail]
         assert torch.equal(mine, value), name
+
+
+@pytest.mark.parametrize("kind", ["adamw", "lion"])
+def test_a_nan_gradient_poisons_its_moments_block_on_the_gpu(kernel_backend, kind):
+    """As tests/test_int8_states.py on the CPU, where the Triton interpreter's tl.max keeps NaNs
+    and cannot tell: on a GPU tl.max skips them, so the kernel takes the block max NaN-aware."""
+    param = torch.linspace(-1, 1, 600, device="cuda").requires_grad_()
+    cls = fusedlr.Lion if kind == "lion" else fusedlr.AdamW  # no clip: a NaN norm would poison every block
+    opt = cls([param], lr=1e-3, state_dtype="int8", backend=kernel_backend)
+    param.grad = torch.linspace(1, -2, 600, device="cuda")
+    opt.step()
+    param.grad = torch.linspace(-1, 3, 600, device="cuda")
+    param.grad[300] = float("nan")
+    opt.step()
+    blocks = torch.arange(600, device="cuda") // _quantized.QUANT_BLOCK
+    for name, moment in _quantized.decoded_moments(opt.state[param]).items():
+        assert moment[blocks == 1].isnan().all(), name
+        assert moment[blocks != 1].isfinite().all(), name
