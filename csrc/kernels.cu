@@ -941,7 +941,9 @@ __host__ __device__ void quantized_lane_update(const Coefs<float>& k, const Quan
     Rule::apply(k, p, g, mj, vj, static_cast<float*>(nullptr));
     x.w.store(i, p, stochastic, key, i);
     m[j] = mj;
-    if (Rule::kSecondMoment && g == 0.0f) decaying |= 1u << j;  // AdamW's; LION: to nearest
+    // AdamW's (LION: to nearest): the gradient the update used (unscaled, clipped) is zero, as the
+    // reference and Triton decide; a tiny raw gradient clipped to 0 counts as zero.
+    if (Rule::kSecondMoment && k.effective_grad(g) == 0.0f) decaying |= 1u << j;
     max_m = nan_max(max_m, fabsf(mj));
     if (Rule::kSecondMoment) {
       r[j] = sqrtf(vj);  // IEEE square root (nvcc's default -prec-sqrt=true)
