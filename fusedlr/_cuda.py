@@ -143,19 +143,32 @@ def available() -> bool:
     return load() is not None and torch.cuda.is_available() and unavailable_reason() is None
 
 
+# CUDA's answers that say this build's kernels cannot load on this GPU with this driver: kept
+# for the process. Any other error (out of memory making the context, a device held by another
+# process, an earlier kernel's fault) is no fault of the build: reported as it is, asked again.
+_BUILD_CANNOT_LOAD = (
+    "cudaErrorNoKernelImageForDevice", "cudaErrorUnsupportedPtxVersion", "cudaErrorInvalidPtx",
+    "cudaErrorInvalidKernelImage", "cudaErrorJitCompilerNotFound", "cudaErrorInsufficientDriver",
+)  # fmt: skip
+
+
 def kernel_load_problem(device: torch.device) -> str | None:
     """Why the extension's kernels cannot load on ``device``, or None when they can."""
     index = torch.cuda.current_device() if device.index is None else device.index
-    return _kernel_load_problem(index)
+    if index not in _kernel_load_answers:
+        ext = load()
+        with torch.cuda.device(index):
+            error, message, _, _ = ext.probe_kernels()
+        if error and not message.startswith(_BUILD_CANNOT_LOAD):
+            return f"the kernel-load check on GPU {index} failed: {message} (no fault of the build; asked again)"
+        _kernel_load_answers[index] = _cannot_load(index, ext, message) if error else None
+    return _kernel_load_answers[index]
 
 
-@functools.cache
-def _kernel_load_problem(index: int) -> str | None:
-    ext = load()
-    with torch.cuda.device(index):
-        error, message, _, _ = ext.probe_kernels()
-    if not error:
-        return None
+_kernel_load_answers: dict[int, str | None] = {}  # the build's answer, per GPU index
+
+
+def _cannot_load(index: int, ext, message: str) -> str:
     capability = "".join(map(str, torch.cuda.get_device_capability(index)))
     gpu = f"{torch.cuda.get_device_name(index)} (sm_{capability})"
     driver = driver_cuda_version()

@@ -58,14 +58,14 @@ def gpu(monkeypatch):
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda index=None: "NVIDIA H100 80GB HBM3")
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda index=None: (9, 0))
     _cuda._choose.cache_clear()
-    _cuda._kernel_load_problem.cache_clear()
+    _cuda._kernel_load_answers.clear()
 
     def set_probe(result):
         answer["probe"] = result
 
     yield types.SimpleNamespace(set_probe=set_probe, calls=calls)
     _cuda._choose.cache_clear()
-    _cuda._kernel_load_problem.cache_clear()
+    _cuda._kernel_load_answers.clear()
 
 
 @contextlib.contextmanager
@@ -118,3 +118,16 @@ def test_no_probe_before_torch_initialises_cuda(gpu, monkeypatch):
     assert "cuda" in _backends.available_backends()
     assert _cuda.unavailable_reason() is None
     assert gpu.calls == []
+
+
+def test_a_transient_error_is_reported_as_it_is_and_asked_again(gpu):
+    """Out of memory making the context (or a device held by another process) is no fault of the
+    build: no rebuild advice, and the next step asks again rather than keep the answer."""
+    gpu.set_probe((2, "cudaErrorMemoryAllocation: out of memory", 0, 0))
+    with pytest.raises(RuntimeError, match="cudaErrorMemoryAllocation") as raised:
+        _backends.choose("cuda", torch.device("cuda", 0))
+    assert "Rebuild" not in str(raised.value)
+    gpu.set_probe((0, "", 90, 80))
+    assert _backends.choose("cuda", torch.device("cuda", 0)) == "cuda"
+    assert _backends.choose("cuda", torch.device("cuda", 0)) == "cuda"
+    assert gpu.calls == [0, 0]  # asked again after the error, then kept
