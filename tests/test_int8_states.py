@@ -590,3 +590,29 @@ def test_a_gradient_clipped_to_zero_counts_as_zero_on_every_kernel(kernel_backen
         opt.step()
         runs.append(opt.state[param]["exp_avg_codes"])
     assert torch.equal(runs[1], runs[0])
+
+
+@pytest.mark.parametrize("kind", ["AdamW", "Lion"])
+def test_kernels_round_as_the_reference_where_some_gradients_are_zero(monkeypatch, kernel_backend, kind):
+    """As the bit-for-bit test above, with steps where half the elements of each block have a zero
+    gradient and the others not, so the block scales change under the zero-gradient elements:
+    AdamW rounds those toward zero, LION to nearest, and the codes must be the reference's."""
+    import fusedlr._triton as launcher
+
+    monkeypatch.setattr(launcher, "BLOCK", 256)
+    base = _params()
+    gen = torch.Generator().manual_seed(5)
+    grads = _exact_grads(base, 4)
+    for step in grads[2:]:
+        for g in step:
+            g.mul_(torch.rand(g.shape, generator=gen) < 0.5)
+    states = []
+    for backend in ("torch", kernel_backend):
+        params = _clone(base)
+        opt = getattr(fusedlr, kind)(params, lr=0.0, betas=(0.5, 0.5), weight_decay=0.0, state_dtype="int8",
+                                     backend=backend)  # fmt: skip
+        run_steps(opt, params, grads)
+        states.append([opt.state[p] for p in params])
+    for ours, theirs in zip(states[1], states[0]):
+        for name in ours:
+            assert torch.equal(ours[name], theirs[name]), name
